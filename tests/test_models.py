@@ -1,0 +1,103 @@
+import hashlib
+import os
+
+import pytest
+import torch
+
+from common.errors import WorkshopError
+from common.models import EMBEDDED_GGUF_MD5, find_embedded_gguf, load_model
+
+
+def test_embedded_is_smollm2_135m(embedded):
+    model, tokenizer = embedded
+    config = model.config
+    assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size) == (30, 576, 1536)
+    assert (config.num_attention_heads, config.num_key_value_heads, config.vocab_size) == (9, 3, 49152)
+    assert model.model.embed_tokens.weight is model.lm_head.weight  # tied
+    assert 134e6 < sum(p.numel() for p in model.parameters()) < 135e6
+    assert tokenizer.eos_token == "<|im_end|>"  # the GGUF metadata says <|im_start|>; we fix it
+
+
+def test_embedded_predicts_english(embedded):
+    model, tokenizer = embedded
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        next_id = model(ids).logits[0, -1].argmax().item()
+    assert tokenizer.decode(next_id).strip() == "Paris"
+
+
+def test_embedded_weights_sit_on_q4_1_grid(embedded):
+    """The checkpoint was published at Q4_1: each block of 32 weights holds at most 16 values."""
+    weight = embedded[0].model.layers[0].mlp.down_proj.weight.detach()
+    blocks = weight.reshape(-1, 32)
+    assert max(len(torch.unique(b)) for b in blocks[:200]) <= 16
+
+
+def test_embedded_dtype_and_gguf_location(embedded):
+    path = find_embedded_gguf()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    model, _ = load_model("embedded", dtype="bfloat16", device="cpu")
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_gguf_override_must_exist(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKSHOP_EMBEDDED_GGUF", str(tmp_path / "nope.gguf"))
+    with pytest.raises(WorkshopError, match="not a file"):
+        find_embedded_gguf()
+
+
+def test_corrupt_gguf_is_refused_and_leaves_no_cache(monkeypatch, tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(1000))
+    monkeypatch.setenv("WORKSHOP_EMBEDDED_GGUF", str(bad))
+    monkeypatch.setenv("WORKSHOP_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(WorkshopError, match="md5"):
+        load_model("embedded", device="cpu")
+    assert not any((tmp_path / "cache").glob("embedded-*"))
+
+
+def test_tiny_random_is_seeded_and_packable(tiny):
+    model, tokenizer = tiny
+    again, _ = load_model("tiny-random", device="cpu")
+    for (name, a), (_, b) in zip(model.named_parameters(), again.named_parameters()):
+        assert torch.equal(a, b), name
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            assert module.in_features % 128 == 0 and module.out_features % 128 == 0, name
+    text = "héllo, wörld\n"
+    assert tokenizer.decode(tokenizer(text).input_ids) == text
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("not a model", "Unknown model spec"),
+    ("someone/not-cached-anywhere", "not in the local Hugging Face cache"),
+])
+def test_bad_specs(spec, message):
+    with pytest.raises(WorkshopError, match=message):
+        load_model(spec, device="cpu")
+
+
+def test_directory_checks(tmp_path, tiny):
+    with pytest.raises(WorkshopError, match="no config.json"):
+        load_model(str(tmp_path), device="cpu")
+    model, tokenizer = tiny
+    model.save_pretrained(tmp_path / "ckpt")
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+    loaded, _ = load_model(str(tmp_path / "ckpt"), device="cpu")
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+    for f in (tmp_path / "ckpt").glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(WorkshopError, match="no .safetensors"):
+        load_model(str(tmp_path / "ckpt"), device="cpu")
+
+
+def test_cuda_requested_without_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(WorkshopError, match="no usable GPU"):
+        load_model("tiny-random", device="cuda")
+
+
+def test_md5_constant_matches_installed_wheel():
+    digest = hashlib.md5(find_embedded_gguf().read_bytes()).hexdigest()
+    assert digest == EMBEDDED_GGUF_MD5
