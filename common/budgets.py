@@ -26,14 +26,21 @@ class Budget:
     bench_repeats: int             # timed repeats (median reported)
     decode_tokens: int             # tokens generated when timing decode
     decode_batches: tuple          # batch sizes for the decode-throughput sweep
+    sweep_eval_windows: int | None # perplexity windows per point of a sweep (many models evaluated)
+    sweep_sparsities: tuple        # sparsity levels of pruning curves
+    sensitivity_layers: int        # decoder layers scanned one at a time in sensitivity studies
+    long_context: int              # tokens for KV-cache experiments at long context
 
 
 QUICK = Budget(mode="quick", dtype="float32", eval_seqlen=512, eval_max_windows=6,
                calib_samples=8, calib_seqlen=256, train_steps=20, train_batch=4, train_seqlen=256,
-               bench_repeats=3, decode_tokens=8, decode_batches=(1, 4))
+               bench_repeats=3, decode_tokens=8, decode_batches=(1, 4),
+               sweep_eval_windows=2, sweep_sparsities=(0.5,), sensitivity_layers=3, long_context=1024)
 FULL = Budget(mode="full", dtype="bfloat16", eval_seqlen=2048, eval_max_windows=None,
               calib_samples=32, calib_seqlen=512, train_steps=600, train_batch=16, train_seqlen=512,
-              bench_repeats=10, decode_tokens=64, decode_batches=(1, 4, 16, 64, 256))
+              bench_repeats=10, decode_tokens=64, decode_batches=(1, 4, 16, 64, 256),
+              sweep_eval_windows=None, sweep_sparsities=(0.3, 0.5, 0.6, 0.7, 0.8), sensitivity_layers=30,
+              long_context=8192)
 
 
 def current_mode() -> str:

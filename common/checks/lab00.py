@@ -1,33 +1,9 @@
-"""Exercise checkers: each prints PASS, or raises ExerciseFailed with a hint.
-
-Expected values are computed from the model and data in front of the participant, never typed in.
-A failing check raises (rather than only printing) so that `make test` catches a broken solution.
-"""
-import math
+"""Checkers of lab 00 (Baseline)."""
+from . import check_close
 
 
-class ExerciseFailed(AssertionError):
-    def _render_traceback_(self):  # IPython: show the hint, not a traceback
-        return [f"FAIL: {self}"]
-
-
-def check(name: str, ok: bool, hint: str) -> None:
-    if not ok:
-        raise ExerciseFailed(f"{name}. Hint: {hint}")
-    print(f"PASS: {name}")
-
-
-def check_close(name: str, answer, expected: float, rel_tol: float, hint: str) -> None:
-    if answer is None or isinstance(answer, type(Ellipsis)):
-        raise ExerciseFailed(f"{name}: no answer yet. Hint: {hint}")
-    ok = math.isclose(float(answer), float(expected), rel_tol=rel_tol)
-    check(name if ok else f"{name}: got {float(answer):.6g}, expected {float(expected):.6g} "
-          f"(within {rel_tol:.1%})", ok, hint)
-
-
-# --- lab 00 ----------------------------------------------------------------------------------
 def check_mlp_parameters(answer: int, model) -> None:
-    from .eval import parameter_breakdown
+    from ..eval import parameter_breakdown
     check_close("MLP parameters from the config", answer, parameter_breakdown(model)["mlp"], 0.0,
                 "each layer has gate_proj and up_proj (hidden x intermediate) and down_proj "
                 "(intermediate x hidden), with no biases; multiply by the number of layers.")
@@ -41,7 +17,7 @@ def check_gguf_tensor_bytes(answer: float, reader) -> None:
 
 
 def check_window_nll(answer, model, window) -> None:
-    from .eval import window_nll
+    from ..eval import window_nll
     expected = window_nll(model, window.unsqueeze(0)).item()
     check_close("summed NLL of one window", answer, expected, 1e-4,
                 "log_softmax the logits at positions 0..L-2 and pick the log-probability of the token "
@@ -49,7 +25,7 @@ def check_window_nll(answer, model, window) -> None:
 
 
 def check_decode_bound(answer: float, bytes_per_step: float, bandwidth: float, batch_size: int = 1) -> None:
-    from .eval import decode_bound_tokens_per_s
+    from ..eval import decode_bound_tokens_per_s
     check_close(f"decode bound at batch {batch_size}", answer,
                 decode_bound_tokens_per_s(bytes_per_step, bandwidth, batch_size), 0.01,
                 "each decode step reads every weight once and yields one token per sequence: "

@@ -1,0 +1,25 @@
+"""Exercise checkers: each prints PASS, or raises ExerciseFailed with a hint.
+
+Expected values are computed from the model and data in front of the participant, never typed in.
+A failing check raises (rather than only printing) so that `make test` catches a broken solution.
+"""
+import math
+
+
+class ExerciseFailed(AssertionError):
+    def _render_traceback_(self):  # IPython: show the hint, not a traceback
+        return [f"FAIL: {self}"]
+
+
+def check(name: str, ok: bool, hint: str) -> None:
+    if not ok:
+        raise ExerciseFailed(f"{name}. Hint: {hint}")
+    print(f"PASS: {name}")
+
+
+def check_close(name: str, answer, expected: float, rel_tol: float, hint: str) -> None:
+    if answer is None or isinstance(answer, type(Ellipsis)):
+        raise ExerciseFailed(f"{name}: no answer yet. Hint: {hint}")
+    ok = math.isclose(float(answer), float(expected), rel_tol=rel_tol)
+    check(name if ok else f"{name}: got {float(answer):.6g}, expected {float(expected):.6g} "
+          f"(within {rel_tol:.1%})", ok, hint)
