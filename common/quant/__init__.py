@@ -1,0 +1,1 @@
+"""Quantization: number formats, post-training algorithms, packed storage, KV-cache quantization."""
