@@ -121,6 +121,11 @@ def embedded_checkpoint_dir(progress: bool = True) -> Path:
     tokenizer.eos_token = tokenizer.convert_ids_to_tokens(model.config.eos_token_id)
     tokenizer.pad_token = tokenizer.eos_token
     tokenizer.clean_up_tokenization_spaces = False  # a WordPiece clean-up that mangles BPE text
+    # The weights are plain floats by now; newer transformers still tag the model as GGUF-quantized
+    # and refuse to save it, so drop the tag.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.generation_config.pad_token_id = model.config.eos_token_id
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))

@@ -39,8 +39,12 @@ def reproduce(labs: list | None = None, mode: str | None = None, timeout: int = 
         status[path.stem] = (f"ok in {time.time() - t0:.0f} s" if error is None else
                              f"FAILED after {time.time() - t0:.0f} s: {str(error).strip().splitlines()[-1]}")
         nbformat.write(nb, out / path.name)
-        body, _ = HTMLExporter().from_notebook_node(nb)
-        (out / f"{path.stem}.html").write_text(body)
+        try:
+            body, _ = HTMLExporter().from_notebook_node(nb)
+            (out / f"{path.stem}.html").write_text(body)
+        except ValueError as e:  # nbconvert without its templates (a --target install): keep the .ipynb
+            print(f"[reproduce] {path.name}: no HTML ({e}); the executed .ipynb is in reports/",
+                  file=sys.stderr)
         print(f"[reproduce] {path.name}: {status[path.stem]}", file=sys.stderr, flush=True)
     write_summary(status)
     return status

@@ -79,3 +79,21 @@ def test_throughput_and_bound(tiny):
     t = measure_throughput(model, batch_size=2, prompt_len=16, new_tokens=4, repeats=2)
     assert t.prefill_tokens_per_s > 0 and t.decode_tokens_per_s > 0 and t.peak_memory_bytes is None
     assert decode_bound_tokens_per_s(1e9, 3e12, batch_size=4) == pytest.approx(12000)
+
+
+def hf_labels_perplexity(model, ids, seqlen):
+    """The usual hand-written transformers loop: the model's own shifted loss, averaged over windows."""
+    losses = []
+    for w in range(ids.numel() // seqlen):
+        window = ids[w * seqlen:(w + 1) * seqlen][None]
+        with torch.no_grad():
+            losses.append(model(window, labels=window).loss.item())
+    return math.exp(sum(losses) / len(losses))
+
+
+def test_perplexity_matches_transformers_labels_loop(tiny):
+    from common.data import load_text, tokenize
+    model, tokenizer = tiny
+    ours = perplexity(model, tokenizer, "embedded", seqlen=128, max_windows=4, progress=False)
+    ids = tokenize(tokenizer, load_text("embedded"))[: 4 * 128]
+    assert ours.ppl == pytest.approx(hf_labels_perplexity(model, ids, 128), rel=1e-4)
