@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from .errors import WorkshopError
 
@@ -54,6 +55,24 @@ def cmd_eval(args) -> None:
     _print(out, args.json, f"{result}\nstored bytes: {out['stored_bytes']:,}")
 
 
+def cmd_bench_kernels(args) -> None:
+    import torch
+    from kernels import bench
+    from .hardware import measure_matmul_flops, measure_memory_bandwidth
+    from .reports import write_json_atomic
+    result = bench.run(shapes=args.shapes.split(",") if args.shapes else None)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out.with_suffix(".json"), result)
+    bench.plot_roofline(result, out.with_suffix(".png"), measure_memory_bandwidth("cuda"),
+                        measure_matmul_flops("cuda", torch.bfloat16))
+    text = bench.markdown(result) + f"\n![roofline]({out.with_suffix('.png').name})\n"
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    _print(result, args.json, text)
+
+
 def cmd_reproduce(args) -> None:
     from .reproduce import reproduce
     status = reproduce(labs=args.labs.split(",") if args.labs else None)
@@ -89,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seqlen", type=int, help="tokens per window (default: the mode's budget)")
     p.add_argument("--max-windows", type=int, help="evaluate at most K windows (default: the mode's budget)")
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+
+    p = command("bench-kernels", cmd_bench_kernels, "Time the GEMM paths (bf16, W4A16, tinygemm, INT8, FP8, 2:4) "
+                "on Llama-3-8B- and SmolLM2-shaped linears (GPU).", model=False)
+    p.add_argument("--shapes", help="comma-separated shape names (default: all); see kernels/bench.py")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "kernels" / "RESULTS.md"),
+                   help="markdown report (a .json and a .png roofline are written beside it)")
 
     p = command("reproduce", cmd_reproduce, "Execute every solution notebook headless and write reports/.", model=False)
     p.add_argument("--labs", help="comma-separated lab numbers, e.g. 00,01 (default: all)")

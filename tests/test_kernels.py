@@ -1,0 +1,71 @@
+"""The W4A16 Triton kernel against the dequantize-then-matmul reference (Triton's interpreter on a CPU)."""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # must be set before triton compiles anything
+
+from common.errors import WorkshopError  # noqa: E402
+from kernels.w4a16 import GEMM_CONFIGS, GEMV_CONFIGS, _run, dequantize_w4, pack_w4, w4a16_matmul  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def random_w4(n, k, group, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (n, k), generator=g)
+    scales = (torch.rand(n, k // group, generator=g) * 0.02 + 0.001).to(dtype)
+    zeros = torch.randint(0, 16, (n, k // group), generator=g).to(dtype)
+    return codes, pack_w4(codes).to(DEVICE), scales.to(DEVICE), zeros.to(DEVICE)
+
+
+def test_packing_layout():
+    codes = torch.tensor([[1, 2, 15, 0]])
+    packed = pack_w4(codes)
+    assert packed.tolist() == [[1 | 2 << 4, 15]]
+    scales, zeros = torch.ones(1, 1), torch.zeros(1, 1)
+    assert dequantize_w4(packed, scales, zeros, group_size=4).tolist() == [[1, 2, 15, 0]]
+
+
+@pytest.mark.parametrize("m, n, k, group", [(1, 64, 256, 128), (1, 40, 576, 64), (3, 64, 256, 128),
+                                            (17, 96, 576, 64)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_kernel_matches_reference(m, n, k, group, dtype):
+    if DEVICE == "cpu" and dtype == torch.bfloat16 and m > 1:
+        pytest.skip("Triton's interpreter has no bf16 tl.dot (numpy lacks bf16); this case runs on a GPU")
+    _, qweight, scales, zeros = random_w4(n, k, group, dtype, seed=m + n)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)).to(dtype).to(DEVICE)
+    reference = x.float() @ dequantize_w4(qweight, scales, zeros, group).float().T
+    out = torch.full((m, n), float("nan"), dtype=dtype, device=DEVICE)  # poisoned: every element must be written
+    out = w4a16_matmul(x, qweight, scales, zeros, group)
+    assert out.dtype == dtype and out.shape == (m, n) and not out.isnan().any()
+    error = (out.float() - reference).norm() / reference.norm()
+    assert error < 1e-2, error
+
+
+@pytest.mark.parametrize("config", [GEMV_CONFIGS[0], GEMV_CONFIGS[-1]])
+def test_split_k_gemv_configs(config):
+    _, qweight, scales, zeros = random_w4(32, 1024, 128, torch.float16)
+    x = torch.randn(1, 1024).half().to(DEVICE)
+    reference = x.float() @ dequantize_w4(qweight, scales, zeros).float().T
+    out = _run(x, qweight, scales, zeros, 128, config)
+    assert ((out.float() - reference).norm() / reference.norm()) < 1e-2
+
+
+@pytest.mark.parametrize("config", [GEMM_CONFIGS[0], GEMM_CONFIGS[-1]])
+def test_gemm_configs_with_split_k_tail(config):
+    _, qweight, scales, zeros = random_w4(64, 576, 64, torch.float16)  # 9 groups: split 4 ways leaves a tail
+    x = torch.randn(20, 576).half().to(DEVICE)
+    reference = x.float() @ dequantize_w4(qweight, scales, zeros, 64).float().T
+    out = _run(x, qweight, scales, zeros, 64, config)
+    assert ((out.float() - reference).norm() / reference.norm()) < 1e-2
+
+
+def test_unsupported_shapes_say_what_to_do():
+    _, qweight, scales, zeros = random_w4(16, 256, 128, torch.float16)
+    with pytest.raises(WorkshopError, match="power-of-two group size"):
+        w4a16_matmul(torch.randn(1, 256).half().to(DEVICE), qweight, scales, zeros, group_size=96)
+    with pytest.raises(WorkshopError, match="fp16/bf16"):
+        w4a16_matmul(torch.randn(1, 256).to(DEVICE), qweight, scales, zeros)
