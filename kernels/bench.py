@@ -12,11 +12,11 @@ import torch
 
 from common.errors import WorkshopError
 from common.hardware import device_description, package_versions
-from common.quant.formats import int_scale_zero, quantize_int
+from common.quant.qlinear import QuantLinear, dequantize_int4, unpack_int4
 
 from .gemm_paths import fp8_linear, int8_linear, quantize_fp8, quantize_int8_rows, tinygemm_linear, tinygemm_pack
 from .gemm_paths import two_four_sparse
-from .w4a16 import pack_w4, w4a16_matmul
+from .w4a16 import w4a16_matmul
 
 SHAPES = {  # name: (N = out_features, K = in_features)
     "llama3-8b q/o": (4096, 4096), "llama3-8b gate/up": (14336, 4096), "llama3-8b down": (4096, 14336),
@@ -52,12 +52,12 @@ def time_rotating(fn, operands: list, repeats: int = 20) -> float:
     return statistics.median(times)
 
 
-def quantize_w4(w: torch.Tensor, group_size: int = 128):
-    groups = w.float().reshape(-1, group_size)
-    scale, zero = int_scale_zero(groups, 4, symmetric=False)
-    codes = quantize_int(groups, scale, zero, 4, symmetric=False).to(torch.uint8).reshape(w.shape)
-    n = w.shape[0]
-    return codes, scale.reshape(n, -1).to(w.dtype), zero.reshape(n, -1).to(w.dtype)
+def quantize_w4(w: torch.Tensor, group_size: int):
+    """Round-to-nearest INT4 of `w` as QuantLinear stores it: (packed codes, scales, zeros, codes)."""
+    linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+    linear.weight.data = w
+    layer = QuantLinear.from_linear(linear, "int4", group_size)
+    return layer.qweight, layer.scales, layer.zeros, unpack_int4(layer.qweight)
 
 
 def bench_shape(name: str, n: int, k: int, batch_sizes) -> list:
@@ -68,8 +68,8 @@ def bench_shape(name: str, n: int, k: int, batch_sizes) -> list:
     weights = [torch.randn(n, k, device="cuda", dtype=dtype) * 0.02 for _ in range(copies)]
     w4 = []
     for w in weights:
-        codes, s, z = quantize_w4(w, group_size)
-        w4.append((pack_w4(codes), s, z, tinygemm_pack(codes, s, z, group_size)))
+        packed, s, z, codes = quantize_w4(w, group_size)
+        w4.append((packed, s, z, tinygemm_pack(codes, s, z, group_size)))
     int8_w = [quantize_int8_rows(w) for w in weights]
     fp8_w = [quantize_fp8(w, rowwise=False) for w in weights]
     rows = []
@@ -99,13 +99,13 @@ def bench_shape(name: str, n: int, k: int, batch_sizes) -> list:
 def check_correctness(n: int = 4096, k: int = 4096, group_size: int = 128) -> dict:
     """Relative error of each path against a float32 reference on fresh random data."""
     w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-    codes, s, z = quantize_w4(w, group_size)
-    w_deq = ((codes.float() - z.float().repeat_interleave(group_size, 1)) * s.float().repeat_interleave(group_size, 1))
+    packed, s, z, codes = quantize_w4(w, group_size)
+    w_deq = dequantize_int4(packed, s, z, group_size)
     errors = {}
     for m in (1, 7, 64, 256):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         ref = x.float() @ w_deq.t()
-        out = w4a16_matmul(x, pack_w4(codes), s, z, group_size).float()
+        out = w4a16_matmul(x, packed, s, z, group_size).float()
         errors[f"w4a16 M={m}"] = ((out - ref).norm() / ref.norm()).item()
         tw, sz = tinygemm_pack(codes, s, z, group_size)
         errors[f"tinygemm M={m}"] = ((tinygemm_linear(x, tw, sz, group_size).float() - ref).norm() / ref.norm()).item()

@@ -1,6 +1,6 @@
 """W4A16: 4-bit weights, 16-bit activations, dequantization fused into the matmul (Triton).
 
-Weight layout (the one `common.quant.qlinear.QuantLinear` stores), for W of shape [N, K]:
+Weight layout (the one `common.quant.qlinear.QuantLinear` stores and `pack_int4` writes), for W [N, K]:
   qweight  uint8 [N, K // 2]  byte j of row n holds the code of k = 2j in its low nibble and of
                               k = 2j + 1 in its high nibble; codes are 0..15
   scales   [N, K // group]    fp16 or bf16
@@ -22,6 +22,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from common.errors import WorkshopError
 
 
 @triton.jit
@@ -113,7 +115,6 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def check_w4a16_inputs(x, qweight, scales, zeros, group_size):
-    from common.errors import WorkshopError
     N, K = qweight.shape[0], qweight.shape[1] * 2
     if x.shape[-1] != K:
         raise WorkshopError(f"Activations have {x.shape[-1]} inputs but the packed weight has {K}.",
@@ -175,17 +176,3 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     x2d = x.reshape(-1, x.shape[-1]).contiguous()
     config = _pick_config(x2d, qweight, scales, zeros, group_size)
     return _run(x2d, qweight, scales, zeros, group_size, config).view(*x.shape[:-1], qweight.shape[0])
-
-
-def dequantize_w4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int = 128):
-    """The reference: unpack to [N, K] and scale, in the scales' dtype."""
-    codes = torch.stack([qweight & 0xF, qweight >> 4], dim=-1).reshape(qweight.shape[0], -1)
-    scale = scales.repeat_interleave(group_size, dim=1)
-    zero = zeros.repeat_interleave(group_size, dim=1)
-    return ((codes.to(torch.float32) - zero.float()) * scale.float()).to(scales.dtype)
-
-
-def pack_w4(codes: torch.Tensor) -> torch.Tensor:
-    """Codes [N, K] in 0..15 to the packed layout [N, K // 2] (low nibble = even k)."""
-    codes = codes.to(torch.uint8)
-    return codes[:, 0::2] | (codes[:, 1::2] << 4)

@@ -8,7 +8,8 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # must be set before triton compiles anything
 
 from common.errors import WorkshopError  # noqa: E402
-from kernels.w4a16 import GEMM_CONFIGS, GEMV_CONFIGS, _run, dequantize_w4, pack_w4, w4a16_matmul  # noqa: E402
+from common.quant.qlinear import QuantLinear, dequantize_int4, pack_int4  # noqa: E402
+from kernels.w4a16 import GEMM_CONFIGS, GEMV_CONFIGS, _run, w4a16_matmul  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -18,15 +19,16 @@ def random_w4(n, k, group, dtype, seed=0):
     codes = torch.randint(0, 16, (n, k), generator=g)
     scales = (torch.rand(n, k // group, generator=g) * 0.02 + 0.001).to(dtype)
     zeros = torch.randint(0, 16, (n, k // group), generator=g).to(dtype)
-    return codes, pack_w4(codes).to(DEVICE), scales.to(DEVICE), zeros.to(DEVICE)
+    return codes, pack_int4(codes).to(DEVICE), scales.to(DEVICE), zeros.to(DEVICE)
 
 
-def test_packing_layout():
-    codes = torch.tensor([[1, 2, 15, 0]])
-    packed = pack_w4(codes)
-    assert packed.tolist() == [[1 | 2 << 4, 15]]
-    scales, zeros = torch.ones(1, 1), torch.zeros(1, 1)
-    assert dequantize_w4(packed, scales, zeros, group_size=4).tolist() == [[1, 2, 15, 0]]
+def test_quant_linear_uses_the_kernel_where_it_can():
+    linear = torch.nn.Linear(256, 64, bias=True).to(DEVICE)
+    layer = QuantLinear.from_linear(linear.half(), "int4", group_size=128)
+    x = torch.randn(3, 256).half().to(DEVICE)
+    assert layer.uses_kernel(x) == (DEVICE == "cuda")
+    reference = x.float() @ layer.dequantized_weight().T + layer.bias.float()
+    assert ((layer(x).float() - reference).norm() / reference.norm()) < 1e-2
 
 
 @pytest.mark.parametrize("m, n, k, group", [(1, 64, 256, 128), (1, 40, 576, 64), (3, 64, 256, 128),
@@ -37,7 +39,7 @@ def test_kernel_matches_reference(m, n, k, group, dtype):
         pytest.skip("Triton's interpreter has no bf16 tl.dot (numpy lacks bf16); this case runs on a GPU")
     _, qweight, scales, zeros = random_w4(n, k, group, dtype, seed=m + n)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)).to(dtype).to(DEVICE)
-    reference = x.float() @ dequantize_w4(qweight, scales, zeros, group).float().T
+    reference = x.float() @ dequantize_int4(qweight, scales, zeros, group).float().T
     out = torch.full((m, n), float("nan"), dtype=dtype, device=DEVICE)  # poisoned: every element must be written
     out = w4a16_matmul(x, qweight, scales, zeros, group)
     assert out.dtype == dtype and out.shape == (m, n) and not out.isnan().any()
@@ -49,7 +51,7 @@ def test_kernel_matches_reference(m, n, k, group, dtype):
 def test_split_k_gemv_configs(config):
     _, qweight, scales, zeros = random_w4(32, 1024, 128, torch.float16)
     x = torch.randn(1, 1024).half().to(DEVICE)
-    reference = x.float() @ dequantize_w4(qweight, scales, zeros).float().T
+    reference = x.float() @ dequantize_int4(qweight, scales, zeros, 128).float().T
     out = _run(x, qweight, scales, zeros, 128, config)
     assert ((out.float() - reference).norm() / reference.norm()) < 1e-2
 
@@ -58,7 +60,7 @@ def test_split_k_gemv_configs(config):
 def test_gemm_configs_with_split_k_tail(config):
     _, qweight, scales, zeros = random_w4(64, 576, 64, torch.float16)  # 9 groups: split 4 ways leaves a tail
     x = torch.randn(20, 576).half().to(DEVICE)
-    reference = x.float() @ dequantize_w4(qweight, scales, zeros, 64).float().T
+    reference = x.float() @ dequantize_int4(qweight, scales, zeros, 64).float().T
     out = _run(x, qweight, scales, zeros, 64, config)
     assert ((out.float() - reference).norm() / reference.norm()) < 1e-2
 

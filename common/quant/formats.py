@@ -3,6 +3,11 @@
 Granularity is set by `group_size`: None quantizes each output row (per channel) as one group,
 -1 the whole tensor as one group, and g > 0 every g consecutive inputs of a row. Weights are
 [out_features, in_features]; groups run along in_features, as in GPTQ, AWQ and the INT4 kernels.
+
+Formats: INT (2-8 bits, symmetric or asymmetric with an integer zero point); NF4 (QLoRA's normal
+quantiles); FP8 E4M3 / E5M2 (rounded by PyTorch's casts, so bit-exact with the hardware types);
+FP4 E2M1; NVFP4 (E2M1 in blocks of 16 with FP8 E4M3 block scales and an fp32 tensor scale) and
+MXFP4 (E2M1 in blocks of 32 with power-of-two scales). `fake_quant(w, fmt, group_size)` dispatches.
 """
 import torch
 
@@ -55,9 +60,212 @@ def dequantize_int(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> 
     return (q - zero) * scale
 
 
-def fake_quant_int(w: torch.Tensor, bits: int, group_size: int | None = None, symmetric: bool = True):
-    """`w` rounded to a `bits`-bit integer grid at the given granularity, in `w`'s dtype and shape."""
+def fake_quant_int(w: torch.Tensor, bits: int, group_size: int | None = None, symmetric: bool = True,
+                   scale_dtype: torch.dtype | None = None):
+    """`w` rounded to a `bits`-bit integer grid at the given granularity, in `w`'s dtype and shape.
+
+    `scale_dtype` (e.g. torch.float16) rounds the scales to the type they are stored in first, as a
+    packed layer does, so that the result is exactly what that layer computes.
+    """
     groups = _grouped(w, group_size).float()
     scale, zero = int_scale_zero(groups, bits, symmetric)
+    if scale_dtype is not None:
+        scale = scale.to(scale_dtype).float()
     q = quantize_int(groups, scale, zero, bits, symmetric)
     return dequantize_int(q, scale, zero).reshape(w.shape).to(w.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-uniform and floating-point grids: scale each group by its absolute maximum, round to the grid
+# ---------------------------------------------------------------------------------------------
+FP8_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+NVFP4_BLOCK, MXFP4_BLOCK = 16, 32
+
+
+def nf4_levels() -> torch.Tensor:
+    """The 16 NormalFloat levels of QLoRA: quantiles of N(0, 1), rescaled to [-1, 1], 0 exact.
+
+    Each half of the grid cuts the normal distribution into equal-probability bins (8 on the positive
+    side, 7 on the negative side, so that 0 is a level); the outermost probability is pulled in from 1
+    to `offset` (QLoRA's choice, between the 15- and 16-bin half-widths) because the normal quantile of
+    1 is infinite.
+    """
+    offset = 1 - 0.5 * (1 / (2 * 15) + 1 / (2 * 16))
+    ppf = torch.special.ndtri
+    positive = ppf(torch.linspace(offset, 0.5, 9, dtype=torch.float64)[:-1])
+    negative = -ppf(torch.linspace(offset, 0.5, 8, dtype=torch.float64)[:-1])
+    levels = torch.cat([positive, torch.zeros(1, dtype=torch.float64), negative]).sort().values
+    return (levels / levels.abs().max()).float()
+
+
+def fp8_values(fmt: str) -> torch.Tensor:
+    """Every finite value of an FP8 format, sorted: all 256 bit patterns read as that type."""
+    values = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(FP8_DTYPES[fmt]).float()
+    return values[values.isfinite()].unique()
+
+
+def fp4_e2m1_values() -> torch.Tensor:
+    """FP4 E2M1 (1 sign, 2 exponent, 1 mantissa bit, bias 1): ±{0, 0.5, 1, 1.5, 2, 3, 4, 6}."""
+    codes = torch.arange(8)
+    exponent, mantissa = codes >> 1, (codes & 1).float()
+    magnitude = torch.where(exponent == 0, 0.5 * mantissa,  # subnormals: 0 and 0.5
+                            2.0 ** (exponent - 1).float() * (1 + 0.5 * mantissa))
+    return torch.cat([-magnitude, magnitude]).unique()
+
+
+def round_to_grid(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Each value of `x` replaced by the nearest value of the sorted 1-D `grid` (ends clamp)."""
+    grid = grid.to(x.device, x.dtype)
+    return grid[torch.bucketize(x, (grid[1:] + grid[:-1]) / 2)]
+
+
+def _absmax_fake_quant(w: torch.Tensor, group_size, grid_max: float, round_fn) -> torch.Tensor:
+    """Scale each group so its largest |w| lands on the grid's largest value, round, scale back."""
+    groups = _grouped(w, group_size).float()
+    scale = groups.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / grid_max
+    return (round_fn(groups / scale) * scale).reshape(w.shape).to(w.dtype)
+
+
+def fake_quant_nf4(w: torch.Tensor, group_size: int | None = 64) -> torch.Tensor:
+    """NF4 with absmax block scaling (QLoRA uses blocks of 64)."""
+    levels = nf4_levels()
+    return _absmax_fake_quant(w, group_size, 1.0, lambda x: round_to_grid(x, levels))
+
+
+def fake_quant_fp8(w: torch.Tensor, fmt: str = "fp8_e4m3", group_size: int | None = -1) -> torch.Tensor:
+    """FP8 with amax scaling (per tensor by default), rounded by PyTorch's own cast.
+
+    The cast is what the hardware does (round to nearest even), so this is bit-exact with
+    `(w / scale).to(torch.float8_e4m3fn)`; the clamp keeps rounding noise in `w / scale` from overflowing.
+    """
+    if fmt not in FP8_DTYPES:
+        raise WorkshopError(f"Unknown FP8 format {fmt!r}.", f"Use one of {', '.join(FP8_DTYPES)}.")
+    dtype = FP8_DTYPES[fmt]
+    fmax = torch.finfo(dtype).max
+    return _absmax_fake_quant(w, group_size, fmax, lambda x: x.clamp(-fmax, fmax).to(dtype).float())
+
+
+def fake_quant_fp4(w: torch.Tensor, group_size: int | None = 32) -> torch.Tensor:
+    """FP4 E2M1 elements with a full-precision absmax scale per group."""
+    grid = fp4_e2m1_values()
+    return _absmax_fake_quant(w, group_size, 6.0, lambda x: round_to_grid(x, grid))
+
+
+def fake_quant_nvfp4(w: torch.Tensor) -> torch.Tensor:
+    """NVFP4: E2M1 elements in blocks of 16, each block's scale stored as FP8 E4M3, times one fp32
+    scale per tensor (chosen so the largest block scale lands at the top of the E4M3 range)."""
+    blocks = _grouped(w, NVFP4_BLOCK).float()
+    block_amax = blocks.abs().amax(dim=1, keepdim=True)
+    tensor_scale = block_amax.max().clamp(min=1e-12) / (6.0 * 448.0)
+    block_scale = (block_amax / 6.0 / tensor_scale).to(torch.float8_e4m3fn).float() * tensor_scale
+    # A block far below the tensor's maximum can get a zero FP8 scale: all its values become 0.
+    scaled = torch.where(block_scale > 0, blocks / block_scale.clamp(min=1e-30), torch.zeros_like(blocks))
+    return (round_to_grid(scaled, fp4_e2m1_values()) * block_scale).reshape(w.shape).to(w.dtype)
+
+
+def fake_quant_mxfp4(w: torch.Tensor) -> torch.Tensor:
+    """MXFP4 (OCP microscaling): E2M1 elements in blocks of 32 sharing a power-of-two (E8M0) scale.
+
+    The scale is 2^(floor(log2(amax)) - 2): the block maximum lands in [4, 8) and values above 6 clamp,
+    the price of a scale that is a bare exponent.
+    """
+    blocks = _grouped(w, MXFP4_BLOCK).float()
+    amax = blocks.abs().amax(dim=1, keepdim=True).clamp(min=2.0 ** -126)
+    scale = 2.0 ** (torch.floor(torch.log2(amax)) - 2).clamp(-127, 127)
+    return (round_to_grid(blocks / scale, fp4_e2m1_values()) * scale).reshape(w.shape).to(w.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# One entry point for every format of the course
+# ---------------------------------------------------------------------------------------------
+INT_FORMATS = ("int8", "int4", "int3", "int2")
+FORMATS = INT_FORMATS + ("nf4", "fp8_e4m3", "fp8_e5m2", "fp4", "nvfp4", "mxfp4")
+DEFAULT_GROUP_SIZE = {"int8": None, "int4": 128, "int3": 128, "int2": 128, "nf4": 64, "fp8_e4m3": -1,
+                      "fp8_e5m2": -1, "fp4": 32, "nvfp4": NVFP4_BLOCK, "mxfp4": MXFP4_BLOCK}
+ELEMENT_BITS = {"int8": 8, "int4": 4, "int3": 3, "int2": 2, "nf4": 4, "fp8_e4m3": 8, "fp8_e5m2": 8,
+                "fp4": 4, "nvfp4": 4, "mxfp4": 4}
+DEFAULT = "default"
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise WorkshopError(f"Unknown number format {fmt!r}.", f"Use one of {', '.join(FORMATS)}.")
+
+
+def resolve_group_size(fmt: str, group_size=DEFAULT):
+    """The format's usual granularity when `group_size` is "default"; NVFP4 and MXFP4 fix theirs."""
+    _check_format(fmt)
+    if group_size == DEFAULT:
+        return DEFAULT_GROUP_SIZE[fmt]
+    if fmt in ("nvfp4", "mxfp4") and group_size != DEFAULT_GROUP_SIZE[fmt]:
+        raise WorkshopError(f"{fmt} uses blocks of {DEFAULT_GROUP_SIZE[fmt]} by definition, not {group_size}.",
+                            f"Leave group_size at its default for {fmt}, or pick int4, nf4 or fp4 to vary it.")
+    return group_size
+
+
+def fake_quant(w: torch.Tensor, fmt: str, group_size=DEFAULT, symmetric: bool = True) -> torch.Tensor:
+    """`w` rounded to format `fmt` at the given granularity (see the module docstring), same dtype/shape.
+
+    `symmetric` applies to the integer formats only (asymmetric: min-max grid with a zero point).
+    """
+    group_size = resolve_group_size(fmt, group_size)
+    if fmt in INT_FORMATS:
+        return fake_quant_int(w, ELEMENT_BITS[fmt], group_size, symmetric)
+    if fmt == "nf4":
+        return fake_quant_nf4(w, group_size)
+    if fmt in FP8_DTYPES:
+        return fake_quant_fp8(w, fmt, group_size)
+    if fmt == "fp4":
+        return fake_quant_fp4(w, group_size)
+    return fake_quant_nvfp4(w) if fmt == "nvfp4" else fake_quant_mxfp4(w)
+
+
+def format_grid(fmt: str, symmetric: bool = True) -> torch.Tensor:
+    """The values one element of `fmt` can take before scaling (integer codes for INT), sorted."""
+    _check_format(fmt)
+    if fmt in INT_FORMATS:
+        bits = ELEMENT_BITS[fmt]
+        qmax = 2 ** (bits - 1) - 1
+        return torch.arange(-qmax, qmax + 1.0) if symmetric else torch.arange(0, 2.0 ** bits)
+    if fmt == "nf4":
+        return nf4_levels()
+    if fmt in FP8_DTYPES:
+        return fp8_values(fmt)
+    return fp4_e2m1_values()
+
+
+def bits_per_weight(fmt: str, group_size=DEFAULT, symmetric: bool = True, scale_bits: int = 16) -> float:
+    """Stored bits per weight: the element plus its share of the group's scale (and zero point).
+
+    Per-channel and per-tensor scales are amortized over hundreds of weights and counted as free.
+    NVFP4 and MXFP4 store 8-bit block scales (E4M3, E8M0), the others `scale_bits`-bit ones.
+    """
+    group_size = resolve_group_size(fmt, group_size)
+    bits = float(ELEMENT_BITS[fmt])
+    if group_size in (None, -1):
+        return bits
+    if fmt in ("nvfp4", "mxfp4"):
+        return bits + 8 / group_size
+    zero_bits = scale_bits if fmt in INT_FORMATS and not symmetric else 0
+    return bits + (scale_bits + zero_bits) / group_size
+
+
+def relative_error(w: torch.Tensor, w_hat: torch.Tensor) -> float:
+    """||w - w_hat|| / ||w|| (Frobenius), in float32."""
+    w, w_hat = w.float(), w_hat.float()
+    return ((w - w_hat).norm() / w.norm().clamp(min=1e-12)).item()
+
+
+def outlier_range_fraction(w: torch.Tensor, top: float = 0.05) -> torch.Tensor:
+    """For each row of `w` (an output channel): the share of its value range [min, max] that only the
+    `top` fraction of its weights by magnitude reach (ICQuant's measurement). Returns a [rows] tensor.
+
+    A uniform grid spreads its levels over the whole range, so this share of the levels is spent on
+    the outliers alone.
+    """
+    w = w.float().reshape(w.shape[0], -1)
+    n_top = max(1, round(top * w.shape[1]))
+    is_inlier = w.abs() < w.abs().topk(n_top, dim=1).values[:, -1:]
+    inlier_range = (torch.where(is_inlier, w, -torch.inf).amax(dim=1) -
+                    torch.where(is_inlier, w, torch.inf).amin(dim=1))
+    return 1 - inlier_range / (w.amax(dim=1) - w.amin(dim=1)).clamp(min=1e-12)

@@ -1,0 +1,103 @@
+"""KV-cache quantization (KIVI-style), as fake quantization for evaluation, and its memory accounting.
+
+Keys have a few channels with large magnitudes in every token, so KIVI quantizes K per channel (a
+scale per channel for each group of `token_group` consecutive tokens) and V per token (a scale per
+token and head). Tokens of a group that is not yet full stay in full precision, as KIVI keeps its
+most recent tokens.
+
+Simulation: forward hooks on every k_proj and v_proj replace their outputs (the keys and values the
+cache would store) by their quantized values, so any evaluation (e.g. `common.eval.perplexity`) sees
+attention over a quantized cache. Keys are hooked before rotary embedding: a cache that stores
+pre-RoPE keys and rotates them when reading (as KVQuant does) keeps the outlier channels aligned,
+while RoPE mixes channel pairs. With `model.generate` each new token is a group of one and stays
+unquantized: use this for evaluation of whole windows.
+"""
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import WorkshopError
+from .formats import fake_quant
+
+KV_FORMATS = ("int8", "int4", "int2", "fp8_e4m3")
+AXES = ("channel", "token")
+
+
+@dataclass
+class KVQuantConfig:
+    fmt: str = "int8"                 # int8 / int4 / int2 (asymmetric, as KIVI), or fp8_e4m3
+    key_axis: str = "channel"         # KIVI: keys per channel ...
+    value_axis: str = "token"         # ... values per token
+    token_group: int = 32             # tokens sharing one per-channel scale
+    channel_group: int | None = None  # channels sharing one per-token scale; None: one head (head_dim)
+
+    def __post_init__(self):
+        if self.fmt not in KV_FORMATS:
+            raise WorkshopError(f"KV-cache format {self.fmt!r} is not supported.", f"Use one of {', '.join(KV_FORMATS)}.")
+        if self.key_axis not in AXES or self.value_axis not in AXES:
+            raise WorkshopError(f"Quantization axes must be 'channel' or 'token', got {self.key_axis!r}, "
+                                f"{self.value_axis!r}.", "KIVI uses key_axis='channel', value_axis='token'.")
+
+
+def fake_quant_kv(x: torch.Tensor, fmt: str, axis: str, token_group: int = 32,
+                  channel_group: int | None = None) -> torch.Tensor:
+    """Quantize-dequantize keys or values `x` [batch, tokens, channels] along `axis`.
+
+    axis="channel": one scale per channel per `token_group` tokens (trailing partial group untouched);
+    axis="token": one scale per token per `channel_group` channels (default: all channels).
+    """
+    rows = lambda t: fake_quant(t, fmt, group_size=None, symmetric=False)  # noqa: E731 (one scale per row)
+    batch, tokens, channels = x.shape
+    if axis == "token":
+        group = channel_group or channels
+        if channels % group:
+            raise WorkshopError(f"Channel group {group} does not divide {channels} channels.", "Use the head dimension.")
+        return rows(x.reshape(-1, group)).reshape(x.shape)
+    full = tokens - tokens % token_group
+    if full == 0:
+        return x
+    grouped = x[:, :full].reshape(batch, full // token_group, token_group, channels).transpose(2, 3)
+    quantized = rows(grouped.reshape(-1, token_group)).reshape(grouped.shape).transpose(2, 3)
+    return torch.cat([quantized.reshape(batch, full, channels), x[:, full:]], dim=1)
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def add_kv_quantization(model, config: KVQuantConfig) -> list:
+    """Hooks that quantize every layer's keys and values; returns the handles (call .remove() on each)."""
+    channel_group = config.channel_group or _head_dim(model.config)
+    handles = []
+    for name, module in model.named_modules():
+        if name.endswith("k_proj") or name.endswith("v_proj"):
+            axis = config.key_axis if name.endswith("k_proj") else config.value_axis
+            hook = lambda m, inputs, out, axis=axis: fake_quant_kv(  # noqa: E731
+                out, config.fmt, axis, config.token_group, channel_group)
+            handles.append(module.register_forward_hook(hook))
+    if not handles:
+        raise WorkshopError("This model has no k_proj / v_proj modules to hook.",
+                            "KV-cache simulation supports Llama-style attention (SmolLM2, Llama, Qwen, Mistral).")
+    return handles
+
+
+@contextmanager
+def quantized_kv_cache(model, config: KVQuantConfig | None):
+    """`with quantized_kv_cache(model, KVQuantConfig("int4")): perplexity(model, ...)`; None: no change."""
+    handles = add_kv_quantization(model, config) if config is not None else []
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def kv_cache_bytes(config, batch: int, context: int, bits: float = 16) -> int:
+    """Bytes of the KV cache: keys and values of every layer and KV head, for `batch` x `context` tokens.
+
+    `bits` may include the scales' share (e.g. 4 + 2 * 16 / 32 for INT4 with an fp16 scale and zero
+    per group of 32).
+    """
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * _head_dim(config)
+    return int(per_token * batch * context * bits / 8)

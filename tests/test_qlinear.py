@@ -1,0 +1,108 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.errors import WorkshopError
+from common.eval import stored_bytes
+from common.quant.formats import fake_quant_fp8, fake_quant_int, relative_error
+from common.quant.qlinear import QuantLinear, pack_int4, replace_linears, unpack_int4
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
+
+def linear(n=64, k=256, bias=False, dtype=torch.float32):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(k, n, bias=bias)
+    return layer.to(dtype)
+
+
+def test_pack_layout_and_round_trip():
+    codes = torch.randint(0, 16, (8, 32))
+    packed = pack_int4(codes)
+    assert packed.dtype == torch.uint8 and packed.shape == (8, 16)
+    assert torch.equal(packed[:, 0], (codes[:, 0] | (codes[:, 1] << 4)).to(torch.uint8))  # k=0 low, k=1 high
+    assert torch.equal(unpack_int4(packed), codes.to(torch.uint8))
+    with pytest.raises(WorkshopError):
+        pack_int4(torch.full((2, 4), 16))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int4_matches_fake_quant_and_dequant_formula(symmetric):
+    lin = linear(bias=True)
+    q = QuantLinear.from_linear(lin, "int4", group_size=64, symmetric=symmetric)
+    x = torch.randn(3, 5, 256)
+    # exactly the documented dequantization of the stored buffers
+    codes = unpack_int4(q.qweight).float()
+    w = (codes - q.zeros.float().repeat_interleave(64, 1)) * q.scales.float().repeat_interleave(64, 1)
+    assert torch.equal(q(x), F.linear(x, w, lin.bias))
+    assert codes.min() >= 0 and codes.max() <= 15
+    if symmetric:
+        assert torch.all(q.zeros == 8)
+    # and exactly the fake-quant weight, once its scales are rounded to the stored fp16 too
+    fake = fake_quant_int(lin.weight.detach(), 4, 64, symmetric, scale_dtype=torch.float16)
+    assert torch.equal(q(x), F.linear(x, fake, lin.bias))
+    assert relative_error(fake_quant_int(lin.weight.detach(), 4, 64, symmetric), fake) < 1e-2
+
+
+def test_int8_and_fp8_match_fake_quant():
+    lin = linear()
+    x = torch.randn(4, 256)
+    q8 = QuantLinear.from_linear(lin, "int8")
+    assert q8.qweight.dtype == torch.int8 and q8.scales.shape == (64, 1)
+    assert torch.equal(q8(x), F.linear(x, fake_quant_int(lin.weight.detach(), 8, None, scale_dtype=torch.float16)))
+    for group_size in (-1, None):
+        qf = QuantLinear.from_linear(lin, "fp8", group_size)
+        assert qf.qweight.dtype == torch.float8_e4m3fn
+        assert torch.equal(qf.dequantized_weight(), fake_quant_fp8(lin.weight.detach(), "fp8_e4m3", group_size))
+
+
+def test_codes_handed_over_by_an_algorithm():
+    lin = linear()
+    codes = torch.randint(0, 16, (64, 256))
+    scales, zeros = torch.rand(64, 2) + 0.1, torch.randint(0, 16, (64, 2)).float()
+    q = QuantLinear.from_linear(lin, "int4", 128, codes=codes, scales=scales, zeros=zeros)
+    expected = (codes - zeros.half().float().repeat_interleave(128, 1)) * scales.half().float().repeat_interleave(128, 1)
+    assert torch.equal(q.dequantized_weight(), expected)
+    signed = QuantLinear.from_linear(lin, "int4", 128, codes=codes - 8, scales=scales, zeros=torch.zeros(64, 2))
+    assert torch.equal(signed.qweight, pack_int4(codes)) and torch.all(signed.zeros == 8)
+    with pytest.raises(WorkshopError, match="scales have shape"):
+        QuantLinear.from_linear(lin, "int4", 128, codes=codes, scales=scales[:, :1], zeros=zeros)
+
+
+def test_stored_bytes_and_state_dict_round_trip(tmp_path):
+    n, k, g = 64, 256, 128
+    q = QuantLinear.from_linear(linear(n, k), "int4", g)
+    assert stored_bytes(q) == n * k // 2 + 2 * (n * k // g) * 2  # packed codes + fp16 scales + fp16 zeros
+    assert stored_bytes(QuantLinear.from_linear(linear(n, k), "int8")) == n * k + 2 * n
+    assert stored_bytes(QuantLinear.from_linear(linear(n, k), "fp8", -1)) == n * k + 4
+    for fmt, group in (("int4", g), ("int8", None), ("fp8", None)):
+        original = QuantLinear.from_linear(linear(n, k, bias=True, dtype=torch.bfloat16), fmt, group)
+        torch.save(original.state_dict(), tmp_path / "q.pt")
+        fresh = QuantLinear(k, n, fmt, group, bias=True, dtype=torch.bfloat16)
+        fresh.load_state_dict(torch.load(tmp_path / "q.pt"))
+        for name, t in original.state_dict().items():
+            assert t.dtype == fresh.state_dict()[name].dtype
+            assert torch.equal(t.view(torch.uint8), fresh.state_dict()[name].view(torch.uint8)), name
+    assert original.scales.dtype == torch.float32 and fresh.bias.dtype == torch.bfloat16
+
+
+def test_replace_linears(tiny):
+    model, tokenizer = tiny
+    import copy
+    quantized = replace_linears(copy.deepcopy(model), "int4", 128, progress=False)
+    layers = [m for m in quantized.modules() if isinstance(m, QuantLinear)]
+    assert len(layers) == 7 * model.config.num_hidden_layers
+    assert not isinstance(quantized.lm_head, QuantLinear)
+    assert stored_bytes(quantized) < 0.6 * stored_bytes(model)
+    ids = tokenizer("hello quantized world", return_tensors="pt").input_ids
+    with torch.no_grad():
+        reference = model(ids).logits
+        errors = {fmt: relative_error(reference, replace_linears(copy.deepcopy(model), fmt, group, progress=False)(ids).logits)
+                  for fmt, group in (("int8", None), ("fp8", -1))}
+        errors["int4"] = relative_error(reference, quantized(ids).logits)
+    assert errors["int8"] < errors["fp8"] < errors["int4"] < 0.2
+    with pytest.raises(WorkshopError, match="does not divide"):
+        replace_linears(copy.deepcopy(model), "int4", 96, progress=False)
