@@ -1,0 +1,61 @@
+"""Checkers of lab 06 (Hardware and kernels)."""
+import math
+
+from . import check, check_close
+
+
+def _gemm_bytes(m: int, n: int, k: int, weight_bits: int, group_size: int | None) -> float:
+    """Bytes a weight-only-quantized GEMM must move: x [m, k] times W [n, k]^T -> [m, n].
+
+    Weights at `weight_bits`, one 16-bit scale and one 16-bit zero per group of `group_size` weights
+    (none for 16-bit weights), 16-bit activations read and outputs written.
+    """
+    weights = n * k * weight_bits / 8
+    scales_and_zeros = 0 if group_size is None else 2 * 2 * n * k / group_size
+    return weights + scales_and_zeros + 2 * (m * k + m * n)
+
+
+def _compute_bound_m(n: int, k: int, weight_bits: int, group_size: int | None, bandwidth: float, flops: float):
+    """Smallest M whose arithmetic intensity reaches the ridge point flops / bandwidth (None: never)."""
+    ridge = flops / bandwidth
+    # intensity 2*M*n*k / (W + 2*M*(k + n)) grows with M towards n*k / (n + k); solve it >= ridge for M
+    if ridge >= n * k / (n + k):
+        return None
+    weight_bytes = _gemm_bytes(0, n, k, weight_bits, group_size)
+    return max(1, math.ceil(ridge * weight_bytes / (2 * n * k - 2 * ridge * (n + k))))
+
+
+def check_gemm_bytes(gemm_bytes) -> None:
+    cases = [(1, 14336, 4096, 16, None), (1, 14336, 4096, 4, 128), (4096, 14336, 4096, 4, 128),
+             (7, 1536, 576, 4, 64), (16, 576, 1536, 8, None)]
+    hint = ("weights: n*k*bits/8 bytes; group-quantized weights add one fp16 scale and one fp16 zero "
+            "(4 bytes) per group of group_size weights of a row; activations: 2*m*k bytes in and "
+            "2*m*n bytes out.")
+    for m, n, k, bits, group in cases:
+        expected = _gemm_bytes(m, n, k, bits, group)
+        answer = gemm_bytes(m, n, k, bits, group)
+        check_close(f"bytes moved by a {m}x{n}x{k} GEMM with {bits}-bit weights (group {group})",
+                    answer, expected, 1e-9, hint)
+
+
+def check_w4a16_decode_bound(answer: float, quantized_model, bandwidth: float) -> None:
+    from ..eval import decode_bound_tokens_per_s, stored_bytes
+    check_close("W4A16 decode bound at batch 1", answer,
+                decode_bound_tokens_per_s(stored_bytes(quantized_model), bandwidth), 0.01,
+                "a decode step reads every stored byte once: packed codes, scales, zeros, and the "
+                "embedding and norms that stayed in 16/32 bits; count them with stored_bytes(model).")
+
+
+def check_compute_bound_m(answer, n: int, k: int, weight_bits: int, group_size: int | None,
+                          bandwidth: float, flops: float) -> None:
+    expected = _compute_bound_m(n, k, weight_bits, group_size, bandwidth, flops)
+    hint = ("the ridge point is flops / bandwidth (FLOPs per byte); find the smallest integer M with "
+            "2*M*n*k / gemm_bytes(M, n, k, bits, group) >= ridge (None if the intensity never gets there).")
+    if expected is None:
+        check(f"{n}x{k} with {weight_bits}-bit weights never becomes compute bound here"
+              if answer is None else f"got M={answer}, but this shape never reaches the ridge point",
+              answer is None, hint)
+    else:
+        check(f"smallest compute-bound M for {n}x{k}, {weight_bits}-bit weights: "
+              + (f"M={answer}" if answer == expected else f"got {answer}, expected {expected}"),
+              answer == expected, hint)
