@@ -32,7 +32,7 @@ reproduce: $(STAMP)
 	$(BIN)/workshop reproduce
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=labs
+	$(BIN)/jupyter lab --notebook-dir=labs $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 # After editing a solution: store its quick-mode outputs (what nbval compares) and regenerate labs/.
 refresh: $(STAMP)

@@ -33,7 +33,7 @@ class Budget:
 
 
 QUICK = Budget(mode="quick", dtype="float32", eval_seqlen=512, eval_max_windows=6,
-               calib_samples=8, calib_seqlen=256, train_steps=20, train_batch=4, train_seqlen=256,
+               calib_samples=8, calib_seqlen=256, train_steps=8, train_batch=2, train_seqlen=64,
                bench_repeats=3, decode_tokens=8, decode_batches=(1, 4),
                sweep_eval_windows=2, sweep_sparsities=(0.5,), sensitivity_layers=3, long_context=1024)
 FULL = Budget(mode="full", dtype="bfloat16", eval_seqlen=2048, eval_max_windows=None,

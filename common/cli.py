@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-windows", type=int, help="evaluate at most K windows (default: the mode's budget)")
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
 
+    from .distill.cli import add_commands as add_distill_commands
+    from .prune.cli import add_commands as add_prune_commands
+    from .quant.cli import add_commands as add_quant_commands
+    add_quant_commands(command)
+    add_prune_commands(command)
+    add_distill_commands(command)
+
     p = command("bench-kernels", cmd_bench_kernels, "Time the GEMM paths (bf16, W4A16, tinygemm, INT8, FP8, 2:4) "
                 "on Llama-3-8B- and SmolLM2-shaped linears (GPU).", model=False)
     p.add_argument("--shapes", help="comma-separated shape names (default: all); see kernels/bench.py")
