@@ -1,0 +1,43 @@
+"""Checkers of lab 02 (Post-training quantization)."""
+import torch
+
+from . import check
+
+
+def _close(a, b, tol=1e-5) -> bool:
+    return a is not None and not isinstance(a, type(Ellipsis)) and torch.allclose(
+        torch.as_tensor(a).float(), torch.as_tensor(b).float(), rtol=tol, atol=tol)
+
+
+def check_rtn_scale(scale, zero, weight: torch.Tensor, bits: int, group_size: int) -> None:
+    from ..quant.formats import _grouped, int_scale_zero
+    expected_scale, expected_zero = int_scale_zero(_grouped(weight, group_size).float(), bits, symmetric=False)
+    check("asymmetric RTN scale and zero point per group",
+          _close(scale, expected_scale) and _close(zero, expected_zero),
+          f"view the weight as [groups, {group_size}]; the range [min(w, 0), max(w, 0)] of each group is "
+          f"cut into 2^{bits} - 1 steps (scale = (hi - lo) / (2^{bits} - 1)) and the zero point is the "
+          "integer code of 0.0: round(-lo / scale). Keep the dimensions (keepdim=True).")
+
+
+def check_gptq_column_update(updated, W: torch.Tensor, q: torch.Tensor, U: torch.Tensor) -> None:
+    # Independent reference: the optimal update of the remaining columns, solved from the
+    # inverse Hessian itself rather than from its Cholesky factor.
+    Hinv = U.T @ U
+    err = W[:, 0] - q
+    expected = W[:, 1:] - torch.outer(err / Hinv[0, 0], Hinv[0, 1:])
+    check("GPTQ update of the columns after the first one", _close(updated, expected, 1e-4),
+          "err = (w0 - q0) / U[0, 0]; W[:, 1:] -= outer(err, U[0, 1:]). U is the upper Cholesky "
+          "factor of H^-1, so U[0, 0]^2 = H^-1[0, 0] and U[0, 0] * U[0, j] = H^-1[0, j].")
+
+
+def check_smoothing_scale(s, act_absmax: torch.Tensor, weights: list, alpha: float) -> None:
+    from ..quant.smoothquant import smoothing_scale
+    check(f"SmoothQuant scales at alpha={alpha}", _close(s, smoothing_scale(act_absmax, weights, alpha), 1e-4),
+          "s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), where max|W_j| is taken over input column j of "
+          "q, k and v together (amax over dim 0 of each weight, then the max of the three).")
+
+
+def check_gptq_beats_rtn(gptq_ppl: float, rtn_ppl: float, base_ppl: float, setting: str) -> None:
+    check(f"GPTQ below RTN at {setting}", gptq_ppl < rtn_ppl,
+          "GPTQ uses the calibration inputs' Hessian to compensate each column's rounding error; if it is "
+          "worse than RTN, check the damping and that layers are quantized sequentially.")

@@ -1,0 +1,91 @@
+"""`workshop distill`: recover a (pruned) student by distilling from a teacher; writes a checkpoint
+that loads with from_pretrained."""
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from ..errors import WorkshopError
+
+
+def save_student(out: Path, student, tokenizer) -> None:
+    """save_pretrained of model and tokenizer, written aside then renamed into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    student.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def cmd_distill(args) -> None:
+    from ..budgets import get_budget
+    from ..eval import check_seqlen, perplexity
+    from ..models import load_model
+    from .train import DistillConfig, distill, training_ids
+    budget = get_budget()
+    def given(value, default):  # 0 is a value (and an error), not "use the default"
+        return default if value is None else value
+
+    config = DistillConfig(steps=given(args.steps, budget.train_steps), temperature=args.temperature, alpha=args.alpha,
+                           lr=args.lr, batch=given(args.batch, budget.train_batch),
+                           seqlen=given(args.seqlen, budget.train_seqlen),
+                           grad_accum=args.grad_accum, seed=args.seed, hidden_loss_weight=args.hidden_loss_weight,
+                           checkpoint_dir=str(Path(args.out) / "checkpoint") if args.out and args.checkpoint_every else None,
+                           checkpoint_every=args.checkpoint_every)
+    config.validate()  # before loading anything: bad numbers fail in a second
+    if args.student != "tiny-random" and not Path(args.student).expanduser().is_dir():
+        raise WorkshopError(f"--student {args.student} is not a directory.",
+                            "Give the directory of a pruned model (e.g. written by `workshop prune --out DIR`).")
+    student, tokenizer = load_model(args.student, dtype=args.dtype, device=args.device)
+    saved_dtype = student.dtype
+    teacher, _ = load_model(args.teacher or args.model, dtype=args.dtype, device=args.device)
+    check_seqlen(student, config.seqlen)
+    data = training_ids(tokenizer, args.data.split(","))
+
+    def ppl(model):
+        return perplexity(model, tokenizer, "embedded", seqlen=budget.eval_seqlen, max_windows=budget.eval_max_windows)
+
+    result = {"student": args.student, "teacher": args.teacher or args.model, "config": asdict(config), "mode": budget.mode}
+    if args.eval:
+        result["teacher_ppl"], result["student_ppl_before"] = ppl(teacher).ppl, ppl(student).ppl
+    student, history = distill(student, teacher, config, data)
+    summary = history.to_dict()
+    summary.pop("records")
+    result |= summary | {"first_loss": history.records[0]["loss"], "last_loss": history.records[-1]["loss"]}
+    lines = [f"trained {config.steps} steps on {history.tokens:,} tokens in {history.seconds:.1f} s "
+             f"({history.tokens_per_s:,.0f} tok/s); loss {result['first_loss']:.3f} -> {result['last_loss']:.3f}"]
+    if args.eval:
+        after = ppl(student)
+        result["student_ppl_after"] = after.ppl
+        lines.append(f"PPL teacher {result['teacher_ppl']:.3f}; student {result['student_ppl_before']:.3f} -> "
+                     f"{after.ppl:.3f}  [{after.protocol()}]")
+    if args.out:
+        save_student(Path(args.out), student.to(saved_dtype), tokenizer)
+        result["out"] = args.out
+        lines.append(f"student written to {args.out} (loads with from_pretrained)")
+    from ..cli import _print
+    _print(result, args.json, "\n".join(lines))
+
+
+def add_commands(command) -> None:
+    p = command("distill", cmd_distill, "Distil a teacher into a (pruned) student: alpha*CE + (1-alpha)*T^2*KL.")
+    p.add_argument("--student", required=True, help="the student: a directory written by save_pretrained (or tiny-random)")
+    p.add_argument("--teacher", help="the teacher's model spec (default: --model)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: the mode's budget)")
+    p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature T of the KL term")
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the data's cross-entropy (1 = CE-only fine-tuning)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamW, cosine decay)")
+    p.add_argument("--batch", type=int, help="windows per micro-batch (default: the mode's budget)")
+    p.add_argument("--seqlen", type=int, help="tokens per window (default: the mode's budget)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (same tokens, less memory)")
+    p.add_argument("--hidden-loss-weight", type=float, default=0.0, help="weight of the hidden-state MSE (0: off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="embedded,embedded-code",
+                   help="training text: comma-separated names or files (their train part; never the evaluation text)")
+    p.add_argument("--eval", action="store_true", help="print perplexity before and after")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="save a resumable checkpoint in OUT/checkpoint every N steps (a rerun resumes from it)")
+    p.add_argument("--out", help="write the trained student here (save_pretrained)")

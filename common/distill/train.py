@@ -1,0 +1,311 @@
+"""The distillation loop: a student learns from a teacher's logits (and optionally hidden states).
+
+`distill(student, teacher, DistillConfig(...), data) -> (student, history)`. With alpha=1 and
+teacher=None it is plain cross-entropy fine-tuning, the same loop, so the two compare at equal tokens.
+
+- data: a 1-D tensor of token ids (each micro-batch is `batch` windows of `seqlen` at offsets drawn
+  from the seed and the step, so a resumed run sees the same batches), or a 2-D tensor of prepared
+  windows used in order (curricula, teacher-generated text).
+- precision: the student trains in fp32 weights with bf16 autocast on a GPU, fp32 on a CPU; the
+  teacher runs in eval mode under no_grad, in whatever dtype it was loaded.
+- checkpoints: every `checkpoint_every` steps the student (save_pretrained) and the optimizer,
+  schedule and history go to `checkpoint_dir`, written aside and renamed, so a crash never leaves a
+  half-written checkpoint; a later call with the same directory resumes from it.
+"""
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import load_text, sample_windows, tokenize
+from ..errors import WorkshopError
+from .losses import HiddenStateLoss, kd_loss
+
+TRAIN_STATE = "train_state.pt"
+
+
+@dataclass
+class DistillConfig:
+    steps: int = 20
+    temperature: float = 2.0
+    alpha: float = 0.5                 # weight of the data's cross-entropy; 1.0 = CE-only fine-tuning
+    lr: float = 1e-4
+    batch: int = 4                     # windows per micro-batch
+    seqlen: int = 256
+    grad_accum: int = 1                # micro-batches per optimizer step
+    seed: int = 0
+    hidden_loss_weight: float = 0.0    # > 0 adds the hidden-state MSE (HiddenStateLoss)
+    hidden_layers: int = 4             # student layers matched (evenly spaced, the last included)
+    temperature_end: float | None = None  # a linear temperature schedule from `temperature` to this
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0          # 0: only at the end (when checkpoint_dir is set)
+
+    def validate(self) -> None:
+        if self.steps <= 0:
+            raise WorkshopError(f"steps={self.steps}: training needs at least one step.", "Use --steps 1 or more.")
+        if self.temperature <= 0 or (self.temperature_end is not None and self.temperature_end <= 0):
+            raise WorkshopError(f"temperature={self.temperature}: a softmax temperature must be positive.",
+                                "Use --temperature above 0 (1 to 4 is usual; 1 is the plain softmax).")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise WorkshopError(f"alpha={self.alpha} is not a weight between 0 and 1.",
+                                "Use --alpha in [0, 1]: 1 is CE only, 0 is KD only.")
+        if min(self.batch, self.seqlen - 1, self.grad_accum) < 1:
+            raise WorkshopError(f"batch={self.batch}, seqlen={self.seqlen}, grad_accum={self.grad_accum} "
+                                "leave nothing to train on.", "Use batch >= 1, seqlen >= 2, grad_accum >= 1.")
+
+    def temperature_at(self, step: int) -> float:
+        if self.temperature_end is None or self.steps == 1:
+            return self.temperature
+        return self.temperature + (self.temperature_end - self.temperature) * step / (self.steps - 1)
+
+
+@dataclass
+class DistillHistory:
+    records: list = field(default_factory=list)   # one dict per optimizer step
+    tokens: int = 0                  # student tokens trained on
+    seconds: float = 0.0             # training time, excluding checkpoints
+    peak_memory_bytes: int | None = None
+    student_parameters: int = 0
+    teacher_parameters: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else float("nan")
+
+    @property
+    def model_flops_per_s(self) -> float:
+        """6 FLOPs per student parameter per token (forward + backward), 2 per teacher parameter.
+
+        Attention's own FLOPs are left out (small at these sequence lengths), as in the MFU convention.
+        """
+        flops_per_token = 6 * self.student_parameters + 2 * self.teacher_parameters
+        return flops_per_token * self.tokens_per_s
+
+    def losses(self, key: str = "loss") -> list:
+        return [r[key] for r in self.records]
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"tokens_per_s": self.tokens_per_s, "model_flops_per_s": self.model_flops_per_s}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+def training_ids(tokenizer, sources=("embedded", "embedded-code")) -> torch.Tensor:
+    """The training parts of `sources` (names or text files) as one token stream; never evaluation text."""
+    texts = [load_text(source, "train") for source in sources]
+    return torch.cat([tokenize(tokenizer, text) for text in texts])
+
+
+def _micro_batch(data: torch.Tensor, config: DistillConfig, index: int) -> torch.Tensor:
+    if data.dim() == 2:  # prepared windows, in order, wrapping around
+        rows = torch.arange(index * config.batch, (index + 1) * config.batch) % data.size(0)
+        return data[rows]
+    return sample_windows(data, config.batch, config.seqlen, seed=config.seed * 1_000_003 + index)
+
+
+def _check_data(data: torch.Tensor, config: DistillConfig) -> None:
+    if data.dim() == 1 and data.numel() <= config.seqlen:
+        raise WorkshopError(f"The training text has {data.numel()} tokens, too few for one window of "
+                            f"{config.seqlen}.", "Give more training text or a smaller seqlen.")
+    if data.dim() == 2 and data.size(0) < config.batch:
+        raise WorkshopError(f"There are {data.size(0)} training windows, fewer than one batch of {config.batch}.",
+                            "Prepare more windows or use a smaller batch (with grad_accum to keep the tokens).")
+
+
+@torch.no_grad()
+def teacher_generated_ids(teacher, tokenizer, n_sequences: int, seqlen: int, batch: int = 8,
+                          prompt_tokens: int = 8, seed: int = 0, cache_dir: str | Path | None = None,
+                          progress: bool = True) -> torch.Tensor:
+    """Sequence-level KD data: [n_sequences, seqlen] token ids sampled from the teacher itself.
+
+    Each sequence starts with `prompt_tokens` tokens of the training text and continues with the
+    teacher's own samples (temperature 1). Generation is batched; the result is cached on disk under
+    a key of the teacher and the arguments, since sampling is the slow part.
+    """
+    from ..models import cache_root
+    key = hashlib.md5(json.dumps([getattr(teacher, "workshop_spec", type(teacher).__name__),
+                                  teacher.config.vocab_size, n_sequences, seqlen, prompt_tokens, seed]).encode())
+    path = Path(cache_dir or cache_root() / "teacher-samples") / f"{key.hexdigest()[:16]}.pt"
+    if path.is_file():
+        return torch.load(path)
+    device = next(teacher.parameters()).device
+    prompts = sample_windows(training_ids(tokenizer, ("embedded",)), n_sequences, prompt_tokens, seed=seed)
+    was_training = teacher.training
+    teacher.eval()
+    chunks = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for start in tqdm(range(0, n_sequences, batch), desc="teacher samples", disable=not progress, leave=False):
+            ids = prompts[start: start + batch].to(device)
+            new = seqlen - prompt_tokens
+            out = teacher.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+                                   top_k=0, top_p=1.0, max_new_tokens=new, min_new_tokens=new,
+                                   pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+            chunks.append(out[:, :seqlen].cpu())
+    teacher.train(was_training)
+    samples = torch.cat(chunks)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save(samples, tmp)
+    os.replace(tmp, path)
+    return samples
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+def save_checkpoint(directory: Path, student, state: dict) -> None:
+    """The student (save_pretrained) and the training state, written aside then swapped in."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-"))
+    student.save_pretrained(tmp)
+    torch.save(state, tmp / TRAIN_STATE)
+    old = directory.with_name(f".{directory.name}.old")
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(directory: Path, student) -> dict | None:
+    if not (directory / TRAIN_STATE).is_file():
+        return None
+    from safetensors.torch import load_file
+    weights = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        weights |= load_file(f)
+    missing, unexpected = student.load_state_dict(weights, strict=False)
+    tied = {"lm_head.weight"} if student.config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise WorkshopError(f"The checkpoint in {directory} does not fit this student "
+                            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}).",
+                            "Resume with the same student, or point checkpoint_dir at a new directory.")
+    return torch.load(directory / TRAIN_STATE, weights_only=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+def _layer_pairs(n_student: int, n_teacher: int, count: int) -> list:
+    """(student, teacher) indices into output_hidden_states at the same relative depth, last included."""
+    count = max(1, min(count, n_student))
+    student_layers = [round(n_student * (i + 1) / count) for i in range(count)]
+    return [(s, round(s * n_teacher / n_student)) for s in student_layers]
+
+
+def _lr_factor(step: int, config: DistillConfig) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak rate."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def distill(student, teacher, config: DistillConfig, data: torch.Tensor, progress: bool = True):
+    """Train `student` on `data` against `teacher` (None with alpha=1: CE-only fine-tuning).
+
+    Returns (student, DistillHistory). The student comes back in fp32 and eval mode.
+    """
+    config.validate()
+    _check_data(data, config)
+    if teacher is None and config.alpha < 1.0:
+        raise WorkshopError(f"alpha={config.alpha} weighs a teacher's loss, but no teacher was given.",
+                            "Pass a teacher, or alpha=1.0 for CE-only fine-tuning.")
+    if teacher is not None and teacher.config.vocab_size != student.config.vocab_size:
+        raise WorkshopError(f"The teacher's vocabulary ({teacher.config.vocab_size} tokens) differs from the "
+                            f"student's ({student.config.vocab_size}): logits cannot be compared token by token.",
+                            "Distil between models that share a tokenizer (e.g. a pruned copy of the teacher).")
+    device = next(student.parameters()).device
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    student.float().train()
+    if teacher is not None:
+        teacher.eval()
+    use_hidden = config.hidden_loss_weight > 0 and teacher is not None
+    teacher_needed = teacher is not None and (config.alpha < 1.0 or use_hidden)
+    torch.manual_seed(config.seed)
+    hidden_loss = HiddenStateLoss(student.config.hidden_size, teacher.config.hidden_size,
+                                  _layer_pairs(student.config.num_hidden_layers, teacher.config.num_hidden_layers,
+                                               config.hidden_layers)).to(device) if use_hidden else None
+    parameters = list(student.parameters()) + (list(hidden_loss.parameters()) if use_hidden else [])
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+
+    history = DistillHistory(student_parameters=sum(p.numel() for p in student.parameters()),
+                             teacher_parameters=sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0)
+    checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
+    start = 0
+    if checkpoint_dir is not None and (state := load_checkpoint(checkpoint_dir, student)) is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        if use_hidden:
+            hidden_loss.load_state_dict(state["hidden_loss"])
+        history = DistillHistory(**state["history"])
+        start = state["step"]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    bar = tqdm(range(start, config.steps), desc="distill" if teacher is not None else "fine-tune",
+               initial=start, total=config.steps, disable=not progress)
+    for step in bar:
+        t0 = time.perf_counter()
+        temperature = config.temperature_at(step)
+        totals = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "hidden": 0.0}
+        try:
+            for micro in range(config.grad_accum):
+                ids = _micro_batch(data, config, step * config.grad_accum + micro).to(device)
+                with autocast:
+                    teacher_out = None
+                    if teacher_needed:
+                        with torch.no_grad():
+                            teacher_out = teacher(ids, output_hidden_states=use_hidden)
+                    out = student(ids, output_hidden_states=use_hidden)
+                    loss, parts = kd_loss(out.logits, teacher_out.logits if teacher_out is not None else None,
+                                          ids, temperature, config.alpha)
+                    if use_hidden:
+                        hidden = hidden_loss(out.hidden_states, teacher_out.hidden_states)
+                        loss = loss + config.hidden_loss_weight * hidden
+                        parts["hidden"] = hidden.item()
+                (loss / config.grad_accum).backward()
+                totals["loss"] += loss.item() / config.grad_accum
+                for k, v in parts.items():
+                    totals[k] += v / config.grad_accum
+        except torch.cuda.OutOfMemoryError:
+            raise WorkshopError(f"CUDA ran out of memory at batch={config.batch}, seqlen={config.seqlen} "
+                                f"(peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB).",
+                                f"Use a smaller batch with gradient accumulation, e.g. batch={max(1, config.batch // 2)}, "
+                                f"grad_accum={2 * config.grad_accum} (the same tokens per step), or a shorter seqlen.")
+        torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        tokens = config.grad_accum * ids.numel()
+        history.tokens += tokens
+        history.seconds += seconds
+        history.records.append({"step": step + 1, **totals, "lr": schedule.get_last_lr()[0],
+                                "temperature": temperature, "tokens": history.tokens})
+        bar.set_postfix(loss=f"{totals['loss']:.3f}", tok_s=f"{tokens / seconds:,.0f}")
+        last = step + 1 == config.steps
+        if checkpoint_dir is not None and (last or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0)):
+            save_checkpoint(checkpoint_dir, student, {
+                "step": step + 1, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "hidden_loss": hidden_loss.state_dict() if use_hidden else None, "history": asdict(history),
+                "config": asdict(config)})
+    if device.type == "cuda":
+        history.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
+    return student.eval(), history

@@ -1,0 +1,87 @@
+"""SparseGPT (Frantar & Alistarh, 2023): prune, and update the kept weights to repair the output.
+
+For one linear layer with inputs X (Gram matrix H = X^T X), removing weight w_q from a row costs
+w_q^2 / [H^-1]_qq in squared output error (Optimal Brain Surgeon), and the best repair moves the
+row's not-yet-processed weights by -(w_q / [H^-1]_qq) * H^-1[q, :]. SparseGPT walks the input columns
+left to right in blocks: it chooses the mask of a block by that cost, zeroes the pruned weights
+column by column while spreading each error onto the columns to its right, then pushes the block's
+accumulated error onto the rest of the matrix at once. The upper Cholesky factor of H^-1 gives the
+needed rows of the successive inverses without recomputing them.
+"""
+from dataclasses import dataclass
+
+import torch
+
+from .capture import for_each_layer_with_grams
+from .masks import SparsityConfig, apply_mask, check_sparsity
+
+
+@dataclass
+class SparseGPTConfig(SparsityConfig):
+    block_size: int = 128  # columns whose mask is chosen together (a multiple of M for N:M)
+    damp: float = 0.01     # added to H's diagonal, as a fraction of its mean, to keep it invertible
+
+
+def inverse_hessian_factor(gram: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1."""
+    h = gram.clone()
+    h += damp * h.diagonal().mean() * torch.eye(h.size(0), device=h.device, dtype=h.dtype)
+    h_inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    return torch.linalg.cholesky(h_inv, upper=True)
+
+
+@torch.no_grad()
+def sparsegpt_weight(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, nm: tuple | None = None,
+                     block_size: int = 128, damp: float = 0.01) -> torch.Tensor:
+    """The pruned and repaired weight [out, in] (float32) of one linear layer; zeros where pruned."""
+    check_sparsity(sparsity)
+    w = weight.detach().float().clone()
+    gram = gram.float().clone()
+    dead = gram.diagonal() == 0  # inputs that never fire: their weights can go at no cost
+    gram[dead, dead] = 1
+    w[:, dead] = 0
+    u = inverse_hessian_factor(gram, damp)
+    cols = w.size(1)
+    if nm and block_size % nm[1]:
+        block_size = nm[1] * max(1, block_size // nm[1])
+    for start in range(0, cols, block_size):
+        end = min(start + block_size, cols)
+        block = w[:, start:end].clone()
+        u_block = u[start:end, start:end]
+        errors = torch.zeros_like(block)
+        cost = block.pow(2) / u_block.diagonal().pow(2)[None, :]
+        pruned = torch.zeros_like(block, dtype=torch.bool)
+        if not nm:
+            n_pruned = int(sparsity * cost.numel())
+            if n_pruned:
+                pruned.view(-1)[cost.flatten().topk(n_pruned, largest=False).indices] = True
+        for j in range(end - start):
+            if nm and j % nm[1] == 0:  # choose this group's mask with the weights as updated so far
+                group_cost = block[:, j: j + nm[1]].pow(2) / u_block.diagonal()[j: j + nm[1]].pow(2)[None, :]
+                drop = group_cost.topk(nm[1] - nm[0], dim=1, largest=False).indices
+                pruned[:, j: j + nm[1]].scatter_(1, drop, True)
+            column = block[:, j]
+            error = torch.where(pruned[:, j], column, torch.zeros_like(column)) / u_block[j, j]
+            block[:, j:] -= error[:, None] * u_block[j, j:][None, :]
+            block[:, j] = torch.where(pruned[:, j], torch.zeros_like(column), block[:, j])
+            errors[:, j] = error
+        w[:, start:end] = block
+        w[:, end:] -= errors @ u[start:end, end:]
+    return w
+
+
+@torch.no_grad()
+def prune_sparsegpt(model, config: SparseGPTConfig, calib_batch, progress: bool = True):
+    config.validate(len(model.model.layers))
+    nm = config.nm()
+
+    def process(index, layer, grams):
+        sparsity = config.for_layer(index)
+        if sparsity == 0:
+            return
+        for name, linear in grams.modules.items():
+            w = sparsegpt_weight(linear.weight, grams.mean_gram(name), sparsity, nm, config.block_size, config.damp)
+            linear.weight.data.copy_(w.to(linear.weight.dtype))
+            apply_mask(linear, w != 0, config.store_masks)
+
+    return for_each_layer_with_grams(model, calib_batch, process, "sparsegpt", progress)

@@ -1,0 +1,154 @@
+"""`workshop quantize`: every PTQ method of lab 02 from the command line."""
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import WorkshopError
+
+METHODS = ("rtn", "gptq", "awq", "smoothquant", "fp8", "nf4")
+# Bits each method supports, and its default group size (None: per channel; 0 on the command line).
+SUPPORTED_BITS = {"rtn": range(2, 9), "gptq": range(2, 9), "awq": range(2, 9), "smoothquant": (8,),
+                  "fp8": (8,), "nf4": (4,)}
+DEFAULT_BITS = {"rtn": 4, "gptq": 4, "awq": 4, "smoothquant": 8, "fp8": 8, "nf4": 4}
+DEFAULT_GROUP = {"rtn": "auto", "gptq": "auto", "awq": "auto", "nf4": 64}  # auto: 128, or 64 if 128 does
+# not divide every layer's input width (SmolLM2-135M's hidden size is 576 = 4.5 x 128)
+
+
+def method_and_config(method: str, bits: int | None, group_size: int | None):
+    """(quantize function, its config) for a --method string, or a WorkshopError saying what is wrong."""
+    if method.startswith("modelopt:"):
+        from .modelopt_ptq import CONFIGS
+        name = method.split(":", 1)[1]
+        if name not in CONFIGS:
+            raise WorkshopError(f"--method {method}: {name!r} is not a modelopt configuration compared here.",
+                                f"Use modelopt:<one of {', '.join(CONFIGS)}>.")
+        if bits is not None or group_size is not None:
+            raise WorkshopError(f"--method {method} fixes its own bits and block size.",
+                                "Leave out --bits and --group-size with modelopt configurations.")
+        return "modelopt", name
+    if method not in METHODS:
+        raise WorkshopError(f"Unknown method {method!r}.",
+                            f"Use one of {', '.join(METHODS)}, or modelopt:<CONFIG_NAME>.")
+    bits = DEFAULT_BITS[method] if bits is None else bits
+    if bits not in SUPPORTED_BITS[method]:
+        raise WorkshopError(f"--method {method} does not support {bits} bits.",
+                            f"Use --bits {' or '.join(map(str, SUPPORTED_BITS[method]))[:40]} with {method}.")
+    if group_size is not None and method not in DEFAULT_GROUP:
+        raise WorkshopError(f"--method {method} quantizes per channel; --group-size does not apply.",
+                            "Leave out --group-size.")
+    if group_size is not None and group_size < 0:
+        raise WorkshopError(f"--group-size {group_size} is negative.", "Give 0 (per channel) or a positive size.")
+    group = DEFAULT_GROUP.get(method) if group_size is None else (group_size or None)
+    if method == "rtn":
+        from .rtn import RTNConfig, quantize_rtn
+        return quantize_rtn, RTNConfig(bits=bits, group_size=group)
+    if method == "gptq":
+        from .gptq import GPTQConfig, quantize_gptq
+        return quantize_gptq, GPTQConfig(bits=bits, group_size=group)
+    if method == "awq":
+        from .awq import AWQConfig, quantize_awq
+        return quantize_awq, AWQConfig(bits=bits, group_size=group)
+    if method == "smoothquant":
+        from .smoothquant import SmoothQuantConfig, quantize_smoothquant
+        return quantize_smoothquant, SmoothQuantConfig()
+    if method == "fp8":
+        from .fp8 import FP8Config, quantize_fp8
+        return quantize_fp8, FP8Config()
+    if group is None:
+        raise WorkshopError("NF4 quantizes blocks; --group-size 0 (per channel) does not apply.",
+                            "Give a block size such as 64.")
+    from .nf4 import NF4Config, quantize_nf4
+    return quantize_nf4, NF4Config(block_size=group)
+
+
+def input_widths(model) -> list:
+    from .calibration import decoder_layers, linear_layers
+    return sorted({lin.in_features for layer in decoder_layers(model) for lin in linear_layers(layer).values()})
+
+
+def fit_group_size(model, config) -> None:
+    """Resolve an "auto" group size for `model`, and check that the group size divides every input width."""
+    widths = input_widths(model)
+    if getattr(config, "group_size", None) == "auto":
+        config.group_size = next((g for g in (128, 64, 32) if not any(w % g for w in widths)), None)
+    group = getattr(config, "group_size", None) or getattr(config, "block_size", None)
+    if group and any(w % group for w in widths):
+        raise WorkshopError(f"--group-size {group} does not divide the input widths of this model's "
+                            f"linear layers ({', '.join(map(str, widths))}).",
+                            "Use a size that divides all of them (64 or 128 for most models), or 0 for per channel.")
+
+
+def save_atomic(model, tokenizer, out: str) -> Path:
+    """save_pretrained into a temporary directory beside `out`, then rename it into place."""
+    target = Path(out).expanduser().resolve()
+    if target.exists() and any(target.iterdir()):
+        raise WorkshopError(f"--out {target} exists and is not empty.", "Give a new directory, or remove it first.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            target.rmdir()
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def cmd_quantize(args) -> None:
+    from ..budgets import get_budget
+    from ..data import calibration_batch
+    from ..eval import perplexity
+    from ..models import load_model
+    from .calibration import true_bytes
+    quantize, config = method_and_config(args.method, args.bits, args.group_size)
+    budget = get_budget()
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    if quantize != "modelopt":
+        fit_group_size(model, config)
+    calib = calibration_batch(tokenizer, budget.calib_samples, budget.calib_seqlen)
+    result = {"method": args.method, "config": repr(config), "model": args.model, "mode": budget.mode,
+              "calibration": f"{calib.shape[0]}x{calib.shape[1]} tokens of embedded:calib"}
+    evaluate = lambda: perplexity(model, tokenizer, "embedded", seqlen=budget.eval_seqlen,
+                                  max_windows=budget.eval_max_windows)
+    if args.eval:
+        before = evaluate()
+        result |= {"ppl_before": before.ppl, "protocol": before.protocol()}
+    result["bytes_before"] = true_bytes(model)
+    start = time.perf_counter()
+    if quantize == "modelopt":
+        from .modelopt_ptq import quantize_modelopt
+        model, seconds = quantize_modelopt(model, config, calib)
+    else:
+        model = quantize(model, config, calib)
+        seconds = time.perf_counter() - start
+    result |= {"seconds": seconds, "bytes_after": true_bytes(model)}
+    if args.eval:
+        result["ppl_after"] = evaluate().ppl
+    if args.out:
+        result["out"] = str(save_atomic(model, tokenizer, args.out))
+    lines = [f"{args.method}: {result['config']}", f"quantized in {seconds:.1f} s on {result['calibration']}",
+             f"bytes (quantized weights counted packed): {result['bytes_before']:,} -> {result['bytes_after']:,} "
+             f"({result['bytes_before'] / result['bytes_after']:.2f}x smaller)"]
+    if args.eval:
+        lines.append(f"PPL {result['ppl_before']:.3f} -> {result['ppl_after']:.3f}  [{result['protocol']}]")
+    if args.out:
+        lines.append(f"saved to {result['out']} (weights dequantized to {str(next(model.parameters()).dtype)[6:]}; "
+                     "activation quantizers are not saved)")
+    print(json.dumps(result, indent=2, default=str) if args.json else "\n".join(lines))
+
+
+def add_commands(command) -> None:
+    p = command("quantize", cmd_quantize, "Post-training quantization: RTN, GPTQ, AWQ, SmoothQuant, FP8, NF4, "
+                "or a modelopt configuration; optionally evaluate and save.")
+    p.add_argument("--method", required=True, help=f"{' | '.join(METHODS)} | modelopt:<CONFIG_NAME>")
+    p.add_argument("--bits", type=int, help="weight bits (default: 4; smoothquant and fp8: 8)")
+    p.add_argument("--group-size", type=int, help="inputs per scale (default: 128, or 64 where 128 does not divide the "
+                   "layers; nf4: 64; 0: per channel)")
+    p.add_argument("--eval", action="store_true", help="perplexity before and after, with the protocol")
+    p.add_argument("--out", help="save the quantized model here (save_pretrained, written atomically)")

@@ -1,0 +1,44 @@
+"""FP8 W8A8 (E4M3): the format H100 tensor cores multiply natively.
+
+Weights: one scale per output channel (amax / 448). Activations: one static scale per tensor,
+from the largest |x| each linear saw on the calibration data, so no reduction runs at inference.
+E4M3 spends its 8 bits on a floating-point grid (relative precision ~6%, everywhere in the range),
+which is why it needs no outlier tricks for most models.
+"""
+from dataclasses import dataclass
+
+import torch
+
+from .calibration import linear_layers, mark_quantized, quantize_layer_by_layer, record_linear_inputs
+from .formats import FP8_DTYPES, fake_quant_fp8
+
+
+@dataclass
+class FP8Config:
+    fmt: str = "fp8_e4m3"
+    quantize_activations: bool = True
+
+
+def quantize_activations_static(linear, amax: float, fmt: str) -> None:
+    """From now on `linear` sees its input as `fmt` values with one fixed scale, amax / max(fmt)."""
+    dtype = FP8_DTYPES[fmt]
+    fmax = torch.finfo(dtype).max
+    scale = max(amax, 1e-12) / fmax
+
+    def hook(module, args):
+        x = args[0]
+        return ((x / scale).clamp(-fmax, fmax).to(dtype).to(x.dtype) * scale,)
+    linear.register_forward_pre_hook(hook)
+
+
+def quantize_fp8(model, config: FP8Config, calib_batch: torch.Tensor, progress: bool = True):
+    """FP8 weights per channel and (with calibration) FP8 activations per tensor, fake-quantized."""
+    def quantize_layer(index, layer, hidden, kwargs):
+        inputs = record_linear_inputs(layer, hidden, kwargs) if config.quantize_activations else {}
+        for name, linear in linear_layers(layer).items():
+            linear.weight.data = fake_quant_fp8(linear.weight.data, config.fmt, group_size=None)
+            mark_quantized(linear, 8, linear.in_features, zero_points=False)
+            if config.quantize_activations:
+                quantize_activations_static(linear, inputs[name].abs().max().item(), config.fmt)
+
+    return quantize_layer_by_layer(model, calib_batch, quantize_layer, progress, desc="FP8")

@@ -1,0 +1,109 @@
+"""GPTQ (Frantar et al., 2022): quantize a weight matrix one input column at a time, and after each
+column push its rounding error onto the columns not yet quantized, weighted by the inverse Hessian
+of the layer's output error, so that the layer's outputs (not its weights) stay close.
+
+For a linear layer with inputs X, the output error ||W X - Q X||^2 has Hessian H = 2 X^T X / n in
+every row of W. Rounding column i by err_i moves the best values of the later columns by
+-err_i * Hinv[i, i:] / Hinv[i, i]. With U the upper Cholesky factor of H^-1 the same update reads
+-(err_i / U[i, i]) * U[i, i:], and the rows of U are all that is ever needed. Updates are applied
+lazily: inside a block of 128 columns at once, to the rest of the matrix once per block.
+"""
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from .calibration import hessian, mark_quantized, quantize_layer_by_layer, record_linear_inputs
+from .formats import dequantize_int, int_scale_zero, quantize_int
+from .rtn import weights_per_scale
+
+
+@dataclass
+class GPTQConfig:
+    bits: int = 4
+    group_size: int | None = 128   # None: one scale per output channel
+    symmetric: bool = False
+    percdamp: float = 0.01         # damping: this fraction of the mean diagonal is added to H
+    block_size: int = 128          # columns updated together before the rest of W is touched
+    act_order: bool = True         # quantize columns with the largest H[i, i] (most input energy) first,
+                                   # while many columns are left to absorb their error
+
+
+@contextmanager
+def _one_cpu_thread(device: torch.device):
+    """The column loop is thousands of tiny operations: on a CPU, splitting each over threads costs
+    more than it saves (10x slower on a busy 2-core machine), so run it on one."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@torch.no_grad()
+def gptq_quantize_weight(weight: torch.Tensor, H: torch.Tensor, config: GPTQConfig) -> torch.Tensor:
+    """The GPTQ-quantized (and dequantized) `weight` [out, in], given the input Hessian H [in, in]."""
+    W = weight.detach().clone().float()
+    H = H.clone().float()
+    n_in = W.shape[1]
+    dead = torch.diag(H) == 0          # inputs never active: their weights do not matter
+    H[dead, dead] = 1
+    W[:, dead] = 0
+
+    group = config.group_size or n_in
+    if config.act_order:
+        # Groups stay contiguous in the original order (so they pack) and their scales come from
+        # the original weights, since columns of one group are now visited far apart.
+        static_groups = [int_scale_zero(W[:, g: g + group], config.bits, config.symmetric) for g in range(0, n_in, group)]
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    else:
+        perm = torch.arange(n_in, device=W.device)
+
+    H += config.percdamp * torch.mean(torch.diag(H)) * torch.eye(n_in, device=H.device)
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+
+    Q = torch.zeros_like(W)
+    with _one_cpu_thread(W.device):
+        for b1 in range(0, n_in, config.block_size):
+            b2 = min(b1 + config.block_size, n_in)
+            W1, U1 = W[:, b1:b2].clone(), U[b1:b2, b1:b2]
+            errors = torch.zeros_like(W1)
+            for i in range(b2 - b1):
+                column = b1 + i
+                if config.act_order:
+                    scale, zero = static_groups[int(perm[column]) // group]
+                elif column % group == 0:  # a new group: its scale from its weights as updated so far
+                    upcoming = torch.cat([W1[:, i:], W[:, b2:]], dim=1)[:, :group]
+                    scale, zero = int_scale_zero(upcoming, config.bits, config.symmetric)
+                w = W1[:, i:i + 1]
+                q = dequantize_int(quantize_int(w, scale, zero, config.bits, config.symmetric), scale, zero)
+                Q[:, column] = q[:, 0]
+                err = (w - q) / U1[i, i]
+                W1[:, i:] -= err @ U1[i:i + 1, i:]  # spread the error over the block's later columns
+                errors[:, i] = err[:, 0]
+            W[:, b2:] -= errors @ U[b1:b2, b2:]     # and, once per block, over the rest of the matrix
+    return Q[:, torch.argsort(perm)].to(weight.dtype)
+
+
+# Linears of a Llama decoder layer that read the same input: they share one Hessian, and since GPTQ
+# treats rows independently, stacking their weights into one matrix gives the same result in one pass.
+SHARED_INPUTS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
+                 ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
+
+
+def quantize_gptq(model, config: GPTQConfig, calib_batch: torch.Tensor, progress: bool = True):
+    """GPTQ on every linear of the decoder, layer by layer on the calibration batch."""
+    def quantize_layer(index, layer, hidden, kwargs):
+        inputs = record_linear_inputs(layer, hidden, kwargs)
+        for names in SHARED_INPUTS:
+            linears = [layer.get_submodule(name) for name in names]
+            stacked = torch.cat([linear.weight.data for linear in linears])
+            quantized = gptq_quantize_weight(stacked, hessian(inputs[names[0]]), config)
+            for linear, weight in zip(linears, quantized.split([lin.out_features for lin in linears])):
+                linear.weight.data = weight.contiguous()
+                mark_quantized(linear, config.bits, weights_per_scale(linear, config.group_size), not config.symmetric)
+
+    return quantize_layer_by_layer(model, calib_batch, quantize_layer, progress, desc="GPTQ")

@@ -1,0 +1,72 @@
+"""The same PTQ recipes through NVIDIA's library, nvidia-modelopt, for a side-by-side comparison.
+
+`mtq.quantize(model, CONFIG, forward_loop)` inserts fake-quantizers into every linear layer, runs
+`forward_loop` to calibrate them (amax, SmoothQuant or AWQ scales), and returns the model, which
+still computes in floating point (export turns it into real low-bit weights for TensorRT-LLM).
+With modelopt 0.47 on a CPU: FP8_DEFAULT_CFG, INT8_SMOOTHQUANT_CFG, INT4_AWQ_CFG and
+W4A8_AWQ_BETA_CFG run (FP8 emulated); NVFP4_DEFAULT_CFG needs CUDA (its block quantizer asserts
+a CUDA tensor).
+"""
+import time
+import warnings
+
+import torch
+
+from ..errors import WorkshopError
+from .calibration import SCALE_BYTES
+
+# (bits per weight, granularity of the weight scales: -1 per tensor, None per output channel, or a
+# block size; note) of each configuration compared; bytes are those of the exported checkpoint.
+CONFIGS = {
+    "FP8_DEFAULT_CFG": (8, -1, "FP8 E4M3 W8A8, per-tensor scales"),
+    "INT8_SMOOTHQUANT_CFG": (8, None, "INT8 W8A8, SmoothQuant, per-channel weights"),
+    "INT4_AWQ_CFG": (4, 128, "INT4 weight-only AWQ, blocks of 128"),
+    "W4A8_AWQ_BETA_CFG": (4, 128, "INT4 weights (AWQ, blocks of 128), FP8 activations"),
+    "NVFP4_DEFAULT_CFG": (4, 16, "FP4 E2M1 W4A4, FP8 scale per 16 (CUDA only)"),
+}
+NEEDS_CUDA = {"NVFP4_DEFAULT_CFG"}
+
+
+def modelopt_configs() -> list:
+    """The configurations of CONFIGS that run on this machine."""
+    return [name for name in CONFIGS if name not in NEEDS_CUDA or torch.cuda.is_available()]
+
+
+def quantize_modelopt(model, config_name: str, calib_batch: torch.Tensor, progress: bool = True):
+    """(fake-quantized model, seconds) for modelopt's `config_name`, calibrated on `calib_batch`."""
+    if config_name not in CONFIGS:
+        raise WorkshopError(f"modelopt:{config_name} is not one of the configurations compared here.",
+                            f"Use modelopt:<one of {', '.join(CONFIGS)}>.")
+    if config_name in NEEDS_CUDA and not torch.cuda.is_available():
+        raise WorkshopError(f"modelopt's {config_name} needs a CUDA GPU.", "Run it on the GPU, or pick "
+                            "FP8_DEFAULT_CFG, INT8_SMOOTHQUANT_CFG, INT4_AWQ_CFG or W4A8_AWQ_BETA_CFG.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # version-range and deprecation notices, not our business here
+        import modelopt.torch.quantization as mtq
+    device = next(model.parameters()).device
+    batches = calib_batch.to(device).split(1 if device.type == "cpu" else 8)
+
+    def forward_loop(m):
+        for ids in batches:
+            m(ids, use_cache=False)
+
+    start = time.perf_counter()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = mtq.quantize(model, getattr(mtq, config_name), forward_loop)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    mark_modelopt_bytes(model, config_name)
+    return model, seconds
+
+
+def mark_modelopt_bytes(model, config_name: str) -> None:
+    """Record the packed size of each linear modelopt quantized (its weight quantizer enabled)."""
+    bits, block, _ = CONFIGS[config_name]
+    for module in model.modules():
+        quantizer = getattr(module, "weight_quantizer", None)
+        if quantizer is not None and getattr(quantizer, "is_enabled", False):
+            n_out, n_in = module.weight.shape
+            scales = 1 if block == -1 else n_out * (-(-n_in // block) if block else 1)
+            module.packed_weight_bytes = n_out * n_in * bits // 8 + scales * SCALE_BYTES

@@ -1,0 +1,304 @@
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.distill import (DistillConfig, HiddenStateLoss, distill, forward_kl, kd_loss, next_token_ce,
+                            reverse_kl, topk_kl)
+from common.errors import WorkshopError
+from common.models import load_model
+
+TEXT_IDS = torch.arange(4000) % 97 * 3 % 256  # a periodic byte stream: easy to learn in a few steps
+
+
+def kl_by_hand(p, q):
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses against hand-computed values
+# ---------------------------------------------------------------------------------------------
+def test_kl_of_identical_distributions_is_zero():
+    logits = torch.randn(2, 5, 11)
+    assert forward_kl(logits, logits, 3.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert reverse_kl(logits, logits, 3.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_forward_kl_matches_hand_computation_and_t_squared_scaling():
+    teacher = torch.tensor([[2.0, 0.0, -1.0]])
+    student = torch.tensor([[0.5, 0.5, 0.0]])
+    for t in (1.0, 2.0, 4.0):
+        p = torch.softmax(teacher[0] / t, -1).tolist()
+        q = torch.softmax(student[0] / t, -1).tolist()
+        assert forward_kl(student, teacher, t).item() == pytest.approx(t * t * kl_by_hand(p, q), rel=1e-5)
+    # the unscaled KL shrinks as T grows; T^2 brings it back to the same order
+    raw = [forward_kl(student, teacher, t).item() / t ** 2 for t in (1.0, 4.0)]
+    assert raw[1] < raw[0] / 5
+
+
+def test_reverse_and_forward_kl_differ_on_an_asymmetric_example():
+    teacher = torch.tensor([[3.0, 3.0, -3.0]])   # two modes
+    student = torch.tensor([[4.0, -2.0, -3.0]])  # covers one of them
+    p, q = torch.softmax(teacher[0], -1).tolist(), torch.softmax(student[0], -1).tolist()
+    assert forward_kl(student, teacher).item() == pytest.approx(kl_by_hand(p, q), rel=1e-5)
+    assert reverse_kl(student, teacher).item() == pytest.approx(kl_by_hand(q, p), rel=1e-5)
+    assert forward_kl(student, teacher).item() > 1.5 * reverse_kl(student, teacher).item()  # mass-covering penalty
+
+
+def test_topk_reduces_to_full_kd_when_k_is_vocab_and_differs_below():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(3, 4, 13), torch.randn(3, 4, 13)
+    full = forward_kl(student, teacher, 2.0)
+    assert topk_kl(student, teacher, 13, 2.0).item() == pytest.approx(full.item(), rel=1e-5)
+    assert topk_kl(student, teacher, 3, 2.0).item() != pytest.approx(full.item(), rel=1e-2)
+
+
+def test_alpha_mixes_ce_and_scaled_kl():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 7, (2, 6))
+    student, teacher = torch.randn(2, 6, 7), torch.randn(2, 6, 7)
+    ce = F.cross_entropy(student[:, :-1].reshape(-1, 7), ids[:, 1:].reshape(-1)).item()
+    kl = forward_kl(student[:, :-1], teacher[:, :-1], 2.0).item()
+    assert next_token_ce(student, ids).item() == pytest.approx(ce, rel=1e-6)
+    for alpha in (0.0, 0.3, 1.0):
+        loss, parts = kd_loss(student, teacher, ids, temperature=2.0, alpha=alpha)
+        assert loss.item() == pytest.approx(alpha * ce + (1 - alpha) * kl, rel=1e-5)
+        assert parts["ce"] == pytest.approx(ce, rel=1e-6)
+
+
+def test_hidden_state_loss_identity_and_learned_projection():
+    torch.manual_seed(0)
+    teacher = [torch.randn(2, 5, 8) for _ in range(3)]
+    same = HiddenStateLoss(8, 8, [(1, 1), (2, 2)])
+    assert not list(same.parameters())  # identity when the widths agree
+    assert same(teacher, teacher).item() == pytest.approx(0.0, abs=1e-7)
+    shifted = [h + 1.0 for h in teacher]  # MSE 1 per pair, divided by each teacher state's mean square
+    expected = sum(1.0 / teacher[i].pow(2).mean().item() for i in (1, 2)) / 2
+    assert same(shifted, teacher).item() == pytest.approx(expected, rel=1e-5)
+    narrow = HiddenStateLoss(4, 8, [(1, 2)])
+    assert narrow.projections[0].weight.shape == (8, 4)
+    student = [torch.randn(2, 5, 4) for _ in range(2)]
+    assert narrow(student, teacher).requires_grad
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+def tiny_pair():
+    teacher, _ = load_model("tiny-random", device="cpu")
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():  # a damaged copy of the teacher, as after pruning
+        for p in student.model.layers[1].mlp.parameters():
+            p.mul_(0.3)
+    return student, teacher
+
+
+QUICK = dict(steps=6, batch=2, seqlen=32, lr=1e-3, temperature=2.0, alpha=0.5, seed=3)
+
+
+def test_seeded_runs_are_identical_and_loss_falls():
+    results = []
+    for _ in range(2):
+        student, teacher = tiny_pair()
+        student, history = distill(student, teacher, DistillConfig(**QUICK, hidden_loss_weight=0.5), TEXT_IDS,
+                                   progress=False)
+        results.append((history.losses(), student.state_dict()))
+    (losses_a, state_a), (losses_b, state_b) = results
+    assert losses_a == losses_b
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert losses_a[-1] < losses_a[0]
+    assert math.isfinite(results[0][0][0])
+
+
+def test_kd_lowers_kl_to_teacher_and_ce_only_runs_without_teacher():
+    from common.models import tiny_random
+    teacher, _ = tiny_random(seed=0)
+    student, _ = tiny_random(seed=1)  # a different network: far enough from the teacher to measure
+    ids = TEXT_IDS[:33][None]
+    with torch.no_grad():
+        before = forward_kl(student(ids).logits, teacher(ids).logits, 2.0).item()
+    student, history = distill(student, teacher, DistillConfig(**QUICK | {"alpha": 0.0, "steps": 10}), TEXT_IDS,
+                               progress=False)
+    with torch.no_grad():
+        assert forward_kl(student(ids).logits, teacher(ids).logits, 2.0).item() < 0.8 * before
+    assert history.tokens == 10 * 2 * 32 and history.tokens_per_s > 0
+    assert history.model_flops_per_s > 0 and history.peak_memory_bytes is None  # CPU: no CUDA peak
+    ce_student, _ = tiny_pair()
+    _, ce_history = distill(ce_student, None, DistillConfig(**QUICK | {"alpha": 1.0}), TEXT_IDS, progress=False)
+    assert ce_history.losses()[-1] < ce_history.losses()[0]
+    assert all(math.isnan(k) for k in ce_history.losses("kl"))
+
+
+def test_gradient_accumulation_matches_a_large_batch():
+    # two micro-batches of 2 windows give the same update as their 4 windows at once (up to rounding:
+    # Adam's first step is about lr * sign(gradient), so a near-zero gradient can flip; lr/100 tolerance)
+    student_a, teacher = tiny_pair()
+    student_b = copy.deepcopy(student_a)
+    windows = torch.stack([TEXT_IDS[i * 40: i * 40 + 32] for i in range(4)])
+    distill(student_a, teacher, DistillConfig(**QUICK | {"steps": 1, "batch": 2, "grad_accum": 2}), windows, progress=False)
+    distill(student_b, teacher, DistillConfig(**QUICK | {"steps": 1, "batch": 4}), windows, progress=False)
+    for (name, a), b in zip(student_a.named_parameters(), student_b.parameters()):
+        assert torch.allclose(a, b, atol=QUICK["lr"] / 100), name
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
+    config = DistillConfig(**QUICK | {"steps": 6})
+    straight, teacher = tiny_pair()
+    straight, straight_history = distill(straight, teacher, config, TEXT_IDS, progress=False)
+
+    interrupted, _ = tiny_pair()
+    first = DistillConfig(**QUICK | {"steps": 6}, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=3)
+    # interrupt the run right after its step-3 checkpoint, as a crash or a closed laptop would
+    from common.distill import train as train_module
+    original_save = train_module.save_checkpoint
+
+    def save_then_crash(directory, student, state):
+        original_save(directory, student, state)
+        if state["step"] == 3:
+            raise KeyboardInterrupt
+    train_module.save_checkpoint = save_then_crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            distill(interrupted, teacher, first, TEXT_IDS, progress=False)
+    finally:
+        train_module.save_checkpoint = original_save
+    assert (tmp_path / "ckpt" / "config.json").is_file()
+    resumed, _ = tiny_pair()  # a fresh process would start from the untrained student
+    resumed, resumed_history = distill(resumed, teacher, first, TEXT_IDS, progress=False)
+    assert resumed_history.losses() == pytest.approx(straight_history.losses(), rel=1e-6)
+    for (name, a), b in zip(straight.named_parameters(), resumed.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    from transformers import AutoModelForCausalLM
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+    assert torch.allclose(reloaded.model.embed_tokens.weight, straight.model.embed_tokens.weight, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"steps": 0}, "at least one step"),
+    ({"temperature": 0.0}, "must be positive"),
+    ({"alpha": 1.5}, "between 0 and 1"),
+    ({"seqlen": 5000}, "too few for one window"),
+])
+def test_bad_configs(overrides, message):
+    student, teacher = tiny_pair()
+    with pytest.raises(WorkshopError, match=message):
+        distill(student, teacher, DistillConfig(**QUICK | overrides), TEXT_IDS, progress=False)
+
+
+def test_vocabulary_mismatch_and_missing_teacher():
+    student, teacher = tiny_pair()
+    student.resize_token_embeddings(320)
+    with pytest.raises(WorkshopError, match="vocabulary"):
+        distill(student, teacher, DistillConfig(**QUICK), TEXT_IDS, progress=False)
+    with pytest.raises(WorkshopError, match="no teacher"):
+        distill(student, None, DistillConfig(**QUICK), TEXT_IDS, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI command (registered through add_commands, as common/cli.py does)
+# ---------------------------------------------------------------------------------------------
+def run_cli(argv, capsys):
+    """Exit code, stdout, stderr of `workshop distill ...` built with the contract of common/cli.py."""
+    import argparse
+    from common.distill.cli import add_commands
+    parser = argparse.ArgumentParser(prog="workshop")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, func, help_text):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--json", action="store_true")
+        p.add_argument("--model", default="embedded")
+        p.add_argument("--dtype", default="auto")
+        p.add_argument("--device", default="auto")
+        p.set_defaults(func=func)
+        return p
+    add_commands(command)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+        code = 0
+    except WorkshopError as e:
+        print(f"error: {e}", file=__import__("sys").stderr)
+        code = 2
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+SMALL = ["--teacher", "tiny-random", "--data", "embedded", "--batch", "2", "--seqlen", "32", "--device", "cpu"]
+
+
+def test_cli_distills_and_writes_a_loadable_student(tmp_path, capsys):
+    import json
+    from transformers import AutoModelForCausalLM
+    student, _ = tiny_pair()
+    student_dir = tmp_path / "student"
+    student.save_pretrained(student_dir)
+    load_model("tiny-random")[1].save_pretrained(student_dir)
+    code, out, err = run_cli(["distill", "--student", str(student_dir), *SMALL, "--steps", "3", "--lr", "1e-3",
+                              "--out", str(tmp_path / "out"), "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["tokens"] == 3 * 2 * 32 and result["config"]["steps"] == 3
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert not torch.equal(reloaded.model.layers[1].mlp.down_proj.weight, student.model.layers[1].mlp.down_proj.weight)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steps", "0"], "at least one step"),
+    (["--temperature", "-1"], "must be positive"),
+    (["--seqlen", "100000"], "beyond this model's context"),
+])
+def test_cli_bad_numbers(extra, message, capsys):
+    code, _, err = run_cli(["distill", "--student", "tiny-random", *SMALL, *extra], capsys)
+    assert code == 2 and message in err and "What to do" in err
+
+
+def test_cli_bad_student_and_vocabulary(tmp_path, capsys):
+    code, _, err = run_cli(["distill", "--student", str(tmp_path / "missing"), *SMALL], capsys)
+    assert code == 2 and "is not a directory" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(["distill", "--student", str(tmp_path / "empty"), *SMALL], capsys)
+    assert code == 2 and "not a transformers checkpoint" in err
+    student, tokenizer = load_model("tiny-random")
+    student.resize_token_embeddings(320)
+    student.save_pretrained(tmp_path / "other_vocab")
+    tokenizer.save_pretrained(tmp_path / "other_vocab")
+    code, _, err = run_cli(["distill", "--student", str(tmp_path / "other_vocab"), *SMALL, "--steps", "1"], capsys)
+    assert code == 2 and "vocabulary" in err
+
+
+def test_cli_text_too_short_for_one_batch(tmp_path, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    code, _, err = run_cli(["distill", "--student", "tiny-random", *SMALL, "--data", str(short)], capsys)
+    assert code == 2 and "too few for one window" in err
+
+
+def test_modelopt_kd_gives_our_loss_at_the_same_budget():
+    pytest.importorskip("modelopt.torch.distill")
+    from common.distill.modelopt_kd import distill_modelopt
+    from common.models import tiny_random
+    teacher, _ = tiny_random(seed=0)
+    ours, _ = tiny_random(seed=1)
+    theirs, _ = tiny_random(seed=1)
+    config = DistillConfig(**QUICK | {"steps": 3})
+    ours, ours_history = distill(ours, teacher, config, TEXT_IDS, progress=False)
+    with pytest.warns(UserWarning, match="do not sum to 1.0"):  # modelopt's note that a student loss is mixed in
+        theirs, theirs_history = distill_modelopt(theirs, teacher, config, TEXT_IDS, progress=False)
+    # same loss up to the one extra (last) position modelopt's hook averages over
+    assert theirs_history.losses() == pytest.approx(ours_history.losses(), rel=1e-3)
+    assert type(theirs).__name__ == "LlamaForCausalLM" and not hasattr(theirs, "_teacher_model")  # exported
+
+
+def test_teacher_generated_data_is_cached_and_trains(tmp_path):
+    from common.distill import teacher_generated_ids
+    teacher, tokenizer = load_model("tiny-random", device="cpu")
+    samples = teacher_generated_ids(teacher, tokenizer, 4, 32, batch=2, cache_dir=tmp_path, progress=False)
+    assert samples.shape == (4, 32) and len(list(tmp_path.glob("*.pt"))) == 1
+    prompt = samples[:, :8]  # each sequence starts with a window of the training text
+    assert torch.equal(teacher_generated_ids(teacher, tokenizer, 4, 32, batch=2, cache_dir=tmp_path), samples)
+    student, _ = tiny_pair()
+    _, history = distill(student, teacher, DistillConfig(**QUICK | {"steps": 2}), samples, progress=False)
+    assert history.tokens == 2 * 2 * 32 and prompt.max() < 256

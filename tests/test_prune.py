@@ -1,0 +1,246 @@
+"""Pruning: masks, one-shot methods, width / depth / low rank, and bad input."""
+import argparse
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from common.errors import WorkshopError
+from common.eval import stored_bytes
+from common.models import load_model, tiny_random
+from common.prune.depth import DepthPruneConfig, prune_depth
+from common.prune.lowrank import LowRankConfig, factorize, factorized_linear, prune_lowrank
+from common.prune.magnitude import MagnitudeConfig, prune_magnitude
+from common.prune.masks import apply_mask, mask_from_scores, masks_from_zeros, nm_mask, parse_pattern, sparsity_of
+from common.prune.sparsegpt import SparseGPTConfig, prune_sparsegpt, sparsegpt_weight
+from common.prune.wanda import WandaConfig, prune_wanda, wanda_scores
+from common.prune.width import WidthPruneConfig, prune_width
+
+
+def fresh_tiny(num_layers: int = 2):
+    return tiny_random(num_layers=num_layers)
+
+
+@pytest.fixture(scope="module")
+def calib():
+    torch.manual_seed(0)
+    return torch.randint(0, 384, (4, 48))
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def groups_nonzero(weight: torch.Tensor, m: int) -> torch.Tensor:
+    return (weight != 0).reshape(weight.size(0), -1, m).sum(-1)
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (1, 4)])
+def test_nm_mask_keeps_exactly_n_largest_per_group(n, m):
+    scores = torch.rand(16, 64)
+    keep = nm_mask(scores, n, m)
+    assert (keep.reshape(16, -1, m).sum(-1) == n).all()
+    kept_min = torch.where(keep, scores, torch.inf).reshape(16, -1, m).amin(-1)
+    dropped_max = torch.where(keep, -torch.inf, scores).reshape(16, -1, m).amax(-1)
+    assert (kept_min > dropped_max).all()  # the kept ones are the largest of their group
+
+
+@pytest.mark.parametrize("prune,config_type", [(prune_magnitude, MagnitudeConfig), (prune_wanda, WandaConfig),
+                                               (prune_sparsegpt, SparseGPTConfig)])
+def test_model_pruning_24_has_two_nonzeros_per_group_of_four(prune, config_type, calib):
+    model, _ = fresh_tiny(num_layers=1)
+    prune(model, config_type(pattern="2:4"), calib, progress=False)
+    for module in model.model.layers.modules():
+        if isinstance(module, torch.nn.Linear):
+            assert (groups_nonzero(module.weight, 4) == 2).all()
+    assert sparsity_of(model) == pytest.approx(0.5)
+
+
+def test_unstructured_sparsity_is_exact(calib):
+    model, _ = fresh_tiny()
+    prune_wanda(model, WandaConfig(sparsity=0.6), calib, progress=False)
+    assert sparsity_of(model) == pytest.approx(0.6, abs=0.01)
+
+
+def correlated_layer(seed=0, n=2048, d_in=128, d_out=64):
+    """Inputs with correlated channels of very different scales, as LLM activations have."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d_in, generator=g) @ torch.randn(d_in, d_in, generator=g) * torch.linspace(0.2, 3, d_in)
+    return x, torch.randn(d_out, d_in, generator=g)
+
+
+def relative_output_error(x, w, w_pruned):
+    return float((x @ (w - w_pruned).T).pow(2).mean() / (x @ w.T).pow(2).mean())
+
+
+@pytest.mark.parametrize("sparsity,nm", [(0.5, None), (0.7, None), (0.5, (2, 4))])
+def test_sparsegpt_beats_wanda_beats_magnitude_on_correlated_inputs(sparsity, nm):
+    x, w = correlated_layer()
+    gram = x.T @ x / x.size(0)
+    magnitude = w * mask_from_scores(w.abs(), sparsity, nm, per_row=False)
+    wanda = w * mask_from_scores(wanda_scores(w, gram), sparsity, nm, per_row=True)
+    sparsegpt = sparsegpt_weight(w, gram, sparsity, nm)
+    errors = [relative_output_error(x, w, p) for p in (sparsegpt, wanda, magnitude)]
+    assert (sparsegpt == 0).float().mean() == pytest.approx(sparsity, abs=0.01)
+    assert errors[0] < errors[1] <= errors[2], errors
+
+
+def test_sparsegpt_at_zero_sparsity_keeps_the_layer():
+    x, w = correlated_layer()
+    assert torch.allclose(sparsegpt_weight(w, x.T @ x / x.size(0), 0.0), w, atol=1e-4)
+
+
+def test_masks_stay_through_training_and_are_stored_only_when_asked(calib, tmp_path):
+    model, _ = fresh_tiny()
+    dense_bytes = stored_bytes(model)
+    prune_magnitude(model, MagnitudeConfig(pattern="2:4", store_masks=True))
+    masked_weights = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
+    assert stored_bytes(model) - dense_bytes == masked_weights // 8  # one bit per weight
+    model.train()
+    torch.optim.SGD(model.parameters(), lr=1.0).zero_grad()
+    model(calib, labels=calib).loss.backward()
+    torch.optim.SGD(model.parameters(), lr=1.0).step()  # the update touches pruned weights ...
+    model(calib)  # ... and the next forward re-applies the masks
+    assert sparsity_of(model) == pytest.approx(0.5)
+
+    model2, _ = fresh_tiny()
+    prune_magnitude(model2, MagnitudeConfig(pattern="2:4"))
+    assert stored_bytes(model2) == dense_bytes  # masks not stored: zeros alone
+    model2.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert masks_from_zeros(loaded) == 14 and sparsity_of(loaded) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("importance", ["activation", "magnitude"])
+def test_width_pruning_zero_channels_keeps_outputs(importance, calib):
+    model, _ = fresh_tiny()
+    dead = torch.arange(0, 512, 4)  # 128 of 512 channels never fire
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.gate_proj.weight[dead] = 0
+            layer.mlp.up_proj.weight[dead] = 0
+            layer.mlp.down_proj.weight[:, dead] = 0
+            for head in (1, 3):  # one query head in each key/value group contributes nothing
+                layer.self_attn.q_proj.weight[head * 64: (head + 1) * 64] = 0
+                layer.self_attn.o_proj.weight[:, head * 64: (head + 1) * 64] = 0
+    before = logits(model, calib)
+    config = WidthPruneConfig(mlp_fraction=0.25, heads_fraction=0.5 if importance == "magnitude" else 0.0,
+                              importance=importance, round_to=8)
+    prune_width(model, config, calib, progress=False)
+    assert model.model.layers[0].mlp.gate_proj.out_features == 384 == model.config.intermediate_size
+    if importance == "magnitude":
+        assert model.config.num_attention_heads == 2 and model.config.num_key_value_heads == 2
+    assert torch.allclose(logits(model, calib), before, atol=1e-5)
+
+
+@pytest.mark.parametrize("granularity,heads,kv", [("query", 2, 2), ("group", 2, 1)])
+def test_width_pruned_model_round_trips(granularity, heads, kv, calib, tmp_path):
+    model, _ = fresh_tiny()
+    prune_width(model, WidthPruneConfig(mlp_fraction=0.3, heads_fraction=0.5, head_granularity=granularity),
+                calib, progress=False)
+    assert (model.config.intermediate_size % 8, model.config.num_attention_heads,
+            model.config.num_key_value_heads) == (0, heads, kv)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded.model.layers[1].self_attn.q_proj.out_features == heads * 64
+    assert torch.allclose(logits(loaded, calib), logits(model, calib), atol=1e-5)
+
+
+def test_depth_pruning_drops_least_important_layers_and_round_trips(calib, tmp_path):
+    model, _ = fresh_tiny(num_layers=4)
+    with torch.no_grad():  # layer 2 adds nothing to the residual stream: importance 0
+        model.model.layers[2].self_attn.o_proj.weight.zero_()
+        model.model.layers[2].mlp.down_proj.weight.zero_()
+    prune_depth(model, DepthPruneConfig(layers_removed=1), calib, progress=False)
+    assert model.config.num_hidden_layers == 3 and model.removed_layers == [2]
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert torch.allclose(logits(loaded, calib), logits(model, calib), atol=1e-5)
+    out = loaded.generate(calib[:1, :8], max_new_tokens=4, do_sample=False)  # KV cache slots renumbered
+    assert out.shape == (1, 12)
+
+
+@pytest.mark.parametrize("aware", [False, True])
+def test_svd_at_full_rank_reproduces_the_layer(aware):
+    x, w = correlated_layer(d_in=64, d_out=48)
+    layer = torch.nn.Linear(64, 48)
+    layer.weight.data.copy_(w)
+    u, s, vh = factorize(w, x.T @ x / x.size(0) if aware else None, damp=0.0)
+    factored = factorized_linear(layer, s[:, None] * vh, u)
+    with torch.no_grad():
+        assert torch.allclose(factored(x), layer(x), atol=1e-3 * layer(x).abs().max())
+
+
+def test_activation_aware_svd_beats_plain_at_equal_rank():
+    x, w = correlated_layer()
+    gram = x.T @ x / x.size(0)
+    errors = []
+    for g in (None, gram):
+        u, s, vh = factorize(w, g)
+        errors.append(relative_output_error(x, w, u[:, :16] @ (s[:16, None] * vh[:16])))
+    assert errors[1] < errors[0]
+
+
+def test_lowrank_model_has_fewer_parameters(calib):
+    model, _ = fresh_tiny()
+    before = sum(p.numel() for p in model.model.layers.parameters())
+    prune_lowrank(model, LowRankConfig(param_fraction=0.5, targets="mlp"), calib, progress=False)
+    after = sum(p.numel() for p in model.model.layers.parameters())
+    mlp = 3 * 256 * 512 * 2
+    assert after == pytest.approx(before - mlp / 2, rel=0.01)
+
+
+@pytest.mark.parametrize("make", [
+    lambda m, c: prune_magnitude(m, MagnitudeConfig(sparsity=1.0)),
+    lambda m, c: prune_wanda(m, WandaConfig(sparsity=-0.1), c, progress=False),
+    lambda m, c: prune_magnitude(m, MagnitudeConfig(pattern="4:2")),
+    lambda m, c: nm_mask(torch.rand(4, 30), 2, 4),
+    lambda m, c: prune_magnitude(m, MagnitudeConfig(pattern="3:7")),  # 256 inputs are not a multiple of 7
+    lambda m, c: prune_width(m, WidthPruneConfig(mlp_fraction=0.0, heads_fraction=0.9), c),
+    lambda m, c: prune_width(m, WidthPruneConfig(mlp_fraction=1.0), c),
+    lambda m, c: prune_width(m, WidthPruneConfig(mlp_fraction=0.3), None),
+    lambda m, c: prune_depth(m, DepthPruneConfig(layers_removed=2), c),
+    lambda m, c: prune_lowrank(m, LowRankConfig(param_fraction=1.5), c),
+])
+def test_bad_input_raises_a_clear_workshop_error(make, calib):
+    model, _ = fresh_tiny()
+    before = logits(model, calib)
+    with pytest.raises(WorkshopError) as error:
+        make(model, calib)
+    assert error.value.fix  # says what to do
+    assert torch.equal(logits(model, calib), before)  # and nothing was half-pruned
+
+
+def test_parse_pattern():
+    assert parse_pattern(" 2:4 ") == (2, 4)
+
+
+def test_prune_command_writes_a_loadable_checkpoint(tmp_path, capsys):
+    from common.prune.cli import add_commands
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, func, help_text):  # the contract of common/cli.py's `command`
+        p = sub.add_parser(name)
+        p.add_argument("--json", action="store_true")
+        p.add_argument("--model", default="embedded")
+        p.add_argument("--dtype", default="auto")
+        p.add_argument("--device", default="auto")
+        p.set_defaults(func=func)
+        return p
+
+    add_commands(command)
+    out = tmp_path / "pruned"
+    args = parser.parse_args(["prune", "--model", "tiny-random", "--device", "cpu", "--method", "width",
+                              "--sparsity", "0.25", "--out", str(out), "--json"])
+    args.func(args)
+    result = json.loads(capsys.readouterr().out)
+    assert result["config_after"]["intermediate_size"] == 384
+    assert result["parameters_after"] < result["parameters_before"]
+    model, _ = load_model(str(out), device="cpu")
+    assert model.config.intermediate_size == 384
+    bad = parser.parse_args(["prune", "--model", "tiny-random", "--method", "width", "--pattern", "2:4"])
+    with pytest.raises(WorkshopError):
+        bad.func(bad)
