@@ -107,7 +107,7 @@ def head_importance(model, config: WidthPruneConfig, calib_batch, head_dim: int)
 def kept_heads(importance: torch.Tensor, n_kv: int, config: WidthPruneConfig) -> tuple:
     """Indices of the query heads and key/value heads to keep, in their original order."""
     per_group = importance.numel() // n_kv
-    grouped = importance.view(n_kv, per_group)  # query head h belongs to key/value head h // per_group
+    grouped = importance.cpu().view(n_kv, per_group)  # indices are built on the CPU; slice_linear moves them  # query head h belongs to key/value head h // per_group
     if config.head_granularity == "group":
         keep_groups = kept_count(n_kv, config.heads_fraction, what="key/value groups")
         groups = grouped.sum(1).topk(keep_groups).indices.sort().values
