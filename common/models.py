@@ -231,3 +231,23 @@ def load_model(spec: str = "embedded", dtype: str | torch.dtype = "auto",
                             f"Use {MODEL_SPECS_HELP}.")
     model.workshop_spec = spec  # reports name the model they measured
     return model.to(device).eval(), tokenizer
+
+
+def save_pretrained_atomic(model, tokenizer, out) -> Path:
+    """save_pretrained of model and tokenizer into `out`, written aside and renamed into place, so an
+    interrupted save leaves nothing half-written. An existing non-empty `out` is refused, not replaced."""
+    target = Path(out).expanduser().resolve()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise WorkshopError(f"--out {target} exists and is not empty.", "Give a new directory, or remove it first.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            target.rmdir()
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

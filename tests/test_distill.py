@@ -197,24 +197,12 @@ def test_vocabulary_mismatch_and_missing_teacher():
 
 
 # ---------------------------------------------------------------------------------------------
-# The CLI command (registered through add_commands, as common/cli.py does)
+# The CLI command
 # ---------------------------------------------------------------------------------------------
 def run_cli(argv, capsys):
-    """Exit code, stdout, stderr of `workshop distill ...` built with the contract of common/cli.py."""
-    import argparse
-    from common.distill.cli import add_commands
-    parser = argparse.ArgumentParser(prog="workshop")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def command(name, func, help_text):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--json", action="store_true")
-        p.add_argument("--model", default="embedded")
-        p.add_argument("--dtype", default="auto")
-        p.add_argument("--device", default="auto")
-        p.set_defaults(func=func)
-        return p
-    add_commands(command)
+    """Exit code, stdout, stderr of `workshop distill ...`."""
+    from common.cli import build_parser
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -1,5 +1,4 @@
 """Pruning: masks, one-shot methods, width / depth / low rank, and bad input."""
-import argparse
 import json
 
 import pytest
@@ -12,7 +11,7 @@ from common.models import load_model, tiny_random
 from common.prune.depth import DepthPruneConfig, prune_depth
 from common.prune.lowrank import LowRankConfig, factorize, factorized_linear, prune_lowrank
 from common.prune.magnitude import MagnitudeConfig, prune_magnitude
-from common.prune.masks import apply_mask, mask_from_scores, masks_from_zeros, nm_mask, parse_pattern, sparsity_of
+from common.prune.masks import mask_from_scores, masks_from_zeros, nm_mask, parse_pattern, sparsity_of
 from common.prune.sparsegpt import SparseGPTConfig, prune_sparsegpt, sparsegpt_weight
 from common.prune.wanda import WandaConfig, prune_wanda, wanda_scores
 from common.prune.width import WidthPruneConfig, prune_width
@@ -218,20 +217,8 @@ def test_parse_pattern():
 
 
 def test_prune_command_writes_a_loadable_checkpoint(tmp_path, capsys):
-    from common.prune.cli import add_commands
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def command(name, func, help_text):  # the contract of common/cli.py's `command`
-        p = sub.add_parser(name)
-        p.add_argument("--json", action="store_true")
-        p.add_argument("--model", default="embedded")
-        p.add_argument("--dtype", default="auto")
-        p.add_argument("--device", default="auto")
-        p.set_defaults(func=func)
-        return p
-
-    add_commands(command)
+    from common.cli import build_parser
+    parser = build_parser()
     out = tmp_path / "pruned"
     args = parser.parse_args(["prune", "--model", "tiny-random", "--device", "cpu", "--method", "width",
                               "--sparsity", "0.25", "--out", str(out), "--json"])

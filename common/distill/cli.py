@@ -1,29 +1,15 @@
 """`workshop distill`: recover a (pruned) student by distilling from a teacher; writes a checkpoint
 that loads with from_pretrained."""
-import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import WorkshopError
 
 
-def save_student(out: Path, student, tokenizer) -> None:
-    """save_pretrained of model and tokenizer, written aside then renamed into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    student.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-
-
 def cmd_distill(args) -> None:
     from ..budgets import get_budget
     from ..eval import check_seqlen, perplexity
-    from ..models import load_model
+    from ..models import load_model, save_pretrained_atomic
     from .train import DistillConfig, distill, training_ids
     budget = get_budget()
     def given(value, default):  # 0 is a value (and an error), not "use the default"
@@ -33,7 +19,7 @@ def cmd_distill(args) -> None:
                            lr=args.lr, batch=given(args.batch, budget.train_batch),
                            seqlen=given(args.seqlen, budget.train_seqlen),
                            grad_accum=args.grad_accum, seed=args.seed, hidden_loss_weight=args.hidden_loss_weight,
-                           checkpoint_dir=str(Path(args.out) / "checkpoint") if args.out and args.checkpoint_every else None,
+                           checkpoint_dir=f"{args.out}.checkpoint" if args.out and args.checkpoint_every else None,
                            checkpoint_every=args.checkpoint_every)
     config.validate()  # before loading anything: bad numbers fail in a second
     if args.student != "tiny-random" and not Path(args.student).expanduser().is_dir():
@@ -63,7 +49,7 @@ def cmd_distill(args) -> None:
         lines.append(f"PPL teacher {result['teacher_ppl']:.3f}; student {result['student_ppl_before']:.3f} -> "
                      f"{after.ppl:.3f}  [{after.protocol()}]")
     if args.out:
-        save_student(Path(args.out), student.to(saved_dtype), tokenizer)
+        save_pretrained_atomic(student.to(saved_dtype), tokenizer, args.out)
         result["out"] = args.out
         lines.append(f"student written to {args.out} (loads with from_pretrained)")
     from ..cli import _print
@@ -87,5 +73,5 @@ def add_commands(command) -> None:
                    help="training text: comma-separated names or files (their train part; never the evaluation text)")
     p.add_argument("--eval", action="store_true", help="print perplexity before and after")
     p.add_argument("--checkpoint-every", type=int, default=0,
-                   help="save a resumable checkpoint in OUT/checkpoint every N steps (a rerun resumes from it)")
+                   help="save a resumable checkpoint in OUT.checkpoint every N steps (a rerun resumes from it)")
     p.add_argument("--out", help="write the trained student here (save_pretrained)")

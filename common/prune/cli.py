@@ -5,9 +5,6 @@ sparsegpt), of the MLP channels (width; --heads-fraction for attention heads), o
 (depth), of the targeted layers' parameters (svd). --pattern N:M asks for semi-structured sparsity
 (magnitude, wanda, sparsegpt; modelopt is always 2:4).
 """
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -52,30 +49,11 @@ def build_pruner(method: str, args, num_layers: int):
     return prune_lowrank, LowRankConfig(param_fraction=1 - sparsity)
 
 
-def save_atomic(model, tokenizer, out: Path) -> None:
-    """save_pretrained into a sibling temporary directory, then rename it into place."""
-    out = out.expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def cmd_prune(args) -> None:
     from ..budgets import get_budget
     from ..data import calibration_batch
     from ..eval import parameter_breakdown, perplexity, stored_bytes
-    from ..models import load_model
+    from ..models import load_model, save_pretrained_atomic
     from .masks import sparsity_of
     budget = get_budget()
     if args.out and args.method == "svd":
@@ -113,7 +91,7 @@ def cmd_prune(args) -> None:
         result["protocol"] = after.protocol()
         lines.append(f"after:  {after}")
     if args.out:
-        save_atomic(model, tokenizer, Path(args.out))
+        save_pretrained_atomic(model, tokenizer, args.out)
         result["out"] = str(Path(args.out).resolve())
         lines.append(f"saved to {result['out']}")
     from ..cli import _print

@@ -1,10 +1,6 @@
 """`workshop quantize`: every PTQ method of lab 02 from the command line."""
 import json
-import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 from ..errors import WorkshopError
 
@@ -81,30 +77,11 @@ def fit_group_size(model, config) -> None:
                             "Use a size that divides all of them (64 or 128 for most models), or 0 for per channel.")
 
 
-def save_atomic(model, tokenizer, out: str) -> Path:
-    """save_pretrained into a temporary directory beside `out`, then rename it into place."""
-    target = Path(out).expanduser().resolve()
-    if target.exists() and any(target.iterdir()):
-        raise WorkshopError(f"--out {target} exists and is not empty.", "Give a new directory, or remove it first.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
 def cmd_quantize(args) -> None:
     from ..budgets import get_budget
     from ..data import calibration_batch
     from ..eval import perplexity
-    from ..models import load_model
+    from ..models import load_model, save_pretrained_atomic
     from .calibration import true_bytes
     quantize, config = method_and_config(args.method, args.bits, args.group_size)
     budget = get_budget()
@@ -131,7 +108,7 @@ def cmd_quantize(args) -> None:
     if args.eval:
         result["ppl_after"] = evaluate().ppl
     if args.out:
-        result["out"] = str(save_atomic(model, tokenizer, args.out))
+        result["out"] = str(save_pretrained_atomic(model, tokenizer, args.out))
     lines = [f"{args.method}: {result['config']}", f"quantized in {seconds:.1f} s on {result['calibration']}",
              f"bytes (quantized weights counted packed): {result['bytes_before']:,} -> {result['bytes_after']:,} "
              f"({result['bytes_before'] / result['bytes_after']:.2f}x smaller)"]
