@@ -156,7 +156,7 @@ def _driver() -> str:
 
 def markdown(result: dict) -> str:
     v = result["versions"]
-    lines = [f"# Kernel benchmark", "",
+    lines = ["# Kernel benchmark", "",
              f"Device: {result['device']}, driver {result['driver']}; torch {v['torch']}, triton {v['triton']}, "
              f"Python {v['python']}; {result['date']}.", "",
              "Median of 20 replays of a CUDA graph of >= 10 calls (CUDA events), weights rotated over copies "
