@@ -35,9 +35,3 @@ def check_smoothing_scale(s, act_absmax: torch.Tensor, weights: list, alpha: flo
     check(f"SmoothQuant scales at alpha={alpha}", _close(s, smoothing_scale(act_absmax, weights, alpha), 1e-4),
           "s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), where max|W_j| is taken over input column j of "
           "q, k and v together (amax over dim 0 of each weight, then the max of the three).")
-
-
-def check_gptq_beats_rtn(gptq_ppl: float, rtn_ppl: float, base_ppl: float, setting: str) -> None:
-    check(f"GPTQ below RTN at {setting}", gptq_ppl < rtn_ppl,
-          "GPTQ uses the calibration inputs' Hessian to compensate each column's rounding error; if it is "
-          "worse than RTN, check the damping and that layers are quantized sequentially.")
