@@ -13,6 +13,7 @@ is measured on weights that already sit on a 4-bit grid. The first load converts
 """
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -185,8 +186,12 @@ def _load_directory(path: Path, dtype: torch.dtype):
                             "(pickled .bin files can run code when opened).",
                             "Convert it with save_pretrained(..., safe_serialization=True).")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
-                                                     trust_remote_code=False)
+        if "workshop_packed" in json.loads((path / "config.json").read_text()):  # real low-bit weights
+            from .quant.qlinear import load_packed
+            model = load_packed(path, dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
+                                                         trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError) as e:
         raise WorkshopError(f"Could not load the checkpoint in {path}: {e}",
@@ -241,6 +246,10 @@ def save_pretrained_atomic(model, tokenizer, out) -> Path:
         raise WorkshopError(f"--out {target} exists and is not empty.", "Give a new directory, or remove it first.")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+    from .quant.qlinear import packed_layout
+    layout = packed_layout(model)
+    if layout:  # real low-bit layers: config.json lists them so that load_model can rebuild them
+        model.config.workshop_packed = layout
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

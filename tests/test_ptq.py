@@ -7,11 +7,12 @@ from common.data import calibration_batch
 from common.errors import WorkshopError
 from common.eval import perplexity, stored_bytes
 from common.quant.awq import AWQConfig, fold_scales, quantize_awq, scaling_groups
-from common.quant.calibration import decoder_layers, hessian, true_bytes
+from common.calibration import decoder_layers
+from common.quant.storage import true_bytes
 from common.cli import build_parser, main
 from common.quant.formats import fake_quant_int
 from common.quant.fp8 import FP8Config, quantize_fp8
-from common.quant.gptq import GPTQConfig, gptq_quantize_weight, quantize_gptq
+from common.quant.gptq import GPTQConfig, gptq_quantize_weight, hessian, quantize_gptq
 from common.quant.nf4 import NF4Config, quantize_nf4
 from common.quant.rtn import RTNConfig, quantize_rtn
 from common.quant.smoothquant import SmoothQuantConfig, quantize_smoothquant, smooth, smoothing_groups, smoothing_scale
@@ -38,8 +39,12 @@ def test_gptq_output_error_below_rtn_on_correlated_inputs(bits, group_size, act_
     x = correlated_inputs()
     w = torch.randn(64, 128, generator=torch.Generator().manual_seed(1))
     config = GPTQConfig(bits=bits, group_size=group_size, act_order=act_order, block_size=32)
-    gptq = gptq_quantize_weight(w, hessian(x), config)
+    gptq, scales, zeros = gptq_quantize_weight(w, hessian(x), config)
     rtn = fake_quant_int(w, bits, group_size, symmetric=False)
+    # the returned grid is the one the weights sit on: codes (w / scale + zero) are integers in range
+    group = group_size or 128
+    codes = gptq / scales.repeat_interleave(group, 1) + zeros.repeat_interleave(group, 1)
+    assert torch.allclose(codes, codes.round(), atol=1e-3) and codes.min() > -0.5 and codes.max() < 2 ** bits - 0.5
     output_error = lambda q: ((x @ (w - q).T) ** 2).mean()
     assert output_error(gptq) < 0.5 * output_error(rtn)
     # every row of every group still lies on a grid of 2^bits levels
@@ -144,3 +149,38 @@ def test_workshop_quantize_bad_input_exits_2(capsys):
     assert main(["quantize", "--model", "tiny-random", "--method", "smoothquant", "--bits", "4"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "does not support 4 bits" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("quantize, config, max_bits", METHODS, ids=lambda v: getattr(v, "__name__", ""))
+def test_packing_stores_the_counted_bytes_and_computes_the_same(tiny, calib, quantize, config, max_bits, tmp_path):
+    from common.models import load_model, save_pretrained_atomic
+    from common.quant.qlinear import QuantLinear, pack_quantized
+    model, tokenizer = tiny
+    quantized = quantize(copy.deepcopy(model), config, calib, progress=False)
+    packed = pack_quantized(copy.deepcopy(quantized), progress=False)
+    assert all(isinstance(m, QuantLinear) for layer in decoder_layers(packed) for m in layer.modules()
+               if isinstance(m, (torch.nn.Linear, QuantLinear)))
+    assert stored_bytes(packed) == true_bytes(quantized)
+    assert torch.equal(_outputs(packed, calib), _outputs(quantized, calib))
+    # and back from disk with load_model, as `workshop quantize --out` writes it
+    save_pretrained_atomic(packed, tokenizer, tmp_path / "packed")
+    loaded, _ = load_model(str(tmp_path / "packed"), dtype="float32", device="cpu")
+    assert torch.equal(_outputs(loaded, calib), _outputs(packed, calib))
+
+
+def test_packing_refuses_weights_moved_off_the_grid(tiny):
+    from common.quant.qlinear import pack_quantized
+    model = quantize_rtn(copy.deepcopy(tiny[0]), RTNConfig(bits=4, group_size=64))
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.add_(0.3 * model.model.layers[0].mlp.up_proj.weight.std())
+    with pytest.raises(WorkshopError, match="no longer on the grid"):
+        pack_quantized(model, progress=False)
+
+
+def test_formats_without_a_packed_layout_stay_fake_quantized(tiny):
+    from common.quant.qlinear import pack_quantized
+    model = quantize_rtn(copy.deepcopy(tiny[0]), RTNConfig(bits=3, group_size=64))
+    with pytest.warns(UserWarning, match="stay fake-quantized"):
+        pack_quantized(model, progress=False)
+    with pytest.raises(WorkshopError, match="no quantized linear layers"):
+        pack_quantized(copy.deepcopy(tiny[0]), progress=False)

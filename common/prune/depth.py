@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WorkshopError
-from .capture import decoder_layers, first_layer_inputs, run_layer
+from ..calibration import decoder_layers, first_layer_inputs, run_layer
 
 
 @dataclass

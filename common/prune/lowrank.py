@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import WorkshopError
-from .capture import for_each_layer_with_grams, linear_modules
+from ..calibration import linear_input_grams, linear_layers, walk_layers
 
 TARGETS = {"mlp": ("mlp.",), "attention": ("self_attn.",), "all": ("mlp.", "self_attn.")}
 
@@ -85,9 +85,8 @@ def prune_lowrank(model, config: LowRankConfig, calib_batch=None, progress: bool
                             "Pass calib_batch, or set activation_aware=False.")
 
     if config.activation_aware:
-        return for_each_layer_with_grams(model, calib_batch,
-                                         lambda index, layer, grams: factorize_layer(layer, config, grams.mean_gram),
-                                         "svd", progress)
+        return walk_layers(model, calib_batch, lambda index, layer, hidden, kwargs: factorize_layer(
+            layer, config, linear_input_grams(layer, hidden, kwargs).get), progress, desc="svd")
     for layer in model.model.layers:
         factorize_layer(layer, config, lambda name: None)
     return model
@@ -95,7 +94,7 @@ def prune_lowrank(model, config: LowRankConfig, calib_batch=None, progress: bool
 
 def factorize_layer(layer, config: LowRankConfig, gram_of) -> None:
     """Replace the targeted linears of one decoder layer by their factors (gram_of(name): H or None)."""
-    for name, linear in linear_modules(layer).items():
+    for name, linear in linear_layers(layer).items():
         if not name.startswith(TARGETS[config.targets]):
             continue
         u, s, vh = factorize(linear.weight, gram_of(name), config.damp)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .capture import decoder_layers, linear_modules
+from ..calibration import decoder_layers, linear_layers
 from .masks import SparsityConfig, apply_mask, mask_from_scores
 
 
@@ -27,7 +27,7 @@ def prune_magnitude(model, config: MagnitudeConfig, calib_batch=None, progress: 
         sparsity = config.for_layer(index)
         if sparsity == 0:
             continue
-        for linear in linear_modules(layer).values():
+        for linear in linear_layers(layer).values():
             keep = mask_from_scores(linear.weight.abs().float(), sparsity, nm, config.per_row)
             apply_mask(linear, keep, config.store_masks)
     return model

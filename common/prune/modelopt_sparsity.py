@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from ..errors import WorkshopError
-from .capture import chunks
 
 MODES = ("sparse_magnitude", "sparsegpt")
 
@@ -52,7 +51,7 @@ def prune_modelopt(model, config: ModeloptSparsityConfig, calib_batch=None, prog
     device = next(model.parameters()).device
     search = {"device": str(device)} if config.mode == "sparsegpt" else {}
     if calib_batch is not None:
-        search |= {"data_loader": chunks(calib_batch.to(device), 1), "collect_func": lambda batch: batch}
+        search |= {"data_loader": calib_batch.to(device).split(1), "collect_func": lambda batch: batch}
     quiet = contextlib.redirect_stdout(io.StringIO()) if not progress else contextlib.nullcontext()
     with quiet, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # it warns about every layer it skips and about versions
@@ -94,7 +93,7 @@ def trap_quantize_then_sparsify(model, calib_batch) -> dict:
     device = next(model.parameters()).device
 
     def forward_loop(m):
-        for ids in chunks(calib_batch.to(device), 1):
+        for ids in calib_batch.to(device).split(1):
             m(ids)
 
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), torch.no_grad():

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..eval import perplexity
-from .capture import decoder_layers, for_each_layer_with_grams, linear_modules
+from ..calibration import decoder_layers, linear_input_grams, linear_layers, walk_layers
 from .masks import apply_mask, nm_mask, parse_pattern
 from .wanda import wanda_scores
 
@@ -39,7 +39,7 @@ def evaluate(model, tokenizer, settings: EvalSettings) -> float:
 def nm_magnitude_layer(layer, pattern: str = "2:4", names=PROJECTIONS) -> None:
     """N:M magnitude pruning of the named projections of one decoder layer."""
     n, m = parse_pattern(pattern)
-    for name, linear in linear_modules(layer).items():
+    for name, linear in linear_layers(layer).items():
         if name.rsplit(".", 1)[-1] in names:
             apply_mask(linear, nm_mask(linear.weight.abs().float(), n, m))
 
@@ -102,15 +102,16 @@ def wanda_outlier_ratios(model, calib_batch, threshold: float = 5.0, progress: b
     """Per layer, the fraction of Wanda scores above `threshold` x the mean score of their matrix."""
     ratios = []
 
-    def process(index, layer, grams):
+    def process(index, layer, hidden, kwargs):
         above = total = 0
-        for name, linear in grams.modules.items():
-            scores = wanda_scores(linear.weight, grams.mean_gram(name))
+        grams = linear_input_grams(layer, hidden, kwargs)
+        for name, linear in linear_layers(layer).items():
+            scores = wanda_scores(linear.weight, grams[name])
             above += int((scores > threshold * scores.mean()).sum())
             total += scores.numel()
         ratios.append(above / total)
 
-    for_each_layer_with_grams(model, calib_batch, process, "outliers", progress)
+    walk_layers(model, calib_batch, process, progress, desc="outliers")
     return torch.tensor(ratios)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .capture import for_each_layer_with_grams
+from ..calibration import linear_input_grams, linear_layers, walk_layers
 from .masks import SparsityConfig, apply_mask, check_sparsity
 
 
@@ -75,13 +75,14 @@ def prune_sparsegpt(model, config: SparseGPTConfig, calib_batch, progress: bool 
     config.validate(len(model.model.layers))
     nm = config.nm()
 
-    def process(index, layer, grams):
+    def process(index, layer, hidden, kwargs):
         sparsity = config.for_layer(index)
         if sparsity == 0:
             return
-        for name, linear in grams.modules.items():
-            w = sparsegpt_weight(linear.weight, grams.mean_gram(name), sparsity, nm, config.block_size, config.damp)
+        grams = linear_input_grams(layer, hidden, kwargs)
+        for name, linear in linear_layers(layer).items():
+            w = sparsegpt_weight(linear.weight, grams[name], sparsity, nm, config.block_size, config.damp)
             linear.weight.data.copy_(w.to(linear.weight.dtype))
             apply_mask(linear, w != 0, config.store_masks)
 
-    return for_each_layer_with_grams(model, calib_batch, process, "sparsegpt", progress)
+    return walk_layers(model, calib_batch, process, progress, desc="sparsegpt")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .capture import for_each_layer_with_grams
+from ..calibration import linear_input_grams, linear_layers, walk_layers
 from .masks import SparsityConfig, apply_mask, mask_from_scores
 
 
@@ -27,12 +27,13 @@ def prune_wanda(model, config: WandaConfig, calib_batch, progress: bool = True):
     config.validate(len(model.model.layers))
     nm = config.nm()
 
-    def process(index, layer, grams):
+    def process(index, layer, hidden, kwargs):
         sparsity = config.for_layer(index)
         if sparsity == 0:
             return
-        for name, linear in grams.modules.items():
-            keep = mask_from_scores(wanda_scores(linear.weight, grams.mean_gram(name)), sparsity, nm, config.per_row)
+        grams = linear_input_grams(layer, hidden, kwargs)
+        for name, linear in linear_layers(layer).items():
+            keep = mask_from_scores(wanda_scores(linear.weight, grams[name]), sparsity, nm, config.per_row)
             apply_mask(linear, keep, config.store_masks)
 
-    return for_each_layer_with_grams(model, calib_batch, process, "wanda", progress)
+    return walk_layers(model, calib_batch, process, progress, desc="wanda")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import WorkshopError
-from .capture import decoder_layers, input_channel_rms
+from ..calibration import decoder_layers, input_channel_rms
 
 IMPORTANCES = ("activation", "magnitude")
 HEAD_GRANULARITIES = ("query", "group")

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .calibration import channel_abs_mean, mark_quantized, quantize_layer_by_layer, record_linear_inputs
+from ..calibration import record_linear_inputs, walk_layers
 from .formats import fake_quant_int
-from .rtn import weights_per_scale
+from .rtn import rtn_into
 
 
 @dataclass
@@ -38,6 +38,11 @@ def scaling_groups(layer) -> list:
     if attn.v_proj.out_features == attn.o_proj.in_features:
         groups.append((attn.v_proj, ["self_attn.o_proj"]))
     return groups
+
+
+def channel_abs_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean |x| of each input channel [tokens, channels]: AWQ's measure of how much a channel matters."""
+    return x.abs().float().mean(dim=0)
 
 
 @torch.no_grad()
@@ -117,7 +122,6 @@ def quantize_awq(model, config: AWQConfig, calib_batch: torch.Tensor, progress: 
             w = linear.weight.data
             if config.clip_search:
                 w = clip_weight(_search_subset(x, config), w, config)
-            linear.weight.data = fake_quant_int(w, config.bits, config.group_size, config.symmetric)
-            mark_quantized(linear, config.bits, weights_per_scale(linear, config.group_size), not config.symmetric)
+            rtn_into(linear, w, config.bits, config.group_size, config.symmetric)
 
-    return quantize_layer_by_layer(model, calib_batch, quantize_layer, progress, desc="AWQ")
+    return walk_layers(model, calib_batch, quantize_layer, progress, desc="AWQ")

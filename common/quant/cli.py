@@ -61,7 +61,7 @@ def method_and_config(method: str, bits: int | None, group_size: int | None):
 
 
 def input_widths(model) -> list:
-    from .calibration import decoder_layers, linear_layers
+    from ..calibration import decoder_layers, linear_layers
     return sorted({lin.in_features for layer in decoder_layers(model) for lin in linear_layers(layer).values()})
 
 
@@ -82,7 +82,7 @@ def cmd_quantize(args) -> None:
     from ..data import calibration_batch
     from ..eval import perplexity
     from ..models import load_model, save_pretrained_atomic
-    from .calibration import true_bytes
+    from .storage import true_bytes
     quantize, config = method_and_config(args.method, args.bits, args.group_size)
     budget = get_budget()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)

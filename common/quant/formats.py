@@ -61,18 +61,23 @@ def dequantize_int(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> 
 
 
 def fake_quant_int(w: torch.Tensor, bits: int, group_size: int | None = None, symmetric: bool = True,
-                   scale_dtype: torch.dtype | None = None):
+                   scale_dtype: torch.dtype | None = None, return_grid: bool = False):
     """`w` rounded to a `bits`-bit integer grid at the given granularity, in `w`'s dtype and shape.
 
     `scale_dtype` (e.g. torch.float16) rounds the scales to the type they are stored in first, as a
-    packed layer does, so that the result is exactly what that layer computes.
+    packed layer does, so that the result is exactly what that layer computes. `return_grid` also
+    returns the scales and zero points, [rows, groups] float32 (what a packed layer stores).
     """
     groups = _grouped(w, group_size).float()
     scale, zero = int_scale_zero(groups, bits, symmetric)
     if scale_dtype is not None:
         scale = scale.to(scale_dtype).float()
     q = quantize_int(groups, scale, zero, bits, symmetric)
-    return dequantize_int(q, scale, zero).reshape(w.shape).to(w.dtype)
+    w_hat = dequantize_int(q, scale, zero).reshape(w.shape).to(w.dtype)
+    if not return_grid:
+        return w_hat
+    rows = 1 if group_size == -1 else w.shape[0]
+    return w_hat, scale.reshape(rows, -1), zero.reshape(rows, -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,17 +124,19 @@ def round_to_grid(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return grid[torch.bucketize(x, (grid[1:] + grid[:-1]) / 2)]
 
 
-def _absmax_fake_quant(w: torch.Tensor, group_size, grid_max: float, round_fn) -> torch.Tensor:
+def _absmax_fake_quant(w: torch.Tensor, group_size, grid_max: float, round_fn, scale_dtype=None) -> torch.Tensor:
     """Scale each group so its largest |w| lands on the grid's largest value, round, scale back."""
     groups = _grouped(w, group_size).float()
     scale = groups.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / grid_max
+    if scale_dtype is not None:  # as stored by a packed layer (see fake_quant_int)
+        scale = scale.to(scale_dtype).float()
     return (round_fn(groups / scale) * scale).reshape(w.shape).to(w.dtype)
 
 
-def fake_quant_nf4(w: torch.Tensor, group_size: int | None = 64) -> torch.Tensor:
+def fake_quant_nf4(w: torch.Tensor, group_size: int | None = 64, scale_dtype: torch.dtype | None = None) -> torch.Tensor:
     """NF4 with absmax block scaling (QLoRA uses blocks of 64)."""
     levels = nf4_levels()
-    return _absmax_fake_quant(w, group_size, 1.0, lambda x: round_to_grid(x, levels))
+    return _absmax_fake_quant(w, group_size, 1.0, lambda x: round_to_grid(x, levels), scale_dtype)
 
 
 def fake_quant_fp8(w: torch.Tensor, fmt: str = "fp8_e4m3", group_size: int | None = -1) -> torch.Tensor:

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .calibration import linear_layers, mark_quantized, quantize_layer_by_layer, record_linear_inputs
+from ..calibration import linear_layers, record_linear_inputs, walk_layers
 from .formats import FP8_DTYPES, fake_quant_fp8
+from .storage import WeightFormat, mark_quantized
 
 
 @dataclass
@@ -23,12 +24,17 @@ def quantize_activations_static(linear, amax: float, fmt: str) -> None:
     """From now on `linear` sees its input as `fmt` values with one fixed scale, amax / max(fmt)."""
     dtype = FP8_DTYPES[fmt]
     fmax = torch.finfo(dtype).max
-    scale = max(amax, 1e-12) / fmax
+    scale = static_input_scale(amax, fmt).to(linear.weight.device)
 
-    def hook(module, args):
+    def hook(module, args):  # in float32, as QuantLinear's fp8_static inputs (bit for bit)
         x = args[0]
-        return ((x / scale).clamp(-fmax, fmax).to(dtype).to(x.dtype) * scale,)
+        return (((x.float() / scale).clamp(-fmax, fmax).to(dtype).float() * scale).to(x.dtype),)
     linear.register_forward_pre_hook(hook)
+
+
+def static_input_scale(amax: float, fmt: str = "fp8_e4m3") -> torch.Tensor:
+    """The float32 scale [1] that maps the calibrated max |x| onto the format's largest value."""
+    return torch.tensor([max(amax, 1e-12) / torch.finfo(FP8_DTYPES[fmt]).max], dtype=torch.float32)
 
 
 def quantize_fp8(model, config: FP8Config, calib_batch: torch.Tensor, progress: bool = True):
@@ -37,8 +43,10 @@ def quantize_fp8(model, config: FP8Config, calib_batch: torch.Tensor, progress: 
         inputs = record_linear_inputs(layer, hidden, kwargs) if config.quantize_activations else {}
         for name, linear in linear_layers(layer).items():
             linear.weight.data = fake_quant_fp8(linear.weight.data, config.fmt, group_size=None)
-            mark_quantized(linear, 8, linear.in_features, zero_points=False)
+            fmt = WeightFormat(config.fmt, 8, None)
             if config.quantize_activations:
-                quantize_activations_static(linear, inputs[name].abs().max().item(), config.fmt)
+                fmt.activations, fmt.input_amax = "fp8_static", inputs[name].abs().max().item()
+                quantize_activations_static(linear, fmt.input_amax, config.fmt)
+            mark_quantized(linear, fmt)
 
-    return quantize_layer_by_layer(model, calib_batch, quantize_layer, progress, desc="FP8")
+    return walk_layers(model, calib_batch, quantize_layer, progress, desc="FP8")

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .calibration import hessian, mark_quantized, quantize_layer_by_layer, record_linear_inputs
+from ..calibration import record_linear_inputs, walk_layers
 from .formats import dequantize_int, int_scale_zero, quantize_int
-from .rtn import weights_per_scale
+from .storage import WeightFormat, mark_quantized, stored_scale_dtype
 
 
 @dataclass
@@ -42,9 +42,23 @@ def _one_cpu_thread(device: torch.device):
         torch.set_num_threads(threads)
 
 
+def hessian(x: torch.Tensor) -> torch.Tensor:
+    """H = 2 X^T X / n: the Hessian of the layer's squared output error ||W X - Q X||^2 / n in W's rows."""
+    x = x.float()
+    return 2 * x.T @ x / x.shape[0]
+
+
 @torch.no_grad()
-def gptq_quantize_weight(weight: torch.Tensor, H: torch.Tensor, config: GPTQConfig) -> torch.Tensor:
-    """The GPTQ-quantized (and dequantized) `weight` [out, in], given the input Hessian H [in, in]."""
+def gptq_quantize_weight(weight: torch.Tensor, H: torch.Tensor, config: GPTQConfig):
+    """(the GPTQ-quantized, dequantized `weight` [out, in], its scales [out, groups], its zero points
+    [out, groups]), given the input Hessian H [in, in]. Scales are rounded to the 16 bits they are
+    stored in, so packing the result loses nothing."""
+    scale_dtype = stored_scale_dtype(weight.dtype)
+
+    def grid(w):
+        scale, zero = int_scale_zero(w, config.bits, config.symmetric)
+        return scale.to(scale_dtype).float(), zero
+
     W = weight.detach().clone().float()
     H = H.clone().float()
     n_in = W.shape[1]
@@ -53,10 +67,11 @@ def gptq_quantize_weight(weight: torch.Tensor, H: torch.Tensor, config: GPTQConf
     W[:, dead] = 0
 
     group = config.group_size or n_in
+    grids = {}  # group index -> (scale, zero), each [out, 1]
     if config.act_order:
         # Groups stay contiguous in the original order (so they pack) and their scales come from
         # the original weights, since columns of one group are now visited far apart.
-        static_groups = [int_scale_zero(W[:, g: g + group], config.bits, config.symmetric) for g in range(0, n_in, group)]
+        grids = {g // group: grid(W[:, g: g + group]) for g in range(0, n_in, group)}
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
     else:
@@ -74,10 +89,10 @@ def gptq_quantize_weight(weight: torch.Tensor, H: torch.Tensor, config: GPTQConf
             for i in range(b2 - b1):
                 column = b1 + i
                 if config.act_order:
-                    scale, zero = static_groups[int(perm[column]) // group]
+                    scale, zero = grids[int(perm[column]) // group]
                 elif column % group == 0:  # a new group: its scale from its weights as updated so far
                     upcoming = torch.cat([W1[:, i:], W[:, b2:]], dim=1)[:, :group]
-                    scale, zero = int_scale_zero(upcoming, config.bits, config.symmetric)
+                    scale, zero = grids[column // group] = grid(upcoming)
                 w = W1[:, i:i + 1]
                 q = dequantize_int(quantize_int(w, scale, zero, config.bits, config.symmetric), scale, zero)
                 Q[:, column] = q[:, 0]
@@ -85,7 +100,8 @@ def gptq_quantize_weight(weight: torch.Tensor, H: torch.Tensor, config: GPTQConf
                 W1[:, i:] -= err @ U1[i:i + 1, i:]  # spread the error over the block's later columns
                 errors[:, i] = err[:, 0]
             W[:, b2:] -= errors @ U[b1:b2, b2:]     # and, once per block, over the rest of the matrix
-    return Q[:, torch.argsort(perm)].to(weight.dtype)
+    scales, zeros = (torch.cat([grids[g][k] for g in range(len(grids))], dim=1) for k in (0, 1))
+    return Q[:, torch.argsort(perm)].to(weight.dtype), scales, zeros
 
 
 # Linears of a Llama decoder layer that read the same input: they share one Hessian, and since GPTQ
@@ -101,9 +117,10 @@ def quantize_gptq(model, config: GPTQConfig, calib_batch: torch.Tensor, progress
         for names in SHARED_INPUTS:
             linears = [layer.get_submodule(name) for name in names]
             stacked = torch.cat([linear.weight.data for linear in linears])
-            quantized = gptq_quantize_weight(stacked, hessian(inputs[names[0]]), config)
-            for linear, weight in zip(linears, quantized.split([lin.out_features for lin in linears])):
+            quantized, scales, zeros = gptq_quantize_weight(stacked, hessian(inputs[names[0]]), config)
+            rows = [lin.out_features for lin in linears]
+            for linear, weight, scale, zero in zip(linears, quantized.split(rows), scales.split(rows), zeros.split(rows)):
                 linear.weight.data = weight.contiguous()
-                mark_quantized(linear, config.bits, weights_per_scale(linear, config.group_size), not config.symmetric)
+                mark_quantized(linear, WeightFormat("int", config.bits, config.group_size, config.symmetric, scale, zero))
 
-    return quantize_layer_by_layer(model, calib_batch, quantize_layer, progress, desc="GPTQ")
+    return walk_layers(model, calib_batch, quantize_layer, progress, desc="GPTQ")

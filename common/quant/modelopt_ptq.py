@@ -13,7 +13,7 @@ import warnings
 import torch
 
 from ..errors import WorkshopError
-from .calibration import SCALE_BYTES
+from .storage import SCALE_BYTES
 
 # (bits per weight, granularity of the weight scales: -1 per tensor, None per output channel, or a
 # block size; note) of each configuration compared; bytes are those of the exported checkpoint.

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .calibration import decoder_layers, linear_layers, mark_quantized
+from ..calibration import decoder_layers, linear_layers
 from .formats import fake_quant_nf4
+from .storage import WeightFormat, mark_quantized, stored_scale_dtype
 
 
 @dataclass
@@ -21,6 +22,7 @@ class NF4Config:
 def quantize_nf4(model, config: NF4Config, calib_batch=None, progress: bool = True):
     for layer in decoder_layers(model):
         for linear in linear_layers(layer).values():
-            linear.weight.data = fake_quant_nf4(linear.weight.data, config.block_size)
-            mark_quantized(linear, 4, config.block_size, zero_points=False)
+            linear.weight.data = fake_quant_nf4(linear.weight.data, config.block_size,
+                                                stored_scale_dtype(linear.weight.dtype))
+            mark_quantized(linear, WeightFormat("nf4", 4, config.block_size))
     return model

@@ -8,8 +8,13 @@ Packed INT4 layout (the contract with the Triton kernel of kernels/; do not chan
   dequantization: w[n, k] = (q[n, k] - zeros[n, k // g]) * scales[n, k // g].
 INT8: `qweight` int8 [N, K] and per-channel `scales` [N, 1]; w = q * scale.
 FP8:  `qweight` float8_e4m3fn [N, K] and a float32 `scales` per tensor [1, 1] or per channel [N, 1].
+NF4:  `qweight` packed as INT4 (indices into the 16 NF4 levels), `scales` [N, K // g] (absmax per block).
+
+Activations: None (weight-only, 16-bit inputs), "int8_per_token" (SmoothQuant's W8A8: a scale per
+token computed at run time) or "fp8_static" (one calibrated float32 `input_scale`).
 
 Everything is a buffer, so `stored_bytes`, `state_dict()` and `save_pretrained` see what is stored.
+`pack_quantized(model)` turns the fake-quantized linears of lab 02's methods into these layers.
 """
 import torch
 import torch.nn as nn
@@ -17,9 +22,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import WorkshopError
-from .formats import _grouped, int_scale_zero, quantize_int
+from .formats import _grouped, fake_quant_int, int_scale_zero, nf4_levels, quantize_int, round_to_grid
+from .storage import stored_scale_dtype
 
-QUANT_LINEAR_FORMATS = ("int4", "int8", "fp8")
+QUANT_LINEAR_FORMATS = ("int4", "int8", "fp8", "nf4")
+ACTIVATIONS = (None, "int8_per_token", "fp8_static")
+FP8_MAX = torch.finfo(torch.float8_e4m3fn).max
 KERNEL_MAX_ROWS = 16  # above this, dequantize + cuBLAS beats the fused kernel (kernels/RESULTS.md)
 
 
@@ -47,47 +55,59 @@ def dequantize_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
 
 class QuantLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, fmt: str = "int4", group_size: int | None = 128,
-                 bias: bool = False, dtype: torch.dtype = torch.float32, device=None):
+                 bias: bool = False, dtype: torch.dtype = torch.float32, device=None, activations: str | None = None):
         """An empty layer (all codes zero) of the given shape; `dtype` is the model's: scales are bf16
         for a bf16 model and fp16 otherwise, the bias keeps `dtype`. INT8 is always per channel."""
         super().__init__()
         if fmt not in QUANT_LINEAR_FORMATS:
             raise WorkshopError(f"QuantLinear does not store {fmt!r}.", f"Use one of {', '.join(QUANT_LINEAR_FORMATS)}.")
-        if fmt == "int4" and (group_size is None or group_size <= 0 or in_features % group_size):
-            raise WorkshopError(f"INT4 group size {group_size} does not divide in_features={in_features}.",
+        if fmt in ("int4", "nf4") and (group_size is None or group_size <= 0 or in_features % group_size):
+            raise WorkshopError(f"{fmt.upper()} group size {group_size} does not divide in_features={in_features}.",
                                 "Use a positive group size that divides it (e.g. 128, or 64 for 576-wide layers).")
+        if activations not in ACTIVATIONS or (activations and fmt != {"int8_per_token": "int8",
+                                                                    "fp8_static": "fp8"}[activations]):
+            raise WorkshopError(f"QuantLinear cannot quantize the activations of a {fmt} layer as {activations!r}.",
+                                "Use activations='int8_per_token' with int8, 'fp8_static' with fp8, or None.")
         if fmt == "fp8" and group_size not in (-1, None):
             raise WorkshopError(f"FP8 QuantLinear scales per tensor (-1) or per channel (None), not groups of {group_size}.",
                                 "Pass group_size=-1 or group_size=None.")
         group_size = None if fmt == "int8" else group_size
         self.in_features, self.out_features, self.fmt, self.group_size = in_features, out_features, fmt, group_size
+        self.activations = activations
         N, K = out_features, in_features
-        scale_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float16
-        if fmt == "int4":
+        scale_dtype = stored_scale_dtype(dtype)
+        if fmt in ("int4", "nf4"):
             self.register_buffer("qweight", torch.zeros(N, K // 2, dtype=torch.uint8, device=device))
             self.register_buffer("scales", torch.zeros(N, K // group_size, dtype=scale_dtype, device=device))
-            self.register_buffer("zeros", torch.zeros(N, K // group_size, dtype=scale_dtype, device=device))
+            if fmt == "int4":
+                self.register_buffer("zeros", torch.zeros(N, K // group_size, dtype=scale_dtype, device=device))
         elif fmt == "int8":
             self.register_buffer("qweight", torch.zeros(N, K, dtype=torch.int8, device=device))
             self.register_buffer("scales", torch.zeros(N, 1, dtype=scale_dtype, device=device))
         else:  # FP8 scales stay float32, the type torch._scaled_mm takes
             self.register_buffer("qweight", torch.zeros(N, K, dtype=torch.float8_e4m3fn, device=device))
             self.register_buffer("scales", torch.zeros(1 if group_size == -1 else N, 1, device=device))
+            if activations == "fp8_static":
+                self.register_buffer("input_scale", torch.ones(1, device=device))
         self.register_buffer("bias", torch.zeros(N, dtype=dtype, device=device) if bias else None)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, fmt: str = "int4", group_size: int | None = 128,
                     codes: torch.Tensor | None = None, scales: torch.Tensor | None = None,
-                    zeros: torch.Tensor | None = None, symmetric: bool = False) -> "QuantLinear":
+                    zeros: torch.Tensor | None = None, symmetric: bool = False, activations: str | None = None,
+                    input_scale: torch.Tensor | None = None) -> "QuantLinear":
         """Quantize `linear` round-to-nearest, or store codes/scales/zeros computed elsewhere (GPTQ, AWQ).
 
         INT4 codes are [N, K] in 0..15 with zeros [N, K // g]; signed codes (-8..7, zeros 0, as
         `quantize_int` gives for symmetric grids) are shifted by 8. INT8 codes are signed with
-        per-channel scales [N, 1]. FP8 takes the weights only (group_size -1: per tensor, None: per channel).
+        per-channel scales [N, 1]. FP8 takes the weights only (group_size -1: per tensor, None: per
+        channel), and with activations="fp8_static" the float32 `input_scale` [1].
         """
         w = linear.weight.detach()
         layer = cls(linear.in_features, linear.out_features, fmt, group_size, linear.bias is not None,
-                    w.dtype, w.device)
+                    w.dtype, w.device, activations)
+        if activations == "fp8_static":
+            layer.input_scale.copy_(input_scale)
         if codes is None:
             codes, scales, zeros = layer.quantize_weight(w, symmetric)
         layer.store(codes, scales, zeros)
@@ -105,6 +125,12 @@ class QuantLinear(nn.Module):
             amax = _grouped(w, self.group_size).float().abs().amax(dim=1, keepdim=True)
             scale = amax.clamp(min=1e-12) / fmax
             return (w.float().reshape(scale.shape[0], -1) / scale).reshape(w.shape).clamp(-fmax, fmax), scale, None
+        if self.fmt == "nf4":
+            blocks = _grouped(w, self.group_size).float()
+            scale = blocks.abs().amax(dim=1, keepdim=True).clamp(min=1e-12).to(self.scales.dtype).float()
+            levels = nf4_levels().to(w.device)
+            codes = (round_to_grid(blocks / scale, levels).unsqueeze(-1) == levels).float().argmax(-1)
+            return codes.reshape(w.shape), scale.reshape(w.shape[0], -1), None
         bits, group = (4, self.group_size) if self.fmt == "int4" else (8, None)
         symmetric = symmetric or self.fmt == "int8"  # INT8 stores no zero points
         groups = _grouped(w, group).float()
@@ -129,6 +155,8 @@ class QuantLinear(nn.Module):
                 codes, zeros = codes + 8, zeros + 8
             self.qweight.copy_(pack_int4(codes.round()))
             self.zeros.copy_(zeros)
+        elif self.fmt == "nf4":  # codes: indices 0..15 into the NF4 levels
+            self.qweight.copy_(pack_int4(codes))
         else:  # int8 codes, or FP8: the scaled weights, rounded by the cast (nearest even)
             self.qweight.copy_(codes.to(self.qweight.dtype))
         self.scales.copy_(scales)
@@ -136,6 +164,9 @@ class QuantLinear(nn.Module):
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         if self.fmt == "int4":
             w = dequantize_int4(self.qweight, self.scales, self.zeros, self.group_size)
+        elif self.fmt == "nf4":
+            levels = nf4_levels().to(self.qweight.device)[unpack_int4(self.qweight).long()]
+            w = levels * self.scales.float().repeat_interleave(self.group_size, dim=1)
         else:
             w = self.qweight.float() * self.scales.float()
         return w.to(dtype)
@@ -148,8 +179,38 @@ class QuantLinear(nn.Module):
             from kernels.w4a16 import w4a16_matmul
             out = w4a16_matmul(x, self.qweight, self.scales.to(x.dtype), self.zeros.to(x.dtype), self.group_size)
             return out if bias is None else out + bias
+        if self.activations and self.uses_low_precision_gemm(rows):
+            out = self.low_precision_gemm(x.reshape(rows, -1)).reshape(*x.shape[:-1], -1).to(x.dtype)
+            return out if bias is None else out + bias
+        if self.activations == "int8_per_token":
+            x = fake_quant_int(x.reshape(rows, -1), 8, None, True).reshape(x.shape)
+        elif self.activations == "fp8_static":
+            scale = self.input_scale.to(x.dtype)
+            x = (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(x.dtype) * scale
         # Reference path, and many rows (prefill): dequantize once, then a dense tensor-core matmul.
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
+
+    def uses_low_precision_gemm(self, rows: int) -> bool:
+        """INT8 or FP8 tensor cores: on a GPU that has them, for shapes their PyTorch kernels take."""
+        if not self.qweight.is_cuda:
+            return False
+        capability = torch.cuda.get_device_capability(self.qweight.device)
+        if self.activations == "int8_per_token":
+            return capability >= (7, 5) and rows > 16 and self.in_features % 8 == 0 and self.out_features % 8 == 0
+        return capability >= (8, 9) and rows % 16 == 0 and self.in_features % 16 == 0 and self.out_features % 16 == 0
+
+    def low_precision_gemm(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activations == "int8_per_token":
+            from kernels.gemm_paths import int8_linear
+            return int8_linear(x, self.qweight, self.scales.float())
+        x_fp8 = (x.float() / self.input_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        if self.scales.numel() == 1:
+            return torch._scaled_mm(x_fp8, self.qweight.t(), scale_a=self.input_scale, scale_b=self.scales.view(()),
+                                    out_dtype=torch.bfloat16)
+        # per-channel weight scales: row-wise scaling, which wants a scale for every row of x too
+        scale_a = self.input_scale.expand(x.shape[0], 1).contiguous()
+        return torch._scaled_mm(x_fp8, self.qweight.t(), scale_a=scale_a, scale_b=self.scales.view(1, -1),
+                                out_dtype=torch.bfloat16)
 
     def uses_kernel(self, x: torch.Tensor) -> bool:
         g = self.group_size or 0
@@ -157,7 +218,7 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, fmt={self.fmt}, "
-                f"group_size={self.group_size}, bias={self.bias is not None}")
+                f"group_size={self.group_size}, activations={self.activations}, bias={self.bias is not None}")
 
 
 def replace_linears(model: nn.Module, fmt: str = "int4", group_size: int | None = 128,
@@ -169,4 +230,95 @@ def replace_linears(model: nn.Module, fmt: str = "int4", group_size: int | None 
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         setattr(parent, child, QuantLinear.from_linear(getattr(parent, child), fmt, group_size, symmetric=symmetric))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# From fake quantization to real storage
+# ---------------------------------------------------------------------------------------------
+class NotPackable(Exception):
+    """A marked linear whose format has no packed layout here (it stays fake-quantized)."""
+
+
+def packed_layer(linear: nn.Linear) -> QuantLinear:
+    """The QuantLinear storing `linear`'s fake-quantized weight (marked by `storage.mark_quantized`):
+    the codes are recovered from the weight and the recorded grid, so both compute the same function."""
+    from .fp8 import static_input_scale
+    fmt, w = linear.weight_format, linear.weight.detach()
+    if fmt.kind == "int" and fmt.bits == 4 and fmt.activations is None:
+        group = fmt.group_size or linear.in_features   # per channel: one group as wide as the row
+        scale, zero = fmt.scale.to(w.device), fmt.zero.to(w.device)
+        codes = torch.round(w.float().reshape(-1, group) / scale.reshape(-1, 1) + zero.reshape(-1, 1))
+        codes = codes.reshape(w.shape)
+        step = scale.repeat_interleave(group, 1)
+        off_grid = (codes - zero.repeat_interleave(group, 1)) * step - w.float()
+        if (off_grid.abs() > 0.1 * step).any():  # bf16 storage of the weight alone moves it < 0.03 step
+            raise WorkshopError(f"The weights of a {linear.out_features}x{linear.in_features} linear are no longer "
+                                "on the grid they were quantized to (were they trained since?).",
+                                "Quantize again right before packing.")
+        return QuantLinear.from_linear(linear, "int4", group, codes=codes, scales=scale, zeros=zero)
+    if fmt.kind == "int" and fmt.bits == 8 and fmt.symmetric and fmt.group_size is None \
+            and fmt.activations in (None, "int8_per_token"):
+        return QuantLinear.from_linear(linear, "int8", activations=fmt.activations)
+    if fmt.kind == "fp8_e4m3" and fmt.group_size is None and fmt.activations in (None, "fp8_static"):
+        scale = static_input_scale(fmt.input_amax) if fmt.activations else None
+        return QuantLinear.from_linear(linear, "fp8", None, activations=fmt.activations, input_scale=scale)
+    if fmt.kind == "nf4":
+        return QuantLinear.from_linear(linear, "nf4", fmt.group_size)
+    raise NotPackable(f"{fmt.kind}{fmt.bits}" + (f" with {fmt.activations} activations" if fmt.activations else ""))
+
+
+@torch.no_grad()
+def pack_quantized(model: nn.Module, progress: bool = True) -> nn.Module:
+    """Replace every fake-quantized linear by the QuantLinear that stores it (INT4 and INT8 weights,
+    FP8 W8A8, SmoothQuant's W8A8, NF4); in place, returns the model. Formats without a packed
+    layout here (2, 3 and 5-7-bit integers, INT4 W4A4, ...) stay fake-quantized, with a warning."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and hasattr(m, "weight_format")]
+    if not names:
+        raise WorkshopError("This model has no quantized linear layers to pack.",
+                            "Quantize it first (quantize_rtn, quantize_gptq, quantize_awq, ...), then pack.")
+    left = {}
+    for name in tqdm(names, desc="packing", disable=not progress, leave=False):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        try:
+            setattr(parent, child, packed_layer(getattr(parent, child)))
+        except NotPackable as reason:
+            left.setdefault(str(reason), []).append(name)
+    if left:
+        import warnings
+        warnings.warn("; ".join(f"{len(v)} linears stay fake-quantized ({k}: no packed layout)" for k, v in left.items()))
+    return model
+
+
+def packed_layout(model: nn.Module) -> dict:
+    """{name: the arguments that rebuild its empty QuantLinear}: saved in the config as `workshop_packed`."""
+    return {name: {"in_features": m.in_features, "out_features": m.out_features, "fmt": m.fmt,
+                   "group_size": m.group_size, "bias": m.bias is not None, "activations": m.activations}
+            for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def load_packed(path, dtype: torch.dtype):
+    """A model saved with packed QuantLinear layers: the architecture from config.json, each packed
+    linear rebuilt empty from `workshop_packed`, then every stored tensor loaded (strictly)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+    config = AutoConfig.from_pretrained(path)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # (its random weights are overwritten)
+    for name, args in config.workshop_packed.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, QuantLinear(**args, dtype=dtype))
+    state = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        state |= load_file(file)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if unexpected or set(missing) - tied:
+        raise WorkshopError(f"The packed checkpoint in {path} does not match its config "
+                            f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}).",
+                            "Save it again with `workshop quantize ... --out DIR`.")
+    if tied:
+        model.tie_weights()
     return model

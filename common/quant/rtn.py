@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .calibration import decoder_layers, linear_layers, mark_quantized
+from ..calibration import decoder_layers, linear_layers
 from .formats import fake_quant_int
+from .storage import WeightFormat, mark_quantized, stored_scale_dtype
 
 
 @dataclass
@@ -18,8 +19,13 @@ class RTNConfig:
     symmetric: bool = False
 
 
-def weights_per_scale(linear, group_size: int | None) -> int:
-    return linear.in_features if group_size is None else group_size
+def rtn_into(linear, weight: torch.Tensor, bits: int, group_size: int | None, symmetric: bool) -> None:
+    """Set `linear`'s weight to `weight` rounded to nearest (scales rounded to the 16 bits they are
+    stored in), and mark the grid. AWQ ends with this too, on its scaled and clipped weights."""
+    w_hat, scale, zero = fake_quant_int(weight, bits, group_size, symmetric,
+                                        scale_dtype=stored_scale_dtype(weight.dtype), return_grid=True)
+    linear.weight.data = w_hat
+    mark_quantized(linear, WeightFormat("int", bits, group_size, symmetric, scale, zero))
 
 
 @torch.no_grad()
@@ -27,6 +33,5 @@ def quantize_rtn(model, config: RTNConfig, calib_batch=None, progress: bool = Tr
     """Fake-quantize every linear layer of the decoder in place (the head and embedding stay)."""
     for layer in decoder_layers(model):
         for linear in linear_layers(layer).values():
-            linear.weight.data = fake_quant_int(linear.weight.data, config.bits, config.group_size, config.symmetric)
-            mark_quantized(linear, config.bits, weights_per_scale(linear, config.group_size), not config.symmetric)
+            rtn_into(linear, linear.weight.data, config.bits, config.group_size, config.symmetric)
     return model

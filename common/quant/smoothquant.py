@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .calibration import channel_abs_max, linear_layers, mark_quantized, quantize_layer_by_layer, record_linear_inputs
+from ..calibration import linear_layers, record_linear_inputs, walk_layers
 from .formats import fake_quant_int
+from .rtn import rtn_into
 
 
 @dataclass
@@ -25,6 +26,11 @@ def smoothing_groups(layer) -> list:
     """(the norm producing the input, [linears reading it]): the inputs SmoothQuant smooths."""
     return [(layer.input_layernorm, ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
             (layer.post_attention_layernorm, ["mlp.gate_proj", "mlp.up_proj"])]
+
+
+def channel_abs_max(x: torch.Tensor) -> torch.Tensor:
+    """Max |x| of each input channel [tokens, channels]: where activation outliers live."""
+    return x.abs().float().amax(dim=0)
 
 
 def smoothing_scale(act_absmax: torch.Tensor, weights: list, alpha: float) -> torch.Tensor:
@@ -47,6 +53,8 @@ def quantize_activations_per_token(linear, bits: int) -> None:
         x = args[0]
         return (fake_quant_int(x.reshape(-1, x.shape[-1]), bits, None, True).reshape(x.shape),)
     linear.register_forward_pre_hook(hook)
+    if hasattr(linear, "weight_format"):  # so that packing keeps it
+        linear.weight_format.activations = f"int{bits}_per_token"
 
 
 def quantize_smoothquant(model, config: SmoothQuantConfig, calib_batch: torch.Tensor, progress: bool = True):
@@ -58,8 +66,7 @@ def quantize_smoothquant(model, config: SmoothQuantConfig, calib_batch: torch.Te
             smooth(norm, linears, smoothing_scale(channel_abs_max(inputs[names[0]]),
                                                   [lin.weight for lin in linears], config.alpha))
         for linear in linear_layers(layer).values():
-            linear.weight.data = fake_quant_int(linear.weight.data, config.weight_bits, None, True)
-            mark_quantized(linear, config.weight_bits, linear.in_features, zero_points=False)
+            rtn_into(linear, linear.weight.data, config.weight_bits, None, True)
             quantize_activations_per_token(linear, config.act_bits)
 
-    return quantize_layer_by_layer(model, calib_batch, quantize_layer, progress, desc="SmoothQuant")
+    return walk_layers(model, calib_batch, quantize_layer, progress, desc="SmoothQuant")

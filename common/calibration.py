@@ -1,0 +1,131 @@
+"""Calibration passes shared by post-training quantization and one-shot pruning.
+
+GPTQ, AWQ, SmoothQuant, FP8, Wanda, SparseGPT and activation-aware SVD all need to know what each
+linear layer's inputs look like on calibration text. The walk is sequential, as in GPTQ: the
+calibration batch goes through the embedding once, then through one decoder layer at a time. A
+layer is edited (quantized, pruned) from the inputs it receives from the layers before it, which
+are already edited, so each layer compensates the errors upstream; its outputs are recomputed after
+the edit and become the next layer's inputs.
+
+Per linear, a method reads either the inputs X [tokens, in_features] themselves (AWQ's and
+SmoothQuant's searches) or only their Gram matrix X^T X (GPTQ's and SparseGPT's Hessian, whose
+diagonal holds Wanda's input norms), which stays small however many tokens are used.
+"""
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+CHUNK = 8  # calibration sequences per forward: bounds the attention's memory on long batches
+
+
+def decoder_layers(model) -> nn.ModuleList:
+    return model.model.layers
+
+
+def linear_layers(module: nn.Module) -> dict:
+    """{name: nn.Linear} inside `module` (a decoder layer: q/k/v/o and gate/up/down projections)."""
+    return {name: m for name, m in module.named_modules() if isinstance(m, nn.Linear)}
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the first layer's inputs are captured: the rest need not run."""
+
+
+@torch.no_grad()
+def first_layer_inputs(model, calib_batch: torch.Tensor):
+    """Hidden states entering decoder layer 0 [n, seqlen, hidden], and the keyword arguments the model
+    passes every layer (rotary position embeddings, attention mask), from a forward stopped there."""
+    captured = {}
+
+    def grab(module, args, kwargs):
+        captured["hidden"] = args[0] if args else kwargs.pop("hidden_states")
+        captured["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        raise _StopForward
+
+    handle = decoder_layers(model)[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model(calib_batch.to(next(model.parameters()).device), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    kwargs = captured["kwargs"] | {"past_key_values": None, "use_cache": False}
+    return captured["hidden"], kwargs
+
+
+@torch.no_grad()
+def run_layer(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """The layer applied to calibration hidden states, CHUNK sequences at a time."""
+    outputs = [layer(h, **kwargs) for h in hidden.split(CHUNK)]
+    return torch.cat([out[0] if isinstance(out, tuple) else out for out in outputs])
+
+
+@torch.no_grad()
+def walk_layers(model, calib_batch: torch.Tensor, edit_layer, progress: bool = True, desc: str = "calibrating"):
+    """Call `edit_layer(index, layer, hidden, kwargs)` on each decoder layer in order, where `hidden`
+    is what the (already edited) layers before it output on the calibration batch. Returns the model."""
+    hidden, kwargs = first_layer_inputs(model, calib_batch)
+    for index, layer in enumerate(tqdm(decoder_layers(model), desc=desc, disable=not progress, leave=False)):
+        edit_layer(index, layer, hidden, kwargs)
+        hidden = run_layer(layer, hidden, kwargs)
+    return model
+
+
+@torch.no_grad()
+def record_linear_inputs(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, names=None) -> dict:
+    """{name: X} with X [tokens, in_features] (float32) the input of each linear of `layer`."""
+    inputs, handles = {}, []
+    for name, linear in linear_layers(layer).items():
+        if names is None or name in names:
+            def hook(module, args, name=name):
+                inputs.setdefault(name, []).append(args[0].reshape(-1, args[0].shape[-1]).float())
+            handles.append(linear.register_forward_pre_hook(hook))
+    try:
+        run_layer(layer, hidden, kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: torch.cat(xs) for name, xs in inputs.items()}
+
+
+@torch.no_grad()
+def linear_input_grams(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> dict:
+    """{name: X^T X / n} (float32 [in, in]) for each linear of `layer`, accumulated chunk by chunk."""
+    sums, tokens, handles = {}, {}, []
+    for name, linear in linear_layers(layer).items():
+        def hook(module, args, name=name):
+            x = args[0].reshape(-1, args[0].shape[-1]).float()
+            sums[name] = x.T @ x + sums.get(name, 0)
+            tokens[name] = tokens.get(name, 0) + x.shape[0]
+        handles.append(linear.register_forward_pre_hook(hook))
+    try:
+        run_layer(layer, hidden, kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: s / tokens[name] for name, s in sums.items()}
+
+
+@torch.no_grad()
+def input_channel_rms(model, calib_batch: torch.Tensor, module_names: list, progress: bool = False) -> dict:
+    """Root-mean-square over calibration tokens of every input channel of the named modules, from
+    full forward passes of the (unedited) model: {name: tensor [in_features]}."""
+    modules = dict(model.named_modules())
+    sums, count = {}, {"tokens": 0}
+
+    def hook_for(name):
+        def hook(module, args):
+            x = args[0].detach().reshape(-1, args[0].size(-1)).float()
+            sums[name] = (x * x).sum(0) + sums.get(name, 0)
+        return hook
+
+    handles = [modules[name].register_forward_pre_hook(hook_for(name)) for name in module_names]
+    device = next(model.parameters()).device
+    try:
+        for ids in tqdm(calib_batch.split(CHUNK // 2), desc="activations", disable=not progress, leave=False):
+            model(ids.to(device), use_cache=False)
+            count["tokens"] += ids.numel()
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: (s / count["tokens"]).sqrt() for name, s in sums.items()}

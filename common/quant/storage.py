@@ -1,0 +1,61 @@
+"""What a quantized model really stores, before and after packing.
+
+The quantizers of lab 02 fake-quantize: a weight keeps its dtype but every value sits on the
+method's grid, so the model can still be evaluated (and trained, or compared with modelopt) with
+ordinary linears. Each quantized linear is marked with its `WeightFormat`: the grid's scales and
+zero points, and how its activations are quantized. `true_bytes` counts the marked weights at their
+packed size; `common.quant.qlinear.pack_quantized` turns them into QuantLinear layers that store
+exactly those bytes and compute exactly the same function.
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+SCALE_BYTES = 2  # scales and zero points are stored in 16 bits, as the INT4 kernels and checkpoints do
+
+
+def stored_scale_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """The 16-bit type a packed layer keeps its scales in: bf16 for a bf16 model, fp16 otherwise."""
+    return torch.bfloat16 if weight_dtype == torch.bfloat16 else torch.float16
+
+
+@dataclass
+class WeightFormat:
+    """How a fake-quantized linear would be stored packed."""
+    kind: str                            # "int", "nf4", "fp8_e4m3" or "fp8_e5m2"
+    bits: int
+    group_size: int | None               # weights per scale along the input; None: per output channel
+    symmetric: bool = True
+    scale: torch.Tensor | None = None    # "int": [out, groups] the scales the codes were rounded with
+    zero: torch.Tensor | None = None     # "int", asymmetric: [out, groups] integer zero points
+    activations: str | None = None       # None (weight-only), "int8_per_token", "fp8_static", ...
+    input_amax: float | None = None      # "fp8_static": the calibrated max |x|
+
+    def packed_bytes(self, out_features: int, in_features: int) -> int:
+        """Codes at `bits` each, one 16-bit scale per group (FP8: a float32 scale per channel, as
+        torch._scaled_mm takes it), and a 16-bit zero point per group where there is one."""
+        n = out_features * in_features
+        groups = out_features * (1 if self.group_size is None else in_features // self.group_size)
+        if self.kind.startswith("fp8"):
+            return n + 4 * out_features + (4 if self.activations == "fp8_static" else 0)
+        # The INT4 layout keeps a zero point even for symmetric grids (all 8): one kernel for both.
+        zero_points = not self.symmetric or (self.kind == "int" and self.bits == 4)
+        scale_bytes = SCALE_BYTES * (2 if zero_points else 1)
+        return -(-n * self.bits // 8) + groups * scale_bytes
+
+
+def mark_quantized(linear: nn.Linear, fmt: WeightFormat) -> None:
+    """Record how `linear`'s (fake-quantized) weight is stored packed, and its packed size."""
+    linear.weight_format = fmt
+    linear.packed_weight_bytes = fmt.packed_bytes(linear.out_features, linear.in_features)
+
+
+def true_bytes(model) -> int:
+    """Bytes the model would take with its quantized weights packed: each tensor once (a tied
+    embedding too), a weight marked by `mark_quantized` at its packed size, the rest as stored."""
+    from ..eval import _unique_tensors
+    packed = {f"{name}.weight": m.packed_weight_bytes for name, m in model.named_modules()
+              if hasattr(m, "packed_weight_bytes")}
+    return sum(packed.get(name, t.numel() * t.element_size()) for name, t in _unique_tensors(model)
+               if "_quantizer." not in name)  # modelopt's quantizer state: the packed scales count it
