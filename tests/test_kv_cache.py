@@ -58,3 +58,11 @@ def test_bad_config():
         KVQuantConfig("int5")
     with pytest.raises(WorkshopError, match="axes"):
         KVQuantConfig("int8", key_axis="head")
+
+
+def test_bits_per_value_count_the_scales():
+    from common.quant.kv_cache import KVQuantConfig, kv_bits_per_value
+    # INT4 KIVI: K a scale and zero per 32 tokens (+1 bit), V per token of a 64-wide head (+0.5 bit)
+    assert kv_bits_per_value(KVQuantConfig("int4"), 64) == 4 + (1 + 0.5) / 2
+    assert kv_bits_per_value(KVQuantConfig("fp8_e4m3"), 64) == 8 + (0.5 + 0.25) / 2
+    assert kv_bits_per_value(KVQuantConfig("int8", key_axis="token"), 64) == 8 + 0.5

@@ -91,6 +91,7 @@ METHODS = [(quantize_rtn, RTNConfig(bits=4, group_size=128), 4.5),
            (quantize_awq, AWQConfig(bits=4, group_size=128, alpha_grid=5, search_tokens=128), 4.5),
            (quantize_smoothquant, SmoothQuantConfig(), 8.5),
            (quantize_fp8, FP8Config(), 8.5),
+           (quantize_fp8, FP8Config(weight_group_size=-1, quantize_activations=False), 8.5),
            (quantize_nf4, NF4Config(), 4.5)]
 
 
@@ -143,6 +144,10 @@ def test_quantize_command_evaluates_and_saves(tmp_path, capsys, monkeypatch):
     assert result["bytes_after"] < result["bytes_before"] / 4 and result["ppl_after"] > 1
     assert "seqlen=128, windows=1" in result["protocol"] and (out / "config.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial directory left
+    from common.models import load_model
+    from common.quant.qlinear import QuantLinear
+    loaded, _ = load_model(str(out), dtype="float32", device="cpu")   # packed: real 4-bit layers
+    assert isinstance(loaded.model.layers[0].mlp.down_proj, QuantLinear) and "packed" in result["saved"]
 
 
 def test_workshop_quantize_bad_input_exits_2(capsys):
@@ -184,3 +189,46 @@ def test_formats_without_a_packed_layout_stay_fake_quantized(tiny):
         pack_quantized(model, progress=False)
     with pytest.raises(WorkshopError, match="no quantized linear layers"):
         pack_quantized(copy.deepcopy(tiny[0]), progress=False)
+
+
+def _lab02_run_calls() -> dict:
+    """{name: (function name, config, bits)} of every run("name", function, Config(...), bits) in lab 02."""
+    import ast
+
+    import nbformat
+
+    from common.quant import awq, fp8, gptq, nf4, rtn, smoothquant
+    namespace = {name: getattr(module, name) for module in (awq, fp8, gptq, nf4, rtn, smoothquant)
+                 for name in dir(module) if name.endswith("Config")}
+    notebook = nbformat.read("solutions/02_post_training_quantization.ipynb", as_version=4)
+    calls = {}
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            for node in ast.walk(ast.parse(cell.source)):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "run":
+                    name, function, config, bits = node.args
+                    calls[name.value] = (function.id, eval(ast.unparse(config), namespace), bits.value)
+    return calls
+
+
+def test_cli_table_is_the_labs_own_list():
+    from common.quant.cli import lab02_table
+    calls = _lab02_run_calls()
+    table = {name: (quantize.__name__, config, bits) for name, quantize, config, bits in lab02_table("full")}
+    assert table == calls
+    assert [row[0] for row in lab02_table("quick")] == [name for name in calls if name != "GPTQ W2 g64"]
+
+
+def test_cli_table_runs_every_row(capsys, monkeypatch):
+    import json
+
+    import common.budgets
+    small = common.budgets.get_budget("quick", sweep_eval_windows=1, eval_seqlen=64, calib_samples=2, calib_seqlen=64)
+    monkeypatch.setattr(common.budgets, "get_budget", lambda *a, **k: small)
+    args = build_parser().parse_args(["quantize", "--model", "tiny-random", "--table", "lab02", "--json"])
+    args.func(args)
+    result = json.loads(capsys.readouterr().out)
+    names = [row["method"] for row in result["rows"]]
+    assert names[0].startswith("baseline") and "GPTQ W3 g64" in names and "modelopt INT8_SMOOTHQUANT_CFG" in names
+    assert all(row["ppl"] > 1 and row["bytes"] > 0 for row in result["rows"])
+    assert "seqlen=64, windows=1" in result["protocol"]

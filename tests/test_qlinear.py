@@ -106,3 +106,18 @@ def test_replace_linears(tiny):
     assert errors["int8"] < errors["fp8"] < errors["int4"] < 0.2
     with pytest.raises(WorkshopError, match="does not divide"):
         replace_linears(copy.deepcopy(model), "int4", 96, progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="INT8/FP8 tensor-core paths need a GPU with FP8 (sm_89+)")
+@pytest.mark.parametrize("fmt, group_size, activations", [("int8", None, "int8_per_token"),
+                                                          ("fp8", None, "fp8_static"), ("fp8", -1, "fp8_static")])
+def test_low_precision_gemm_paths_match_the_reference(fmt, group_size, activations):
+    lin = linear(256, 512).cuda().to(torch.bfloat16)
+    x = torch.randn(2, 32, 512, device="cuda", dtype=torch.bfloat16)
+    scale = torch.tensor([x.abs().max().item() / 448], device="cuda") if fmt == "fp8" else None
+    q = QuantLinear.from_linear(lin, fmt, group_size, activations=activations, input_scale=scale)
+    assert q.uses_low_precision_gemm(64)
+    fast = q(x)
+    q.uses_low_precision_gemm = lambda rows: False   # the dequantize-then-matmul reference
+    assert relative_error(q(x).float(), fast.float()) < 1e-2

@@ -1,6 +1,10 @@
 """`workshop quantize`: every PTQ method of lab 02 from the command line."""
 import json
 import time
+import warnings
+
+import torch
+from tqdm.auto import tqdm
 
 from ..errors import WorkshopError
 
@@ -77,11 +81,49 @@ def fit_group_size(model, config) -> None:
                             "Use a size that divides all of them (64 or 128 for most models), or 0 for per channel.")
 
 
+def lab02_table(mode: str) -> list:
+    """The rows of lab 02's table, in its order: (name, quantize function, config, weight bits).
+    The lab calls each of these itself; tests/test_ptq.py checks that both say the same."""
+    from .awq import AWQConfig, quantize_awq
+    from .fp8 import FP8Config, quantize_fp8
+    from .gptq import GPTQConfig, quantize_gptq
+    from .nf4 import NF4Config, quantize_nf4
+    from .rtn import RTNConfig, quantize_rtn
+    from .smoothquant import SmoothQuantConfig, quantize_smoothquant
+    rows = [("RTN W4 per channel", quantize_rtn, RTNConfig(bits=4, group_size=None), 4),
+            ("RTN W4 g64", quantize_rtn, RTNConfig(bits=4, group_size=64), 4),
+            ("GPTQ W4 per channel", quantize_gptq, GPTQConfig(bits=4, group_size=None), 4),
+            ("RTN W3 g64", quantize_rtn, RTNConfig(bits=3, group_size=64), 3),
+            ("GPTQ W3 g64", quantize_gptq, GPTQConfig(bits=3, group_size=64), 3),
+            ("AWQ W4 g64", quantize_awq, AWQConfig(bits=4, group_size=64), 4),
+            ("W8A8 INT8, no smoothing", quantize_smoothquant, SmoothQuantConfig(smooth=False), 8),
+            ("SmoothQuant W8A8 INT8", quantize_smoothquant, SmoothQuantConfig(alpha=0.5), 8),
+            ("FP8 E4M3 W8A8", quantize_fp8, FP8Config(), 8),
+            ("NF4 W4 block 64", quantize_nf4, NF4Config(block_size=64), 4),
+            ("RTN W2 g64", quantize_rtn, RTNConfig(bits=2, group_size=64), 2)]
+    if mode == "full":  # a third GPTQ run costs minutes on a CPU
+        rows.append(("GPTQ W2 g64", quantize_gptq, GPTQConfig(bits=2, group_size=64), 2))
+    return rows
+
+
+def lab02_modelopt_configs(mode: str) -> list:
+    """modelopt's configurations in lab 02: all that run here in full mode; the two 8-bit ones in quick
+    mode (its AWQ search is far too slow on a CPU)."""
+    from .modelopt_ptq import modelopt_configs
+    return modelopt_configs() if mode == "full" else ["FP8_DEFAULT_CFG", "INT8_SMOOTHQUANT_CFG"]
+
+
 def cmd_quantize(args) -> None:
+    if args.table:
+        return quantize_table(args)
+    if not args.method:
+        raise WorkshopError("Nothing to do: no --method and no --table.",
+                            "Give --method (e.g. --method gptq), or --table lab02 for lab 02's whole table.")
     from ..budgets import get_budget
     from ..data import calibration_batch
     from ..eval import perplexity
     from ..models import load_model, save_pretrained_atomic
+    from .qlinear import pack_quantized
     from .storage import true_bytes
     quantize, config = method_and_config(args.method, args.bits, args.group_size)
     budget = get_budget()
@@ -107,25 +149,80 @@ def cmd_quantize(args) -> None:
     result |= {"seconds": seconds, "bytes_after": true_bytes(model)}
     if args.eval:
         result["ppl_after"] = evaluate().ppl
-    if args.out:
-        result["out"] = str(save_pretrained_atomic(model, tokenizer, args.out))
     lines = [f"{args.method}: {result['config']}", f"quantized in {seconds:.1f} s on {result['calibration']}",
              f"bytes (quantized weights counted packed): {result['bytes_before']:,} -> {result['bytes_after']:,} "
              f"({result['bytes_before'] / result['bytes_after']:.2f}x smaller)"]
     if args.eval:
         lines.append(f"PPL {result['ppl_before']:.3f} -> {result['ppl_after']:.3f}  [{result['protocol']}]")
     if args.out:
-        lines.append(f"saved to {result['out']} (weights dequantized to {str(next(model.parameters()).dtype)[6:]}; "
-                     "activation quantizers are not saved)")
+        if quantize == "modelopt":
+            note = "modelopt's fake-quantized weights, dequantized; export them with modelopt for real storage"
+        else:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model = pack_quantized(model)
+            note = "; ".join(str(w.message) for w in caught) or "packed low-bit layers; load it with load_model"
+        result["out"] = str(save_pretrained_atomic(model, tokenizer, args.out))
+        result["saved"] = note
+        lines.append(f"saved to {result['out']} ({note})")
     print(json.dumps(result, indent=2, default=str) if args.json else "\n".join(lines))
+
+
+def quantize_table(args) -> None:
+    """Every row of lab 02's table (ours, then modelopt's) on one model, one calibration batch and
+    the lab's evaluation protocol: `workshop quantize --table lab02 [--json]`."""
+    import copy
+
+    from ..budgets import get_budget
+    from ..data import calibration_batch
+    from ..eval import perplexity
+    from ..models import load_model
+    from .modelopt_ptq import CONFIGS, quantize_modelopt
+    from .storage import true_bytes
+    if args.method or args.bits is not None or args.group_size is not None or args.out:
+        raise WorkshopError("--table runs a fixed list of methods; it takes no --method, --bits, --group-size "
+                            "or --out.", "Leave those out, or quantize one method without --table.")
+    budget = get_budget()
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    calib = calibration_batch(tokenizer, budget.calib_samples, budget.calib_seqlen)
+    evaluate = lambda m: perplexity(m, tokenizer, "embedded", seqlen=budget.eval_seqlen,  # noqa: E731
+                                    max_windows=budget.sweep_eval_windows, progress=False)
+    baseline = evaluate(model)
+    rows = [{"method": f"baseline ({str(model.dtype)[6:]})", "bits": 16 if model.dtype == torch.bfloat16 else 32,
+             "bytes": true_bytes(model), "ppl": baseline.ppl, "seconds": 0.0}]
+    jobs = [(name, quantize, config, bits) for name, quantize, config, bits in lab02_table(budget.mode)]
+    jobs += [(f"modelopt {name}", "modelopt", name, CONFIGS[name][0]) for name in lab02_modelopt_configs(budget.mode)]
+    for name, quantize, config, bits in tqdm(jobs, desc="lab 02 table"):
+        candidate = copy.deepcopy(model)
+        if quantize == "modelopt":
+            candidate, seconds = quantize_modelopt(candidate, config, calib, progress=False)
+        else:
+            fit_group_size(candidate, config)
+            start = time.perf_counter()
+            candidate = quantize(candidate, config, calib, progress=False)
+            seconds = time.perf_counter() - start
+        rows.append({"method": name, "bits": bits, "bytes": true_bytes(candidate), "ppl": evaluate(candidate).ppl,
+                     "seconds": seconds})
+        del candidate
+    result = {"table": "lab02", "model": args.model, "mode": budget.mode, "protocol": baseline.protocol(),
+              "calibration": f"{calib.shape[0]}x{calib.shape[1]} tokens of embedded:calib", "rows": rows}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{'method':34s} {'bits':>4s} {'MB':>8s} {'PPL':>9s} {'time s':>7s}")
+    for row in rows:
+        print(f"{row['method']:34s} {row['bits']:4d} {row['bytes'] / 1e6:8.1f} {row['ppl']:9.2f} {row['seconds']:7.1f}")
+    print(f"[{result['protocol']}; calibration {result['calibration']}]")
 
 
 def add_commands(command) -> None:
     p = command("quantize", cmd_quantize, "Post-training quantization: RTN, GPTQ, AWQ, SmoothQuant, FP8, NF4, "
-                "or a modelopt configuration; optionally evaluate and save.")
-    p.add_argument("--method", required=True, help=f"{' | '.join(METHODS)} | modelopt:<CONFIG_NAME>")
+                "or a modelopt configuration; optionally evaluate and save packed; or lab 02's whole table.")
+    p.add_argument("--method", help=f"{' | '.join(METHODS)} | modelopt:<CONFIG_NAME>")
     p.add_argument("--bits", type=int, help="weight bits (default: 4; smoothquant and fp8: 8)")
     p.add_argument("--group-size", type=int, help="inputs per scale (default: 128, or 64 where 128 does not divide the "
                    "layers; nf4: 64; 0: per channel)")
     p.add_argument("--eval", action="store_true", help="perplexity before and after, with the protocol")
-    p.add_argument("--out", help="save the quantized model here (save_pretrained, written atomically)")
+    p.add_argument("--out", help="save the quantized model here, packed (INT4/INT8/FP8/NF4 layers; written atomically)")
+    p.add_argument("--table", choices=["lab02"], help="run every method of lab 02 (ours and modelopt's) with the "
+                   "lab's calibration and evaluation, and print its table")

@@ -1,6 +1,6 @@
 """FP8 W8A8 (E4M3): the format H100 tensor cores multiply natively.
 
-Weights: one scale per output channel (amax / 448). Activations: one static scale per tensor,
+Weights: one scale per output channel (amax / 448), or per tensor. Activations: one static scale per tensor,
 from the largest |x| each linear saw on the calibration data, so no reduction runs at inference.
 E4M3 spends its 8 bits on a floating-point grid (relative precision ~6%, everywhere in the range),
 which is why it needs no outlier tricks for most models.
@@ -18,6 +18,7 @@ from .storage import WeightFormat, mark_quantized
 class FP8Config:
     fmt: str = "fp8_e4m3"
     quantize_activations: bool = True
+    weight_group_size: int | None = None   # None: a scale per output channel; -1: one per tensor
 
 
 def quantize_activations_static(linear, amax: float, fmt: str) -> None:
@@ -42,8 +43,8 @@ def quantize_fp8(model, config: FP8Config, calib_batch: torch.Tensor, progress: 
     def quantize_layer(index, layer, hidden, kwargs):
         inputs = record_linear_inputs(layer, hidden, kwargs) if config.quantize_activations else {}
         for name, linear in linear_layers(layer).items():
-            linear.weight.data = fake_quant_fp8(linear.weight.data, config.fmt, group_size=None)
-            fmt = WeightFormat(config.fmt, 8, None)
+            linear.weight.data = fake_quant_fp8(linear.weight.data, config.fmt, config.weight_group_size)
+            fmt = WeightFormat(config.fmt, 8, config.weight_group_size)
             if config.quantize_activations:
                 fmt.activations, fmt.input_amax = "fp8_static", inputs[name].abs().max().item()
                 quantize_activations_static(linear, fmt.input_amax, config.fmt)

@@ -93,6 +93,15 @@ def quantized_kv_cache(model, config: KVQuantConfig | None):
             handle.remove()
 
 
+def kv_bits_per_value(config: KVQuantConfig, head_dim: int) -> float:
+    """Bits per cached value, its share of the 16-bit scales (and zero points, for integers) included;
+    the mean of keys and values."""
+    element = {"int8": 8, "int4": 4, "int2": 2, "fp8_e4m3": 8}[config.fmt]
+    per_group = 16 * (1 if config.fmt.startswith("fp8") else 2)
+    group = {"channel": config.token_group, "token": config.channel_group or head_dim}
+    return element + (per_group / group[config.key_axis] + per_group / group[config.value_axis]) / 2
+
+
 def kv_cache_bytes(config, batch: int, context: int, bits: float = 16) -> int:
     """Bytes of the KV cache: keys and values of every layer and KV head, for `batch` x `context` tokens.
 

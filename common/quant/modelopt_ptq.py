@@ -7,6 +7,8 @@ With modelopt 0.47 on a CPU: FP8_DEFAULT_CFG, INT8_SMOOTHQUANT_CFG, INT4_AWQ_CFG
 W4A8_AWQ_BETA_CFG run (FP8 emulated); NVFP4_DEFAULT_CFG needs CUDA (its block quantizer asserts
 a CUDA tensor).
 """
+import contextlib
+import sys
 import time
 import warnings
 
@@ -32,15 +34,17 @@ def modelopt_configs() -> list:
     return [name for name in CONFIGS if name not in NEEDS_CUDA or torch.cuda.is_available()]
 
 
-def quantize_modelopt(model, config_name: str, calib_batch: torch.Tensor, progress: bool = True):
-    """(fake-quantized model, seconds) for modelopt's `config_name`, calibrated on `calib_batch`."""
+def quantize_modelopt(model, config_name: str, calib_batch: torch.Tensor, progress: bool = True,
+                      weights_only: bool = False):
+    """(fake-quantized model, seconds) for modelopt's `config_name`, calibrated on `calib_batch`;
+    `weights_only` switches its activation quantizers off afterwards (to tell the two errors apart)."""
     if config_name not in CONFIGS:
         raise WorkshopError(f"modelopt:{config_name} is not one of the configurations compared here.",
                             f"Use modelopt:<one of {', '.join(CONFIGS)}>.")
     if config_name in NEEDS_CUDA and not torch.cuda.is_available():
         raise WorkshopError(f"modelopt's {config_name} needs a CUDA GPU.", "Run it on the GPU, or pick "
                             "FP8_DEFAULT_CFG, INT8_SMOOTHQUANT_CFG, INT4_AWQ_CFG or W4A8_AWQ_BETA_CFG.")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")  # version-range and deprecation notices, not our business here
         import modelopt.torch.quantization as mtq
     device = next(model.parameters()).device
@@ -51,12 +55,15 @@ def quantize_modelopt(model, config_name: str, calib_batch: torch.Tensor, progre
             m(ids, use_cache=False)
 
     start = time.perf_counter()
-    with torch.no_grad(), warnings.catch_warnings():
+    # modelopt reports on stdout; send it to stderr, with the progress bars, so that --json stays parseable
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
         model = mtq.quantize(model, getattr(mtq, config_name), forward_loop)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
+    if weights_only:
+        mtq.disable_quantizer(model, "*input_quantizer")
     mark_modelopt_bytes(model, config_name)
     return model, seconds
 

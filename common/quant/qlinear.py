@@ -260,9 +260,9 @@ def packed_layer(linear: nn.Linear) -> QuantLinear:
     if fmt.kind == "int" and fmt.bits == 8 and fmt.symmetric and fmt.group_size is None \
             and fmt.activations in (None, "int8_per_token"):
         return QuantLinear.from_linear(linear, "int8", activations=fmt.activations)
-    if fmt.kind == "fp8_e4m3" and fmt.group_size is None and fmt.activations in (None, "fp8_static"):
+    if fmt.kind == "fp8_e4m3" and fmt.group_size in (None, -1) and fmt.activations in (None, "fp8_static"):
         scale = static_input_scale(fmt.input_amax) if fmt.activations else None
-        return QuantLinear.from_linear(linear, "fp8", None, activations=fmt.activations, input_scale=scale)
+        return QuantLinear.from_linear(linear, "fp8", fmt.group_size, activations=fmt.activations, input_scale=scale)
     if fmt.kind == "nf4":
         return QuantLinear.from_linear(linear, "nf4", fmt.group_size)
     raise NotPackable(f"{fmt.kind}{fmt.bits}" + (f" with {fmt.activations} activations" if fmt.activations else ""))

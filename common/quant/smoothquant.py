@@ -18,6 +18,7 @@ from .rtn import rtn_into
 @dataclass
 class SmoothQuantConfig:
     alpha: float = 0.5           # migration strength: 0 leaves X alone, 1 moves all its range into W
+    smooth: bool = True          # False: plain W8A8 (no scales migrated), the baseline SmoothQuant beats
     weight_bits: int = 8
     act_bits: int = 8
 
@@ -60,11 +61,12 @@ def quantize_activations_per_token(linear, bits: int) -> None:
 def quantize_smoothquant(model, config: SmoothQuantConfig, calib_batch: torch.Tensor, progress: bool = True):
     """Smooth each layer with calibration maxima, then W8 per channel and A8 per token (fake-quantized)."""
     def quantize_layer(index, layer, hidden, kwargs):
-        inputs = record_linear_inputs(layer, hidden, kwargs)
-        for norm, names in smoothing_groups(layer):
-            linears = [layer.get_submodule(n) for n in names]
-            smooth(norm, linears, smoothing_scale(channel_abs_max(inputs[names[0]]),
-                                                  [lin.weight for lin in linears], config.alpha))
+        if config.smooth:
+            inputs = record_linear_inputs(layer, hidden, kwargs)
+            for norm, names in smoothing_groups(layer):
+                linears = [layer.get_submodule(n) for n in names]
+                smooth(norm, linears, smoothing_scale(channel_abs_max(inputs[names[0]]),
+                                                      [lin.weight for lin in linears], config.alpha))
         for linear in linear_layers(layer).values():
             rtn_into(linear, linear.weight.data, config.weight_bits, None, True)
             quantize_activations_per_token(linear, config.act_bits)

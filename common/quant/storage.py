@@ -25,7 +25,8 @@ class WeightFormat:
     """How a fake-quantized linear would be stored packed."""
     kind: str                            # "int", "nf4", "fp8_e4m3" or "fp8_e5m2"
     bits: int
-    group_size: int | None               # weights per scale along the input; None: per output channel
+    group_size: int | None               # weights per scale along the input; None: per output channel;
+                                         # -1: one per tensor (FP8)
     symmetric: bool = True
     scale: torch.Tensor | None = None    # "int": [out, groups] the scales the codes were rounded with
     zero: torch.Tensor | None = None     # "int", asymmetric: [out, groups] integer zero points
@@ -38,7 +39,8 @@ class WeightFormat:
         n = out_features * in_features
         groups = out_features * (1 if self.group_size is None else in_features // self.group_size)
         if self.kind.startswith("fp8"):
-            return n + 4 * out_features + (4 if self.activations == "fp8_static" else 0)
+            scales = 1 if self.group_size == -1 else out_features
+            return n + 4 * scales + (4 if self.activations == "fp8_static" else 0)
         # The INT4 layout keeps a zero point even for symmetric grids (all 8): one kernel for both.
         zero_points = not self.symmetric or (self.kind == "int" and self.bits == 4)
         scale_bytes = SCALE_BYTES * (2 if zero_points else 1)
