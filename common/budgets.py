@@ -23,6 +23,8 @@ class Budget:
     train_steps: int               # optimizer steps for distillation / fine-tuning
     train_batch: int
     train_seqlen: int
+    teacher_samples: int           # sequences sampled from the teacher for sequence-level KD
+    generate_batch: int            # sequences generated at once (decode is cheap per sequence on a GPU)
     bench_repeats: int             # timed repeats (median reported)
     decode_tokens: int             # tokens generated when timing decode
     decode_batches: tuple          # batch sizes for the decode-throughput sweep
@@ -34,10 +36,12 @@ class Budget:
 
 QUICK = Budget(mode="quick", dtype="float32", eval_seqlen=512, eval_max_windows=6,
                calib_samples=8, calib_seqlen=256, train_steps=8, train_batch=2, train_seqlen=64,
+               teacher_samples=4, generate_batch=4,
                bench_repeats=3, decode_tokens=8, decode_batches=(1, 4),
                sweep_eval_windows=2, sweep_sparsities=(0.5,), sensitivity_layers=3, long_context=1024)
 FULL = Budget(mode="full", dtype="bfloat16", eval_seqlen=2048, eval_max_windows=None,
-              calib_samples=32, calib_seqlen=512, train_steps=600, train_batch=16, train_seqlen=512,
+              calib_samples=32, calib_seqlen=512, train_steps=300, train_batch=32, train_seqlen=512,
+              teacher_samples=512, generate_batch=256,
               bench_repeats=10, decode_tokens=64, decode_batches=(1, 4, 16, 64, 256),
               sweep_eval_windows=None, sweep_sparsities=(0.3, 0.5, 0.6, 0.7, 0.8), sensitivity_layers=30,
               long_context=8192)

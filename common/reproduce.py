@@ -4,6 +4,7 @@ reports/ then holds each executed notebook (.ipynb and .html), results.json with
 measured table, and a summary page (index.html and SUMMARY.md) built from results.json.
 """
 import html
+import os
 import sys
 import time
 
@@ -74,3 +75,33 @@ def write_summary(status: dict) -> None:
     page.append("</body></html>")
     (reports_dir() / "SUMMARY.md").write_text("\n".join(md))
     (reports_dir() / "index.html").write_text("\n".join(page))
+
+
+def merge_reports(src, dst) -> list:
+    """Fold the reports of a run elsewhere (e.g. copied back from a GPU machine) into a kept folder
+    such as reports/h100: its labs' results and HTML replace theirs, the other labs keep theirs, and
+    the summary is rebuilt with each lab's last "Run:" line. Returns the labs merged."""
+    import json
+    import re
+    import shutil
+    from pathlib import Path
+
+    from .reports import write_json_atomic
+    src, dst = Path(src), Path(dst)
+    incoming = json.loads((src / "results.json").read_text())
+    kept = json.loads((dst / "results.json").read_text()) if (dst / "results.json").is_file() else {}
+    runs = {}
+    for folder in (dst, src):  # the incoming run's lines win
+        if (folder / "SUMMARY.md").is_file():
+            runs |= dict(re.findall(r"^## (\S+)\n\nRun: ([^;]*);", (folder / "SUMMARY.md").read_text(), re.M))
+    for lab in incoming:
+        if (src / f"{lab}.html").is_file():
+            shutil.copyfile(src / f"{lab}.html", dst / f"{lab}.html")
+    write_json_atomic(dst / "results.json", kept | incoming)
+    previous = os.environ.get("WORKSHOP_REPORTS")
+    os.environ["WORKSHOP_REPORTS"] = str(dst)
+    try:
+        write_summary(runs)
+    finally:
+        os.environ.pop("WORKSHOP_REPORTS") if previous is None else os.environ.update(WORKSHOP_REPORTS=previous)
+    return sorted(incoming)

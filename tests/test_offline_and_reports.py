@@ -32,3 +32,23 @@ def test_results_are_merged_and_written_whole(reports_tmp):
     assert data["00_test"]["mode"] == "quick" and data["00_test"]["device"]
     assert not list(reports_tmp.glob(".*tmp"))
     assert "| ppl | 13 |" in a.markdown()
+
+
+def test_merge_reports_replaces_only_the_incoming_labs(tmp_path):
+    import json
+
+    from common.reproduce import merge_reports
+    kept, incoming = tmp_path / "kept", tmp_path / "incoming"
+    kept.mkdir(), incoming.mkdir()
+    row = lambda v: {"rows": [{"what": "PPL", "value": v, "unit": "", "note": ""}], "device": "GPU", "mode": "full", "date": "d"}  # noqa: E731
+    (kept / "results.json").write_text(json.dumps({"00_a": row(1.0), "02_b": row(2.0)}))
+    (kept / "SUMMARY.md").write_text("## 00_a\n\nRun: ok in 5 s; x\n\n## 02_b\n\nRun: ok in 9 s; x\n")
+    (incoming / "results.json").write_text(json.dumps({"02_b": row(3.0)}))
+    (incoming / "SUMMARY.md").write_text("## 02_b\n\nRun: ok in 7 s; x\n")
+    (incoming / "02_b.html").write_text("<html>new</html>")
+    assert merge_reports(incoming, kept) == ["02_b"]
+    merged = json.loads((kept / "results.json").read_text())
+    assert merged["00_a"]["rows"][0]["value"] == 1.0 and merged["02_b"]["rows"][0]["value"] == 3.0
+    summary = (kept / "SUMMARY.md").read_text()
+    assert "Run: ok in 5 s;" in summary and "Run: ok in 7 s;" in summary and "ok in 9 s" not in summary
+    assert (kept / "02_b.html").read_text() == "<html>new</html>"

@@ -1,4 +1,5 @@
-"""Pruning: masks, one-shot methods, width / depth / low rank, and bad input."""
+"""Pruning: masks, one-shot methods, width / depth / low rank, the command line, and bad input."""
+import copy
 import json
 
 import pytest
@@ -10,8 +11,12 @@ from common.eval import stored_bytes
 from common.models import load_model, tiny_random
 from common.prune.depth import DepthPruneConfig, prune_depth
 from common.prune.lowrank import LowRankConfig, factorize, factorized_linear, prune_lowrank
+from common.calibration import decoder_layers, first_layer_inputs, linear_input_grams, linear_layers
 from common.prune.magnitude import MagnitudeConfig, prune_magnitude
-from common.prune.masks import mask_from_scores, masks_from_zeros, nm_mask, parse_pattern, sparsity_of
+from common.prune.masks import (mask_from_scores, masks_from_zeros, nm_boundary_ties, nm_mask, parse_pattern,
+                                sparsity_of, unstructured_mask)
+from common.prune.modelopt_sparsity import ModeloptSparsityConfig, prune_modelopt
+from common.prune.row_sparsity import mask_with_row_counts, row_output_energy, row_prune_counts, trim_row_counts
 from common.prune.sparsegpt import SparseGPTConfig, prune_sparsegpt, sparsegpt_weight
 from common.prune.wanda import WandaConfig, prune_wanda, wanda_scores
 from common.prune.width import WidthPruneConfig, prune_width
@@ -89,6 +94,105 @@ def test_sparsegpt_beats_wanda_beats_magnitude_on_correlated_inputs(sparsity, nm
 def test_sparsegpt_at_zero_sparsity_keeps_the_layer():
     x, w = correlated_layer()
     assert torch.allclose(sparsegpt_weight(w, x.T @ x / x.size(0), 0.0), w, atol=1e-4)
+
+
+def test_magnitude_24_matches_modelopt_sparse_magnitude_when_there_are_no_ties(tiny):
+    """Both keep the two largest |w| of every group of four; they can differ only where the 2nd and 3rd
+    largest are equal (which the embedded Q4_1 checkpoint has often, random weights never)."""
+    model, _ = tiny
+    assert not any(nm_boundary_ties(linear.weight.abs(), 2, 4).any()
+                   for layer in decoder_layers(model) for linear in linear_layers(layer).values())
+    ours = prune_magnitude(copy.deepcopy(model), MagnitudeConfig(pattern="2:4"))
+    theirs = prune_modelopt(copy.deepcopy(model), ModeloptSparsityConfig(mode="sparse_magnitude"), progress=False)
+    for our_layer, their_layer in zip(decoder_layers(ours), decoder_layers(theirs)):
+        their_linears = linear_layers(their_layer)
+        assert sorted(their_linears) == sorted(linear_layers(our_layer))
+        for name, linear in linear_layers(our_layer).items():
+            assert torch.equal(linear.weight == 0, their_linears[name].weight == 0), name
+
+
+def test_nm_boundary_ties():
+    scores = torch.tensor([[4.0, 1.0, 2.0, 2.0, 3.0, 1.0, 2.0, 0.5]])
+    assert nm_boundary_ties(scores, 2, 4).tolist() == [[True, False]]
+
+
+def test_tie_break_seed_moves_only_tied_groups():
+    model, _ = fresh_tiny(num_layers=1)
+    with torch.no_grad():  # weights on a grid of 9 levels, as a low-bit checkpoint's: many ties
+        for linear in linear_layers(decoder_layers(model)[0]).values():
+            linear.weight.copy_((4 * linear.weight / linear.weight.abs().max()).round())
+    masks = {}
+    for seed in (None, 0, 0, 1):
+        pruned = prune_magnitude(copy.deepcopy(model), MagnitudeConfig(pattern="2:4", tie_break_seed=seed))
+        masks.setdefault(seed, []).append({name: linear.weight_mask for name, linear in
+                                           linear_layers(decoder_layers(pruned)[0]).items()})
+    assert all(torch.equal(masks[0][0][k], masks[0][1][k]) for k in masks[0][0])  # a seed repeats itself
+    for name, linear in linear_layers(decoder_layers(model)[0]).items():
+        ties = nm_boundary_ties(linear.weight.abs(), 2, 4)
+        for a, b in ((None, 0), (0, 1)):
+            moved = (masks[a][0][name] != masks[b][0][name]).reshape(ties.shape + (4,)).any(-1)
+            assert moved.any() and not (moved & ~ties).any(), name
+
+
+def test_row_prune_counts_keep_the_total_and_spare_high_scores():
+    scores = torch.rand(64, generator=torch.Generator().manual_seed(0))
+    counts = row_prune_counts(scores, 0.7, 0.1, 100)
+    assert int(counts.sum()) == round(0.7 * 64 * 100)  # the matrix's sparsity is exactly the target
+    assert (counts[scores.argsort()].diff() <= 0).all()  # a higher score never loses more weights
+    assert counts.max() - counts.min() >= 19 and 60 <= counts.min() and counts.max() <= 80
+    assert (row_prune_counts(scores, 0.7, 0.0, 100) == 70).all()
+    assert (row_prune_counts(scores, 0.05, 0.1, 100) >= 0).all()  # the spread narrows near 0
+    scores = torch.rand(64, 100)
+    keep = mask_with_row_counts(scores, counts)
+    assert torch.equal((~keep).sum(1), counts)
+    assert (torch.where(keep, scores, torch.inf).amin(1) > torch.where(keep, -torch.inf, scores).amax(1)).all()
+
+
+def test_row_output_energy_is_the_mean_squared_output():
+    x, w = correlated_layer()
+    assert torch.allclose(row_output_energy(w, x.T @ x / x.size(0)), (x @ w.T).pow(2).mean(0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("prune,config_type", [(prune_wanda, WandaConfig), (prune_sparsegpt, SparseGPTConfig)])
+def test_row_spread_keeps_the_mean_and_spares_the_largest_outputs(prune, config_type, calib):
+    model, _ = fresh_tiny(num_layers=1)
+    dense = copy.deepcopy(model)
+    prune(model, config_type(sparsity=0.7, row_spread=0.1), calib, progress=False)
+    grams = linear_input_grams(decoder_layers(dense)[0], *first_layer_inputs(dense, calib))
+    dense_linears = linear_layers(decoder_layers(dense)[0])
+    for name, linear in linear_layers(decoder_layers(model)[0]).items():
+        weight, zeros = dense_linears[name].weight, (linear.weight == 0).sum(1)
+        assert abs(int(zeros.sum()) - 0.7 * weight.numel()) <= 1
+        assert zeros.min() >= 0.6 * weight.size(1) - 1 and zeros.max() <= 0.8 * weight.size(1) + 1
+        energy = row_output_energy(weight, grams[name])
+        assert (zeros[energy.argsort()].diff() <= 0).all(), name  # a larger output never loses more weights
+
+
+def test_sparsegpt_row_counts_are_exact_and_it_still_repairs():
+    x, w = correlated_layer()
+    gram = x.T @ x / x.size(0)
+    counts = trim_row_counts(w, gram, 0.7, 0.1)
+    in_blocks = sparsegpt_weight(w, gram, 0.7, row_counts=counts, block_size=32)
+    assert torch.equal((in_blocks == 0).sum(1), counts)  # each block's share adds up to the row's count
+    repaired = sparsegpt_weight(w, gram, 0.7, row_counts=counts)
+    wanda = w * mask_with_row_counts(wanda_scores(w, gram), counts)
+    assert relative_output_error(x, w, repaired) < relative_output_error(x, w, wanda)
+
+
+@pytest.mark.parametrize("prune,config_type", [(prune_wanda, WandaConfig), (prune_sparsegpt, SparseGPTConfig)])
+def test_row_spread_off_is_the_uniform_method(prune, config_type, calib):
+    model, _ = fresh_tiny(num_layers=1)
+    dense = copy.deepcopy(model)
+    prune(model, config_type(sparsity=0.6), calib, progress=False)
+    grams = linear_input_grams(decoder_layers(dense)[0], *first_layer_inputs(dense, calib))
+    dense_linears = linear_layers(decoder_layers(dense)[0])
+    for name, linear in linear_layers(decoder_layers(model)[0]).items():
+        weight = dense_linears[name].weight
+        if prune is prune_wanda:
+            expected = weight * unstructured_mask(wanda_scores(weight, grams[name]), 0.6, per_row=True)
+        else:
+            expected = sparsegpt_weight(weight, grams[name], 0.6)
+        assert torch.equal(linear.weight, expected), name
 
 
 def test_masks_stay_through_training_and_are_stored_only_when_asked(calib, tmp_path):
@@ -202,6 +306,9 @@ def test_lowrank_model_has_fewer_parameters(calib):
     lambda m, c: prune_width(m, WidthPruneConfig(mlp_fraction=0.3), None),
     lambda m, c: prune_depth(m, DepthPruneConfig(layers_removed=2), c),
     lambda m, c: prune_lowrank(m, LowRankConfig(param_fraction=1.5), c),
+    lambda m, c: prune_wanda(m, WandaConfig(pattern="2:4", row_spread=0.1), c, progress=False),
+    lambda m, c: prune_wanda(m, WandaConfig(per_row=False, row_spread=0.1), c, progress=False),
+    lambda m, c: prune_sparsegpt(m, SparseGPTConfig(row_spread=0.5), c, progress=False),
 ])
 def test_bad_input_raises_a_clear_workshop_error(make, calib):
     model, _ = fresh_tiny()
@@ -231,3 +338,56 @@ def test_prune_command_writes_a_loadable_checkpoint(tmp_path, capsys):
     bad = parser.parse_args(["prune", "--model", "tiny-random", "--method", "width", "--pattern", "2:4"])
     with pytest.raises(WorkshopError):
         bad.func(bad)
+
+
+def _lab03_run_calls() -> dict:
+    """{name: (function name, config)} of every run("name", function, Config(...)) in lab 03."""
+    import ast
+
+    import nbformat
+
+    from common.prune import magnitude, modelopt_sparsity, sparsegpt, wanda
+    namespace = {name: getattr(module, name) for module in (magnitude, modelopt_sparsity, sparsegpt, wanda)
+                 for name in dir(module) if name.endswith("Config")}
+    notebook = nbformat.read("solutions/03_pruning_and_low_rank.ipynb", as_version=4)
+    calls = {}
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            for node in ast.walk(ast.parse(cell.source)):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "run":
+                    name, function, config = node.args
+                    calls[name.value] = (function.id, eval(ast.unparse(config), namespace))
+    return calls
+
+
+def test_cli_table_is_the_labs_own_list():
+    from common.prune.cli import lab03_table
+    table = {name: (prune.__name__, config) for name, prune, config in lab03_table()}
+    assert table == _lab03_run_calls()
+    assert list(table) == list(_lab03_run_calls())  # same order
+
+
+def test_cli_table_runs_every_row(capsys, monkeypatch):
+    import common.budgets
+    from common.cli import build_parser
+    from common.prune.cli import lab03_table
+    small = common.budgets.get_budget("quick", sweep_eval_windows=1, eval_seqlen=64, calib_samples=2, calib_seqlen=64)
+    monkeypatch.setattr(common.budgets, "get_budget", lambda *a, **k: small)
+    args = build_parser().parse_args(["prune", "--model", "tiny-random", "--device", "cpu", "--table", "lab03",
+                                      "--json"])
+    args.func(args)
+    result = json.loads(capsys.readouterr().out)
+    assert [row["method"] for row in result["rows"]] == ["dense"] + [name for name, _, _ in lab03_table()]
+    assert result["rows"][0]["zeros"] == 0
+    assert all(row["zeros"] == pytest.approx(0.5, abs=0.01) and row["ppl"] > 1 for row in result["rows"][1:])
+    assert "seqlen=64, windows=1" in result["protocol"]
+
+
+@pytest.mark.parametrize("argv", [["--table", "lab03", "--method", "wanda"], ["--table", "lab03", "--sparsity", "0.7"],
+                                  []])
+def test_cli_table_and_method_are_one_or_the_other(argv):
+    from common.cli import build_parser
+    args = build_parser().parse_args(["prune", "--model", "tiny-random", *argv])
+    with pytest.raises(WorkshopError) as error:
+        args.func(args)
+    assert error.value.fix

@@ -10,6 +10,7 @@ from common.quant.awq import AWQConfig, fold_scales, quantize_awq, scaling_group
 from common.calibration import decoder_layers
 from common.quant.storage import true_bytes
 from common.cli import build_parser, main
+from common.quant.cli import method_and_config
 from common.quant.formats import fake_quant_int
 from common.quant.fp8 import FP8Config, quantize_fp8
 from common.quant.gptq import GPTQConfig, gptq_quantize_weight, hessian, quantize_gptq
@@ -232,3 +233,21 @@ def test_cli_table_runs_every_row(capsys, monkeypatch):
     assert names[0].startswith("baseline") and "GPTQ W3 g64" in names and "modelopt INT8_SMOOTHQUANT_CFG" in names
     assert all(row["ppl"] > 1 and row["bytes"] > 0 for row in result["rows"])
     assert "seqlen=64, windows=1" in result["protocol"]
+
+
+def test_group_size_check_on_576_wide_layers():
+    """The embedded model's widths (576, 1536): 128 does not divide them, per channel and 64 do."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from common.quant.cli import fit_group_size
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=576, intermediate_size=1536, num_hidden_layers=1,
+                                         num_attention_heads=9, num_key_value_heads=3, head_dim=64))
+    for method, group in (("gptq", 0), ("rtn", 0), ("awq", 64), ("nf4", 64)):
+        _, config = method_and_config(method, None, group)
+        fit_group_size(model, config)                       # no error
+    _, auto = method_and_config("rtn", None, None)
+    fit_group_size(model, auto)
+    assert auto.group_size == 64                            # "auto": 128 does not divide 576
+    for method in ("gptq", "nf4"):
+        with pytest.raises(WorkshopError, match="does not divide"):
+            fit_group_size(model, method_and_config(method, None, 128)[1])

@@ -15,8 +15,9 @@ def cmd_distill(args) -> None:
     def given(value, default):  # 0 is a value (and an error), not "use the default"
         return default if value is None else value
 
-    config = DistillConfig(steps=given(args.steps, budget.train_steps), temperature=args.temperature, alpha=args.alpha,
-                           lr=args.lr, batch=given(args.batch, budget.train_batch),
+    steps = given(args.steps, budget.train_steps)
+    config = DistillConfig(steps=steps, temperature=args.temperature, alpha=args.alpha, lr=args.lr,
+                           warmup_steps=steps // 10, batch=given(args.batch, budget.train_batch),
                            seqlen=given(args.seqlen, budget.train_seqlen),
                            grad_accum=args.grad_accum, seed=args.seed, hidden_loss_weight=args.hidden_loss_weight,
                            checkpoint_dir=f"{args.out}.checkpoint" if args.out and args.checkpoint_every else None,
@@ -62,8 +63,11 @@ def add_commands(command) -> None:
     p.add_argument("--teacher", help="the teacher's model spec (default: --model)")
     p.add_argument("--steps", type=int, help="optimizer steps (default: the mode's budget)")
     p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature T of the KL term")
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of the data's cross-entropy (1 = CE-only fine-tuning)")
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamW, cosine decay)")
+    # Defaults: lab 04's main run, so `workshop distill --student DIR --eval` reproduces its KD row and
+    # `--alpha 1` its CE-only row.
+    p.add_argument("--alpha", type=float, default=0.2, help="weight of the data's cross-entropy (1 = CE-only fine-tuning)")
+    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (AdamW, warm-up over a tenth of the "
+                   "steps, cosine decay)")
     p.add_argument("--batch", type=int, help="windows per micro-batch (default: the mode's budget)")
     p.add_argument("--seqlen", type=int, help="tokens per window (default: the mode's budget)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (same tokens, less memory)")

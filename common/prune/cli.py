@@ -3,8 +3,9 @@
 --sparsity S is the fraction removed, for every method: of the decoder weights (magnitude, wanda,
 sparsegpt), of the MLP channels (width; --heads-fraction for attention heads), of the decoder layers
 (depth), of the targeted layers' parameters (svd). --pattern N:M asks for semi-structured sparsity
-(magnitude, wanda, sparsegpt; modelopt is always 2:4).
+(magnitude, wanda, sparsegpt; modelopt is always 2:4). --table lab03 runs lab 03's main comparison.
 """
+import json
 import time
 from pathlib import Path
 
@@ -49,7 +50,70 @@ def build_pruner(method: str, args, num_layers: int):
     return prune_lowrank, LowRankConfig(param_fraction=1 - sparsity)
 
 
+def lab03_table() -> list:
+    """The rows of lab 03's main comparison, in its order: (name, prune function, config).
+    The lab calls each of these itself; tests/test_prune.py checks that both say the same."""
+    from .magnitude import MagnitudeConfig, prune_magnitude
+    from .modelopt_sparsity import ModeloptSparsityConfig, prune_modelopt
+    from .sparsegpt import SparseGPTConfig, prune_sparsegpt
+    from .wanda import WandaConfig, prune_wanda
+    return [("magnitude 50%", prune_magnitude, MagnitudeConfig(sparsity=0.5)),
+            ("Wanda 50%", prune_wanda, WandaConfig(sparsity=0.5)),
+            ("SparseGPT 50%", prune_sparsegpt, SparseGPTConfig(sparsity=0.5)),
+            ("magnitude 2:4", prune_magnitude, MagnitudeConfig(pattern="2:4")),
+            ("Wanda 2:4", prune_wanda, WandaConfig(pattern="2:4")),
+            ("SparseGPT 2:4", prune_sparsegpt, SparseGPTConfig(pattern="2:4")),
+            ("modelopt sparse_magnitude 2:4", prune_modelopt, ModeloptSparsityConfig(mode="sparse_magnitude")),
+            ("modelopt sparsegpt 2:4", prune_modelopt, ModeloptSparsityConfig(mode="sparsegpt"))]
+
+
+def prune_table(args) -> None:
+    """Every row of lab 03's main table on one model, one calibration batch and the lab's evaluation
+    protocol: `workshop prune --table lab03 [--json]`."""
+    import copy
+
+    from tqdm.auto import tqdm
+
+    from ..budgets import get_budget
+    from ..data import calibration_batch
+    from ..eval import perplexity
+    from ..models import load_model
+    from .masks import sparsity_of
+    given = [f"--{name.replace('_', '-')}" for name in ("method", "sparsity", "pattern", "out", "seqlen", "max_windows")
+             if getattr(args, name) is not None]
+    if given:
+        raise WorkshopError(f"--table runs lab 03's fixed list of methods with the lab's evaluation; it takes no "
+                            f"{', '.join(given)}.", "Leave those out, or prune with one --method without --table.")
+    budget = get_budget()
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    calib = calibration_batch(tokenizer, budget.calib_samples, budget.calib_seqlen)
+    evaluate = lambda m: perplexity(m, tokenizer, "embedded", seqlen=budget.eval_seqlen,  # noqa: E731
+                                    max_windows=budget.sweep_eval_windows, progress=False)
+    baseline = evaluate(model)
+    rows = [{"method": "dense", "zeros": sparsity_of(model), "ppl": baseline.ppl, "seconds": 0.0}]
+    for name, function, config in tqdm(lab03_table(), desc="lab 03 table"):
+        start = time.perf_counter()
+        pruned = function(copy.deepcopy(model), config, calib, progress=False)
+        seconds = time.perf_counter() - start
+        rows.append({"method": name, "zeros": sparsity_of(pruned), "ppl": evaluate(pruned).ppl, "seconds": seconds})
+        del pruned
+    result = {"table": "lab03", "model": args.model, "mode": budget.mode, "protocol": baseline.protocol(),
+              "calibration": f"{calib.shape[0]}x{calib.shape[1]} tokens of embedded:calib", "rows": rows}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{'method':32s} {'zeros':>6s} {'PPL':>10s} {'time s':>7s}")
+    for row in rows:
+        print(f"{row['method']:32s} {row['zeros']:6.1%} {row['ppl']:10.2f} {row['seconds']:7.1f}")
+    print(f"[{result['protocol']}; calibration {result['calibration']}; zeros among the decoder layers' weights]")
+
+
 def cmd_prune(args) -> None:
+    if args.table:
+        return prune_table(args)
+    if not args.method:
+        raise WorkshopError("Nothing to do: no --method and no --table.",
+                            "Give --method (e.g. --method wanda), or --table lab03 for lab 03's main table.")
     from ..budgets import get_budget
     from ..data import calibration_batch
     from ..eval import parameter_breakdown, perplexity, stored_bytes
@@ -99,8 +163,9 @@ def cmd_prune(args) -> None:
 
 
 def add_commands(command) -> None:
-    p = command("prune", cmd_prune, "Prune a model (unstructured, N:M, width, depth, low rank, or modelopt 2:4).")
-    p.add_argument("--method", required=True, help=" | ".join(METHODS))
+    p = command("prune", cmd_prune, "Prune a model (unstructured, N:M, width, depth, low rank, or modelopt 2:4), "
+                "or run lab 03's main table.")
+    p.add_argument("--method", help=" | ".join(METHODS))
     p.add_argument("--sparsity", type=float, help="fraction removed (weights, MLP channels, layers or parameters; default 0.5)")
     p.add_argument("--pattern", help="N:M semi-structured sparsity, e.g. 2:4 (magnitude, wanda, sparsegpt)")
     p.add_argument("--heads-fraction", type=float, default=0.0, help="width: fraction of attention heads removed")
@@ -109,3 +174,5 @@ def add_commands(command) -> None:
     p.add_argument("--seqlen", type=int, help="evaluation window (default: the mode's budget)")
     p.add_argument("--max-windows", type=int, help="evaluation windows (default: the mode's budget)")
     p.add_argument("--out", help="write the pruned checkpoint here (atomically)")
+    p.add_argument("--table", choices=["lab03"], help="run lab 03's main comparison (ours and modelopt's, "
+                   "50%% and 2:4) with the lab's calibration and evaluation, and print its table")

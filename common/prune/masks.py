@@ -72,6 +72,13 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return keep.reshape(rows, cols)
 
 
+def nm_boundary_ties(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """[rows, cols // m] True where a group's n-th and (n+1)-th highest scores are equal: which of them
+    the N:M mask keeps is then decided by the sort, not by the scores."""
+    ordered = scores.reshape(scores.size(0), -1, m).sort(dim=2, descending=True).values
+    return ordered[..., n - 1] == ordered[..., n]
+
+
 def unstructured_mask(scores: torch.Tensor, sparsity: float, per_row: bool = False) -> torch.Tensor:
     """Zero the lowest-scoring `sparsity` fraction, over the whole matrix or within each output row."""
     check_sparsity(sparsity)

@@ -7,6 +7,10 @@ left to right in blocks: it chooses the mask of a block by that cost, zeroes the
 column by column while spreading each error onto the columns to its right, then pushes the block's
 accumulated error onto the rest of the matrix at once. The upper Cholesky factor of H^-1 gives the
 needed rows of the successive inverses without recomputing them.
+
+Unstructured, the mask of a block is chosen over all its rows at once, so rows already end up with
+somewhat different sparsities. With `row_spread` each row instead loses a number of weights set in
+advance from its share of the output (row_sparsity.py, after TRIM), spread evenly over the blocks.
 """
 from dataclasses import dataclass
 
@@ -14,12 +18,18 @@ import torch
 
 from ..calibration import linear_input_grams, linear_layers, walk_layers
 from .masks import SparsityConfig, apply_mask, check_sparsity
+from .row_sparsity import check_row_spread, mask_with_row_counts, trim_row_counts
 
 
 @dataclass
 class SparseGPTConfig(SparsityConfig):
     block_size: int = 128  # columns whose mask is chosen together (a multiple of M for N:M)
     damp: float = 0.01     # added to H's diagonal, as a fraction of its mean, to keep it invertible
+    row_spread: float = 0.0  # > 0: each row's sparsity within target +- row_spread, lower for larger outputs
+
+    def validate(self, num_layers: int) -> None:
+        super().validate(num_layers)
+        check_row_spread(self.row_spread, self.pattern)
 
 
 def inverse_hessian_factor(gram: torch.Tensor, damp: float) -> torch.Tensor:
@@ -32,8 +42,9 @@ def inverse_hessian_factor(gram: torch.Tensor, damp: float) -> torch.Tensor:
 
 @torch.no_grad()
 def sparsegpt_weight(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, nm: tuple | None = None,
-                     block_size: int = 128, damp: float = 0.01) -> torch.Tensor:
-    """The pruned and repaired weight [out, in] (float32) of one linear layer; zeros where pruned."""
+                     block_size: int = 128, damp: float = 0.01, row_counts: torch.Tensor | None = None) -> torch.Tensor:
+    """The pruned and repaired weight [out, in] (float32) of one linear layer; zeros where pruned.
+    `row_counts` [out]: how many weights each row loses (unstructured only), instead of `sparsity`."""
     check_sparsity(sparsity)
     w = weight.detach().float().clone()
     gram = gram.float().clone()
@@ -51,7 +62,10 @@ def sparsegpt_weight(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, 
         errors = torch.zeros_like(block)
         cost = block.pow(2) / u_block.diagonal().pow(2)[None, :]
         pruned = torch.zeros_like(block, dtype=torch.bool)
-        if not nm:
+        if row_counts is not None:  # this block's share of each row's count (the shares add up exactly)
+            share = row_counts * end // cols - row_counts * start // cols
+            pruned = ~mask_with_row_counts(cost, share)
+        elif not nm:
             n_pruned = int(sparsity * cost.numel())
             if n_pruned:
                 pruned.view(-1)[cost.flatten().topk(n_pruned, largest=False).indices] = True
@@ -81,7 +95,9 @@ def prune_sparsegpt(model, config: SparseGPTConfig, calib_batch, progress: bool 
             return
         grams = linear_input_grams(layer, hidden, kwargs)
         for name, linear in linear_layers(layer).items():
-            w = sparsegpt_weight(linear.weight, grams[name], sparsity, nm, config.block_size, config.damp)
+            counts = (trim_row_counts(linear.weight, grams[name], sparsity, config.row_spread)
+                      if config.row_spread else None)
+            w = sparsegpt_weight(linear.weight, grams[name], sparsity, nm, config.block_size, config.damp, counts)
             linear.weight.data.copy_(w.to(linear.weight.dtype))
             apply_mask(linear, w != 0, config.store_masks)
 

@@ -3,18 +3,29 @@
 A weight matters as much as the signal it multiplies: |w_ij| * ||x_j||_2 (the norm over calibration
 tokens of input channel j) estimates its contribution to the output. Weights compete within their
 output row. No weight update, one forward pass per layer: nearly as cheap as magnitude.
+With `row_spread` the rows of a matrix get different sparsities (row_sparsity.py, after TRIM).
 """
 from dataclasses import dataclass
 
 import torch
 
 from ..calibration import linear_input_grams, linear_layers, walk_layers
+from ..errors import WorkshopError
 from .masks import SparsityConfig, apply_mask, mask_from_scores
+from .row_sparsity import check_row_spread, mask_with_row_counts, trim_row_counts
 
 
 @dataclass
 class WandaConfig(SparsityConfig):
-    per_row: bool = True  # the paper's comparison group: each output row
+    per_row: bool = True      # the paper's comparison group: each output row
+    row_spread: float = 0.0   # > 0: each row's sparsity within target +- row_spread, lower for larger outputs
+
+    def validate(self, num_layers: int) -> None:
+        super().validate(num_layers)
+        check_row_spread(self.row_spread, self.pattern)
+        if self.row_spread and not self.per_row:
+            raise WorkshopError("row_spread sets a sparsity for every output row, so weights must compete "
+                                "within their row.", "Keep per_row=True with row_spread.")
 
 
 def wanda_scores(weight: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
@@ -33,7 +44,12 @@ def prune_wanda(model, config: WandaConfig, calib_batch, progress: bool = True):
             return
         grams = linear_input_grams(layer, hidden, kwargs)
         for name, linear in linear_layers(layer).items():
-            keep = mask_from_scores(wanda_scores(linear.weight, grams[name]), sparsity, nm, config.per_row)
+            scores = wanda_scores(linear.weight, grams[name])
+            if config.row_spread:
+                counts = trim_row_counts(linear.weight, grams[name], sparsity, config.row_spread)
+                keep = mask_with_row_counts(scores, counts)
+            else:
+                keep = mask_from_scores(scores, sparsity, nm, config.per_row)
             apply_mask(linear, keep, config.store_masks)
 
     return walk_layers(model, calib_batch, process, progress, desc="wanda")

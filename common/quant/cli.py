@@ -71,10 +71,12 @@ def input_widths(model) -> list:
 
 def fit_group_size(model, config) -> None:
     """Resolve an "auto" group size for `model`, and check that the group size divides every input width."""
+    from .nf4 import NF4Config
     widths = input_widths(model)
     if getattr(config, "group_size", None) == "auto":
         config.group_size = next((g for g in (128, 64, 32) if not any(w % g for w in widths)), None)
-    group = getattr(config, "group_size", None) or getattr(config, "block_size", None)
+    # NF4's blocks play the part of groups (GPTQ's block_size is something else: columns per update)
+    group = config.block_size if isinstance(config, NF4Config) else getattr(config, "group_size", None)
     if group and any(w % group for w in widths):
         raise WorkshopError(f"--group-size {group} does not divide the input widths of this model's "
                             f"linear layers ({', '.join(map(str, widths))}).",

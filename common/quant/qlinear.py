@@ -184,9 +184,9 @@ class QuantLinear(nn.Module):
             return out if bias is None else out + bias
         if self.activations == "int8_per_token":
             x = fake_quant_int(x.reshape(rows, -1), 8, None, True).reshape(x.shape)
-        elif self.activations == "fp8_static":
-            scale = self.input_scale.to(x.dtype)
-            x = (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(x.dtype) * scale
+        elif self.activations == "fp8_static":  # in float32, as the tensor-core path and fp8.py's hook
+            x = ((x.float() / self.input_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
+                 * self.input_scale).to(x.dtype)
         # Reference path, and many rows (prefill): dequantize once, then a dense tensor-core matmul.
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
