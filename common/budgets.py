@@ -28,6 +28,7 @@ class Budget:
     bench_repeats: int             # timed repeats (median reported)
     decode_tokens: int             # tokens generated when timing decode
     decode_batches: tuple          # batch sizes for the decode-throughput sweep
+    prefill_shape: tuple           # (prompts, tokens) of a timed prefill: enough work to be compute-bound
     sweep_eval_windows: int | None # perplexity windows per point of a sweep (many models evaluated)
     sweep_sparsities: tuple        # sparsity levels of pruning curves
     sensitivity_layers: int        # decoder layers scanned one at a time in sensitivity studies
@@ -37,12 +38,12 @@ class Budget:
 QUICK = Budget(mode="quick", dtype="float32", eval_seqlen=512, eval_max_windows=6,
                calib_samples=8, calib_seqlen=256, train_steps=8, train_batch=2, train_seqlen=64,
                teacher_samples=4, generate_batch=4,
-               bench_repeats=3, decode_tokens=8, decode_batches=(1, 4),
+               bench_repeats=3, decode_tokens=8, decode_batches=(1, 4), prefill_shape=(1, 128),
                sweep_eval_windows=2, sweep_sparsities=(0.5,), sensitivity_layers=3, long_context=1024)
 FULL = Budget(mode="full", dtype="bfloat16", eval_seqlen=2048, eval_max_windows=None,
               calib_samples=32, calib_seqlen=512, train_steps=300, train_batch=32, train_seqlen=512,
               teacher_samples=512, generate_batch=256,
-              bench_repeats=10, decode_tokens=64, decode_batches=(1, 4, 16, 64, 256),
+              bench_repeats=10, decode_tokens=64, decode_batches=(1, 4, 16, 64, 256), prefill_shape=(16, 2048),
               sweep_eval_windows=None, sweep_sparsities=(0.3, 0.5, 0.6, 0.7, 0.8), sensitivity_layers=30,
               long_context=8192)
 

@@ -4,6 +4,7 @@ Every command takes --json for machine-readable output on stdout (progress goes 
 on success and 2 on bad input with one clear message.
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -12,8 +13,11 @@ from pathlib import Path
 from .errors import WorkshopError
 
 
+_result_stream = None  # where results go while main() sends everything else printed to stderr
+
+
 def _print(result: dict, as_json: bool, text: str) -> None:
-    print(json.dumps(result, indent=2, default=str) if as_json else text)
+    print(json.dumps(result, indent=2, default=str) if as_json else text, file=_result_stream or sys.stdout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,15 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    global _result_stream
     args = build_parser().parse_args(argv)
+    # With --json, stdout carries the result alone: what libraries print on the way (modelopt reports,
+    # conversion notices) goes to stderr with the progress bars.
+    _result_stream = sys.stdout
     try:
-        args.func(args)
+        with contextlib.redirect_stdout(sys.stderr if getattr(args, "json", False) else sys.stdout):
+            args.func(args)
     except WorkshopError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        _result_stream = None
     return 0
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def embedded_checkpoint_dir(progress: bool = True) -> Path:
         raise WorkshopError("Reading a GGUF file needs the `gguf` package.", "pip install gguf==0.19.0")
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if progress:
-        print(f"Converting the embedded GGUF to a cached checkpoint in {target} (once, ~30 s)...")
+        print(f"Converting the embedded GGUF to a cached checkpoint in {target} (once, ~30 s)...", file=sys.stderr)
     try:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -93,7 +93,8 @@ def merge_reports(src, dst) -> list:
     runs = {}
     for folder in (dst, src):  # the incoming run's lines win
         if (folder / "SUMMARY.md").is_file():
-            runs |= dict(re.findall(r"^## (\S+)\n\nRun: ([^;]*);", (folder / "SUMMARY.md").read_text(), re.M))
+            found = re.findall(r"^## (\S+)\n\nRun: ([^;]*);", (folder / "SUMMARY.md").read_text(), re.M)
+            runs |= {lab: line for lab, line in found if line != "not run this time"}
     for lab in incoming:
         if (src / f"{lab}.html").is_file():
             shutil.copyfile(src / f"{lab}.html", dst / f"{lab}.html")

@@ -64,3 +64,10 @@ def test_invalid_mode(monkeypatch, capsys):
     monkeypatch.setenv("WORKSHOP_MODE", "fast")
     assert main(["eval", "--model", "tiny-random"]) == 2
     assert "WORKSHOP_MODE" in capsys.readouterr().err
+
+
+def test_json_stdout_carries_the_result_alone(capsys):
+    """modelopt prints reports on stdout; with --json they must not spoil the result."""
+    assert main(["quantize", "--model", "tiny-random", "--method", "modelopt:FP8_DEFAULT_CFG", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["method"] == "modelopt:FP8_DEFAULT_CFG"

@@ -5,7 +5,6 @@ sparsegpt), of the MLP channels (width; --heads-fraction for attention heads), o
 (depth), of the targeted layers' parameters (svd). --pattern N:M asks for semi-structured sparsity
 (magnitude, wanda, sparsegpt; modelopt is always 2:4). --table lab03 runs lab 03's main comparison.
 """
-import json
 import time
 from pathlib import Path
 
@@ -68,44 +67,18 @@ def lab03_table() -> list:
 
 
 def prune_table(args) -> None:
-    """Every row of lab 03's main table on one model, one calibration batch and the lab's evaluation
-    protocol: `workshop prune --table lab03 [--json]`."""
-    import copy
-
-    from tqdm.auto import tqdm
-
-    from ..budgets import get_budget
-    from ..data import calibration_batch
-    from ..eval import perplexity
-    from ..models import load_model
+    """Every row of lab 03's main table: `workshop prune --table lab03 [--json]`."""
+    from ..tables import run_lab_table
     from .masks import sparsity_of
     given = [f"--{name.replace('_', '-')}" for name in ("method", "sparsity", "pattern", "out", "seqlen", "max_windows")
              if getattr(args, name) is not None]
     if given:
         raise WorkshopError(f"--table runs lab 03's fixed list of methods with the lab's evaluation; it takes no "
                             f"{', '.join(given)}.", "Leave those out, or prune with one --method without --table.")
-    budget = get_budget()
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    calib = calibration_batch(tokenizer, budget.calib_samples, budget.calib_seqlen)
-    evaluate = lambda m: perplexity(m, tokenizer, "embedded", seqlen=budget.eval_seqlen,  # noqa: E731
-                                    max_windows=budget.sweep_eval_windows, progress=False)
-    baseline = evaluate(model)
-    rows = [{"method": "dense", "zeros": sparsity_of(model), "ppl": baseline.ppl, "seconds": 0.0}]
-    for name, function, config in tqdm(lab03_table(), desc="lab 03 table"):
-        start = time.perf_counter()
-        pruned = function(copy.deepcopy(model), config, calib, progress=False)
-        seconds = time.perf_counter() - start
-        rows.append({"method": name, "zeros": sparsity_of(pruned), "ppl": evaluate(pruned).ppl, "seconds": seconds})
-        del pruned
-    result = {"table": "lab03", "model": args.model, "mode": budget.mode, "protocol": baseline.protocol(),
-              "calibration": f"{calib.shape[0]}x{calib.shape[1]} tokens of embedded:calib", "rows": rows}
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
-    print(f"{'method':32s} {'zeros':>6s} {'PPL':>10s} {'time s':>7s}")
-    for row in rows:
-        print(f"{row['method']:32s} {row['zeros']:6.1%} {row['ppl']:10.2f} {row['seconds']:7.1f}")
-    print(f"[{result['protocol']}; calibration {result['calibration']}; zeros among the decoder layers' weights]")
+    jobs = [(name, lambda model, calib, f=function, c=config: (f(model, c, calib, progress=False), None))
+            for name, function, config in lab03_table()]
+    run_lab_table(args, "lab03", jobs, [("zeros", "zeros", 6, ".1%", lambda name, m: sparsity_of(m))],
+                  baseline_name="dense", note="; zeros among the decoder layers' weights")
 
 
 def cmd_prune(args) -> None:

@@ -1,10 +1,8 @@
 """`workshop quantize`: every PTQ method of lab 02 from the command line."""
-import json
 import time
 import warnings
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import WorkshopError
 
@@ -167,54 +165,34 @@ def cmd_quantize(args) -> None:
         result["out"] = str(save_pretrained_atomic(model, tokenizer, args.out))
         result["saved"] = note
         lines.append(f"saved to {result['out']} ({note})")
-    print(json.dumps(result, indent=2, default=str) if args.json else "\n".join(lines))
+    from ..cli import _print
+    _print(result, args.json, "\n".join(lines))
 
 
 def quantize_table(args) -> None:
-    """Every row of lab 02's table (ours, then modelopt's) on one model, one calibration batch and
-    the lab's evaluation protocol: `workshop quantize --table lab02 [--json]`."""
-    import copy
-
+    """Every row of lab 02's table (ours, then modelopt's): `workshop quantize --table lab02 [--json]`."""
     from ..budgets import get_budget
-    from ..data import calibration_batch
-    from ..eval import perplexity
-    from ..models import load_model
+    from ..tables import run_lab_table
     from .modelopt_ptq import CONFIGS, quantize_modelopt
     from .storage import true_bytes
     if args.method or args.bits is not None or args.group_size is not None or args.out:
         raise WorkshopError("--table runs a fixed list of methods; it takes no --method, --bits, --group-size "
                             "or --out.", "Leave those out, or quantize one method without --table.")
-    budget = get_budget()
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    calib = calibration_batch(tokenizer, budget.calib_samples, budget.calib_seqlen)
-    evaluate = lambda m: perplexity(m, tokenizer, "embedded", seqlen=budget.eval_seqlen,  # noqa: E731
-                                    max_windows=budget.sweep_eval_windows, progress=False)
-    baseline = evaluate(model)
-    rows = [{"method": f"baseline ({str(model.dtype)[6:]})", "bits": 16 if model.dtype == torch.bfloat16 else 32,
-             "bytes": true_bytes(model), "ppl": baseline.ppl, "seconds": 0.0}]
-    jobs = [(name, quantize, config, bits) for name, quantize, config, bits in lab02_table(budget.mode)]
-    jobs += [(f"modelopt {name}", "modelopt", name, CONFIGS[name][0]) for name in lab02_modelopt_configs(budget.mode)]
-    for name, quantize, config, bits in tqdm(jobs, desc="lab 02 table"):
-        candidate = copy.deepcopy(model)
-        if quantize == "modelopt":
-            candidate, seconds = quantize_modelopt(candidate, config, calib, progress=False)
-        else:
-            fit_group_size(candidate, config)
-            start = time.perf_counter()
-            candidate = quantize(candidate, config, calib, progress=False)
-            seconds = time.perf_counter() - start
-        rows.append({"method": name, "bits": bits, "bytes": true_bytes(candidate), "ppl": evaluate(candidate).ppl,
-                     "seconds": seconds})
-        del candidate
-    result = {"table": "lab02", "model": args.model, "mode": budget.mode, "protocol": baseline.protocol(),
-              "calibration": f"{calib.shape[0]}x{calib.shape[1]} tokens of embedded:calib", "rows": rows}
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
-    print(f"{'method':34s} {'bits':>4s} {'MB':>8s} {'PPL':>9s} {'time s':>7s}")
-    for row in rows:
-        print(f"{row['method']:34s} {row['bits']:4d} {row['bytes'] / 1e6:8.1f} {row['ppl']:9.2f} {row['seconds']:7.1f}")
-    print(f"[{result['protocol']}; calibration {result['calibration']}]")
+    mode = get_budget().mode
+
+    def ours(quantize, config):
+        def method(model, calib):
+            fit_group_size(model, config)
+            return quantize(model, config, calib, progress=False), None
+        return method
+
+    bits = {name: b for name, _, _, b in lab02_table(mode)} | {f"modelopt {n}": CONFIGS[n][0] for n in CONFIGS}
+    jobs = [(name, ours(quantize, config)) for name, quantize, config, _ in lab02_table(mode)]
+    jobs += [(f"modelopt {name}", lambda model, calib, name=name: quantize_modelopt(model, name, calib, progress=False))
+             for name in lab02_modelopt_configs(mode)]
+    columns = [("bits", "bits", 4, "d", lambda name, m: bits.get(name, 16 if m.dtype == torch.bfloat16 else 32)),
+               ("bytes", "MB", 8, ".1f", lambda name, m: true_bytes(m) / 1e6)]
+    run_lab_table(args, "lab02", jobs, columns, baseline_name="baseline")
 
 
 def add_commands(command) -> None:
