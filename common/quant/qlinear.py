@@ -16,6 +16,8 @@ token computed at run time) or "fp8_static" (one calibrated float32 `input_scale
 Everything is a buffer, so `stored_bytes`, `state_dict()` and `save_pretrained` see what is stored.
 `pack_quantized(model)` turns the fake-quantized linears of lab 02's methods into these layers.
 """
+import warnings
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -195,9 +197,15 @@ class QuantLinear(nn.Module):
         if not self.qweight.is_cuda:
             return False
         capability = torch.cuda.get_device_capability(self.qweight.device)
+        needed = (7, 5) if self.activations == "int8_per_token" else (8, 9)
+        if capability < needed:  # said once per process (Python shows a warning once per place)
+            warnings.warn(f"This GPU (sm_{capability[0]}{capability[1]}) has no {self.fmt.upper()} tensor cores "
+                          f"(sm_{needed[0]}{needed[1]}+): QuantLinear computes {self.activations} layers with the "
+                          "dequantize-then-matmul reference instead (same numbers, no speed-up).")
+            return False
         if self.activations == "int8_per_token":
-            return capability >= (7, 5) and rows > 16 and self.in_features % 8 == 0 and self.out_features % 8 == 0
-        return capability >= (8, 9) and rows % 16 == 0 and self.in_features % 16 == 0 and self.out_features % 16 == 0
+            return rows > 16 and self.in_features % 8 == 0 and self.out_features % 8 == 0
+        return rows % 16 == 0 and self.in_features % 16 == 0 and self.out_features % 16 == 0
 
     def low_precision_gemm(self, x: torch.Tensor) -> torch.Tensor:
         if self.activations == "int8_per_token":
@@ -286,7 +294,6 @@ def pack_quantized(model: nn.Module, progress: bool = True) -> nn.Module:
         except NotPackable as reason:
             left.setdefault(str(reason), []).append(name)
     if left:
-        import warnings
         warnings.warn("; ".join(f"{len(v)} linears stay fake-quantized ({k}: no packed layout)" for k, v in left.items()))
     return model
 
