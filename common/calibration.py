@@ -72,37 +72,35 @@ def walk_layers(model, calib_batch: torch.Tensor, edit_layer, progress: bool = T
 
 
 @torch.no_grad()
-def record_linear_inputs(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, names=None) -> dict:
-    """{name: X} with X [tokens, in_features] (float32) the input of each linear of `layer`."""
-    inputs, handles = {}, []
-    for name, linear in linear_layers(layer).items():
-        if names is None or name in names:
-            def hook(module, args, name=name):
-                inputs.setdefault(name, []).append(args[0].reshape(-1, args[0].shape[-1]).float())
-            handles.append(linear.register_forward_pre_hook(hook))
+def _run_with_input_hooks(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, on_input, names=None) -> None:
+    """Run `layer` on the calibration batch, calling on_input(name, X) with each chunk's input X
+    [tokens, in_features] (float32) of each linear (or of those in `names`)."""
+    handles = [linear.register_forward_pre_hook(
+                   lambda module, args, name=name: on_input(name, args[0].reshape(-1, args[0].shape[-1]).float()))
+               for name, linear in linear_layers(layer).items() if names is None or name in names]
     try:
         run_layer(layer, hidden, kwargs)
     finally:
         for h in handles:
             h.remove()
+
+
+def record_linear_inputs(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, names=None) -> dict:
+    """{name: X} with X [tokens, in_features] (float32) the input of each linear of `layer`."""
+    inputs = {}
+    _run_with_input_hooks(layer, hidden, kwargs, lambda name, x: inputs.setdefault(name, []).append(x), names)
     return {name: torch.cat(xs) for name, xs in inputs.items()}
 
 
-@torch.no_grad()
 def linear_input_grams(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> dict:
     """{name: X^T X / n} (float32 [in, in]) for each linear of `layer`, accumulated chunk by chunk."""
-    sums, tokens, handles = {}, {}, []
-    for name, linear in linear_layers(layer).items():
-        def hook(module, args, name=name):
-            x = args[0].reshape(-1, args[0].shape[-1]).float()
-            sums[name] = x.T @ x + sums.get(name, 0)
-            tokens[name] = tokens.get(name, 0) + x.shape[0]
-        handles.append(linear.register_forward_pre_hook(hook))
-    try:
-        run_layer(layer, hidden, kwargs)
-    finally:
-        for h in handles:
-            h.remove()
+    sums, tokens = {}, {}
+
+    def accumulate(name, x):
+        sums[name] = x.T @ x + sums.get(name, 0)
+        tokens[name] = tokens.get(name, 0) + x.shape[0]
+
+    _run_with_input_hooks(layer, hidden, kwargs, accumulate)
     return {name: s / tokens[name] for name, s in sums.items()}
 
 

@@ -342,22 +342,9 @@ def test_prune_command_writes_a_loadable_checkpoint(tmp_path, capsys):
 
 def _lab03_run_calls() -> dict:
     """{name: (function name, config)} of every run("name", function, Config(...)) in lab 03."""
-    import ast
-
-    import nbformat
-
     from common.prune import magnitude, modelopt_sparsity, sparsegpt, wanda
-    namespace = {name: getattr(module, name) for module in (magnitude, modelopt_sparsity, sparsegpt, wanda)
-                 for name in dir(module) if name.endswith("Config")}
-    notebook = nbformat.read("solutions/03_pruning_and_low_rank.ipynb", as_version=4)
-    calls = {}
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            for node in ast.walk(ast.parse(cell.source)):
-                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "run":
-                    name, function, config = node.args
-                    calls[name.value] = (function.id, eval(ast.unparse(config), namespace))
-    return calls
+    from conftest import lab_run_calls
+    return lab_run_calls("solutions/03_pruning_and_low_rank.ipynb", (magnitude, modelopt_sparsity, sparsegpt, wanda,))
 
 
 def test_cli_table_is_the_labs_own_list():

@@ -194,22 +194,9 @@ def test_formats_without_a_packed_layout_stay_fake_quantized(tiny):
 
 def _lab02_run_calls() -> dict:
     """{name: (function name, config, bits)} of every run("name", function, Config(...), bits) in lab 02."""
-    import ast
-
-    import nbformat
-
     from common.quant import awq, fp8, gptq, nf4, rtn, smoothquant
-    namespace = {name: getattr(module, name) for module in (awq, fp8, gptq, nf4, rtn, smoothquant)
-                 for name in dir(module) if name.endswith("Config")}
-    notebook = nbformat.read("solutions/02_post_training_quantization.ipynb", as_version=4)
-    calls = {}
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            for node in ast.walk(ast.parse(cell.source)):
-                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "run":
-                    name, function, config, bits = node.args
-                    calls[name.value] = (function.id, eval(ast.unparse(config), namespace), bits.value)
-    return calls
+    from conftest import lab_run_calls
+    return lab_run_calls("solutions/02_post_training_quantization.ipynb", (awq, fp8, gptq, nf4, rtn, smoothquant,))
 
 
 def test_cli_table_is_the_labs_own_list():

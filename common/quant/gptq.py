@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..calibration import record_linear_inputs, walk_layers
+from ..calibration import linear_input_grams, walk_layers
 from .formats import dequantize_int, int_scale_zero, quantize_int
 from .storage import WeightFormat, mark_quantized, stored_scale_dtype
 
@@ -113,11 +113,11 @@ SHARED_INPUTS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), (
 def quantize_gptq(model, config: GPTQConfig, calib_batch: torch.Tensor, progress: bool = True):
     """GPTQ on every linear of the decoder, layer by layer on the calibration batch."""
     def quantize_layer(index, layer, hidden, kwargs):
-        inputs = record_linear_inputs(layer, hidden, kwargs)
+        grams = linear_input_grams(layer, hidden, kwargs)  # X^T X / n, so H = 2 * gram (see hessian)
         for names in SHARED_INPUTS:
             linears = [layer.get_submodule(name) for name in names]
             stacked = torch.cat([linear.weight.data for linear in linears])
-            quantized, scales, zeros = gptq_quantize_weight(stacked, hessian(inputs[names[0]]), config)
+            quantized, scales, zeros = gptq_quantize_weight(stacked, 2 * grams[names[0]], config)
             rows = [lin.out_features for lin in linears]
             for linear, weight, scale, zero in zip(linears, quantized.split(rows), scales.split(rows), zeros.split(rows)):
                 linear.weight.data = weight.contiguous()
