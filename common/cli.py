@@ -67,10 +67,12 @@ def cmd_bench_kernels(args) -> None:
     result = bench.run(shapes=args.shapes.split(",") if args.shapes else None)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else None
     write_json_atomic(out.with_suffix(".json"), result)
     bench.plot_roofline(result, out.with_suffix(".png"), measure_memory_bandwidth("cuda"),
                         measure_matmul_flops("cuda", torch.bfloat16))
-    text = bench.markdown(result) + f"\n![roofline]({out.with_suffix('.png').name})\n"
+    text = bench.markdown(result) + (f"\n{bench.agreement(previous, result)}" if previous else "") + \
+        f"\n![roofline]({out.with_suffix('.png').name})\n"
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(text)
     tmp.replace(out)

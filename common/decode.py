@@ -4,28 +4,160 @@ Eager transformers code launches hundreds of small kernels per token from Python
 the GPU then waits on the CPU, far from the memory-bandwidth bound. Here every buffer a step touches
 has a fixed address (the static cache, the next token, its position, the attention mask), so one
 step can be captured once as a CUDA graph and replayed: one launch per token.
+
+A graph removes the CPU from the loop but keeps every kernel: eager code runs RMSNorm, rotary
+embeddings and the MLP's gate as chains of small element-wise kernels, each a few microseconds on
+the GPU however little it computes. `compile=True` first lets torch.compile (Inductor) fuse those
+chains into a few generated kernels per layer; the compiled step is then captured the same way.
 """
+import copy
 import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 from .errors import WorkshopError
 
 
-class StaticGreedyDecoder:
-    """Greedy generation for `batch_size` sequences of at most `max_len` tokens in total."""
+class TransformersStep:
+    """One forward of the model itself, with transformers' StaticCache."""
 
-    def __init__(self, model, batch_size: int, max_len: int, cuda_graph: bool = True):
+    def __init__(self, model, batch_size: int, max_len: int):
         from transformers import StaticCache
+        self.model, self.cache = model, StaticCache(config=model.config, max_cache_len=max_len)
+
+    def reset(self) -> None:
+        self.cache.reset()
+
+    def __call__(self, tokens, positions, mask):
+        return self.model(tokens, past_key_values=self.cache, position_ids=positions, attention_mask=mask,
+                          logits_to_keep=1).logits[:, -1]
+
+
+def concat_linears(layers):
+    """The layers that read the same input as one wider layer (their outputs side by side), or None.
+
+    One matmul of N1 + N2 + N3 rows instead of three: fewer, fuller kernels. Packed QuantLinear
+    layers concatenate their codes, scales and zeros row-wise, provided the formats match and the
+    scales are per row (a per-tensor FP8 scale is not).
+    """
+    from .quant.qlinear import QuantLinear
+    first = layers[0]
+    if all(type(m) is torch.nn.Linear for m in layers):
+        fused = torch.nn.Linear(first.in_features, sum(m.out_features for m in layers), bias=first.bias is not None,
+                                device=first.weight.device, dtype=first.weight.dtype)
+        fused.weight.data = torch.cat([m.weight.data for m in layers])
+        if first.bias is not None:
+            fused.bias.data = torch.cat([m.bias.data for m in layers])
+        return fused
+    same = all(isinstance(m, QuantLinear) and (m.fmt, m.group_size, m.activations, m.bias is None) ==
+               (first.fmt, first.group_size, first.activations, first.bias is None) for m in layers)
+    if not same or any(m.scales.shape[0] != m.out_features for m in layers) or \
+            (first.activations and any(not torch.equal(m.input_scale, first.input_scale) for m in layers)):
+        return None
+    fused = copy.deepcopy(first)
+    fused.out_features = sum(m.out_features for m in layers)
+    for name in ("qweight", "scales", "zeros", "bias"):
+        if getattr(first, name, None) is not None:
+            setattr(fused, name, torch.cat([getattr(m, name) for m in layers]))
+    return fused
+
+
+class _Concatenated(torch.nn.Module):
+    """Layers that cannot be fused, run one after another with their outputs side by side."""
+
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(layers)
+
+    def forward(self, x):
+        return torch.cat([m(x) for m in self.layers], dim=-1)
+
+
+class LeanLlamaStep(torch.nn.Module):
+    """A Llama-family forward written out for decoding, on the model's own modules and weights.
+
+    What a step does, without the generality of the transformers code: q/k/v in one matmul and
+    gate/up in one, rotary embeddings from a table, a KV cache owned here, and logits for the last
+    position only. The same greedy tokens as the model itself (tested).
+    """
+
+    def __init__(self, model, batch_size: int, max_len: int):
+        super().__init__()
+        config = model.config
+        unsupported = [n for n, _ in model.named_modules() if n.endswith(("q_norm", "k_norm"))]
+        if config.model_type not in ("llama", "mistral", "qwen2") or unsupported or \
+                getattr(config, "sliding_window", None) and config.sliding_window < max_len:
+            raise WorkshopError(f"The lean decode step covers Llama, Mistral and Qwen2 models without sliding "
+                                f"windows or q/k norms; this is a {config.model_type} model.",
+                                "Decode with lean=False (the model's own forward, still with a static cache).")
+        self.model = model
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.qkv, self.gate_up = torch.nn.ModuleList(), torch.nn.ModuleList()
+        for layer in model.model.layers:
+            a, m = layer.self_attn, layer.mlp
+            self.qkv.append(concat_linears([a.q_proj, a.k_proj, a.v_proj]) or _Concatenated([a.q_proj, a.k_proj, a.v_proj]))
+            self.gate_up.append(concat_linears([m.gate_proj, m.up_proj]) or _Concatenated([m.gate_proj, m.up_proj]))
+        weight = model.model.embed_tokens.weight
+        shape = (len(model.model.layers), batch_size, self.kv_heads, max_len, self.head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=weight.dtype, device=weight.device))
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=weight.dtype, device=weight.device))
+        # the model's own rotary module, evaluated once for every position
+        positions = torch.arange(max_len, device=weight.device)[None]
+        cos, sin = model.model.rotary_emb(weight[:1, None], positions)
+        self.register_buffer("cos", cos[0])
+        self.register_buffer("sin", sin[0])
+
+    def reset(self) -> None:
+        self.k_cache.zero_()
+        self.v_cache.zero_()
+
+    def forward(self, tokens, positions, mask):
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+        inner = self.model.model
+        batch, length = tokens.shape
+        h = inner.embed_tokens(tokens)
+        cos, sin = self.cos[positions], self.sin[positions]                     # [B, T, D]
+        slots = positions[0]                                                    # every sequence is at the same place
+        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        for i, layer in enumerate(inner.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            q, k, v = self.qkv[i](layer.input_layernorm(h)).split([q_size, kv_size, kv_size], dim=-1)
+            q = q.view(batch, length, self.heads, self.head_dim).transpose(1, 2)
+            k = k.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = v.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+            self.k_cache[i].index_copy_(2, slots, k)
+            self.v_cache[i].index_copy_(2, slots, v)
+            out = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask,
+                                                 scale=attn.scaling, enable_gqa=True)
+            h = h + attn.o_proj(out.transpose(1, 2).reshape(batch, length, q_size))
+            gate, up = self.gate_up[i](layer.post_attention_layernorm(h)).chunk(2, dim=-1)
+            h = h + mlp.down_proj(mlp.act_fn(gate) * up)
+        return self.model.lm_head(inner.norm(h[:, -1]))
+
+
+class StaticGreedyDecoder:
+    """Greedy generation for `batch_size` sequences of at most `max_len` tokens in total.
+
+    `lean=True` runs `LeanLlamaStep` instead of the model's own forward; `compile=True` compiles the
+    step with torch.compile before the CUDA graph captures it.
+    """
+
+    def __init__(self, model, batch_size: int, max_len: int, cuda_graph: bool = True, compile: bool = False,
+                 lean: bool = False):
         self.model, self.batch_size, self.max_len = model, batch_size, max_len
         self.device = next(model.parameters()).device
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
-        self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        self.forward = (LeanLlamaStep if lean else TransformersStep)(model, batch_size, max_len)
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.mask = torch.zeros(batch_size, 1, 1, max_len, dtype=torch.bool, device=self.device)
-        self.graph = None
+        # fullgraph: a graph break would split the step and hand the pieces back to eager Python
+        self.step = torch.compile(self._step, fullgraph=True, dynamic=False) if compile else self._step
+        self.graph, self.graph_ready = None, False
 
     @torch.inference_mode()
     def prefill(self, prompt: torch.Tensor) -> None:
@@ -34,23 +166,21 @@ class StaticGreedyDecoder:
             raise WorkshopError(f"The prompt is {batch} x {length} but the decoder was built for batch "
                                 f"{self.batch_size} and {self.max_len} tokens in total.",
                                 "Build the decoder with the prompt's batch size and a larger max_len.")
-        self.cache.reset()
+        self.forward.reset()
         self.mask.zero_()
         self.mask[..., :length] = True
         causal = torch.ones(length, self.max_len, dtype=torch.bool, device=self.device).tril()
         causal[:, length:] = False
         positions = torch.arange(length, device=self.device).expand(batch, -1)
-        logits = self.model(prompt.to(self.device), past_key_values=self.cache, position_ids=positions,
-                            attention_mask=causal.expand(batch, 1, -1, -1), logits_to_keep=1).logits
-        self.token.copy_(logits[:, -1:].argmax(-1))
+        logits = self.forward(prompt.to(self.device), positions, causal.expand(batch, 1, -1, -1))
+        self.token.copy_(logits.argmax(-1, keepdim=True))
         self.position.fill_(length)
 
     def _step(self) -> None:
         # Everything in place: the same code serves eager execution and graph capture.
         self.mask.index_fill_(3, self.position[0], True)
-        logits = self.model(self.token, past_key_values=self.cache, position_ids=self.position,
-                            attention_mask=self.mask).logits
-        self.token.copy_(logits[:, -1:].argmax(-1))
+        logits = self.forward(self.token, self.position, self.mask)
+        self.token.copy_(logits.argmax(-1, keepdim=True))
         self.position.add_(1)
 
     @torch.inference_mode()
@@ -64,19 +194,20 @@ class StaticGreedyDecoder:
             if self.cuda_graph and self.graph is None and i == 2:  # capture after two eager warm-up steps
                 self.graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(self.graph):
-                    self._step()
-            if self.graph is not None and i >= 2:
+                    self.step()
+            if self.graph is not None and (i >= 2 or self.graph_ready):
                 self.graph.replay()
             else:
-                self._step()
+                self.step()
             out.append(self.token.clone())
+        self.graph_ready = self.graph is not None  # later calls replay from their first step
         return torch.cat(out, dim=1)
 
 
 def measure_static_decode(model, batch_size: int = 1, prompt_len: int = 64, new_tokens: int = 128,
-                          repeats: int = 5, cuda_graph: bool = True) -> dict:
+                          repeats: int = 5, cuda_graph: bool = True, compile: bool = False, lean: bool = False) -> dict:
     """Decode tokens/s of StaticGreedyDecoder (median of repeats, CUDA-synchronised)."""
-    decoder = StaticGreedyDecoder(model, batch_size, prompt_len + new_tokens + 1, cuda_graph)
+    decoder = StaticGreedyDecoder(model, batch_size, prompt_len + new_tokens + 1, cuda_graph, compile, lean)
     prompt = torch.randint(0, model.config.vocab_size, (batch_size, prompt_len), generator=torch.Generator().manual_seed(0))
     times = []
     for _ in range(repeats + 1):  # the first run captures the graph and is not counted
@@ -89,5 +220,5 @@ def measure_static_decode(model, batch_size: int = 1, prompt_len: int = 64, new_
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     seconds = statistics.median(times[1:])
-    return {"batch_size": batch_size, "new_tokens": new_tokens, "cuda_graph": decoder.cuda_graph,
+    return {"batch_size": batch_size, "new_tokens": new_tokens, "cuda_graph": decoder.cuda_graph, "compiled": compile, "lean": lean,
             "decode_tokens_per_s": batch_size * new_tokens / seconds, "ms_per_step": 1000 * seconds / new_tokens}

@@ -16,6 +16,7 @@ from common.quant.qlinear import QuantLinear, dequantize_int4, unpack_int4
 
 from .gemm_paths import fp8_linear, int8_linear, quantize_fp8, quantize_int8_rows, tinygemm_linear, tinygemm_pack
 from .gemm_paths import two_four_sparse
+from . import w4a16
 from .w4a16 import w4a16_matmul
 
 SHAPES = {  # name: (N = out_features, K = in_features)
@@ -119,6 +120,9 @@ def square_comparisons(size: int = 8192) -> dict:
     out = {"bf16_us": time_rotating(lambda x, y: x @ y.t(), [(a, w)])}
     wf = quantize_fp8(w, rowwise=False)
     out["fp8_us"] = time_rotating(lambda x: fp8_linear(x, *wf), [(a,)])
+    af = quantize_fp8(a, rowwise=False)  # activations already in FP8 (as a previous FP8 layer would leave them)
+    out["fp8_gemm_only_us"] = time_rotating(
+        lambda x, sx: torch._scaled_mm(x, wf[0].t(), scale_a=sx, scale_b=wf[1], out_dtype=torch.bfloat16), [af])
     wf_row = quantize_fp8(w, rowwise=True)
     out["fp8_rowwise_us"] = time_rotating(lambda x: fp8_linear(x, wf_row[0], wf_row[1], rowwise=True), [(a,)])
     wi = quantize_int8_rows(w)
@@ -142,7 +146,8 @@ def run(shapes=None, batch_sizes=BATCH_SIZES) -> dict:
     rows = [r for name in chosen for r in bench_shape(name, *SHAPES[name], batch_sizes)]
     return {"device": device_description(), "driver": _driver(), "versions": package_versions(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "rows": rows, "square_8192": square_comparisons(), "correctness": check_correctness()}
+            "rows": rows, "square_8192": square_comparisons(), "correctness": check_correctness(),
+            "w4a16_configs": {str(key): config for key, config in w4a16.CONFIG_CACHE.items()}}
 
 
 def _driver() -> str:
@@ -171,7 +176,8 @@ def markdown(result: dict) -> str:
                      f"{r.get('int8_us', float('nan')):.1f} | {r.get('fp8_us', float('nan')):.1f} |")
     sq = result["square_8192"]
     lines += ["", "8192 x 8192 x 8192 (compute bound) and M = 16 (decode-like):", "",
-              f"- bf16 {sq['bf16_us']:.0f} µs; FP8 per-tensor {sq['bf16_us'] / sq['fp8_us']:.2f}x, FP8 row-wise "
+              f"- bf16 {sq['bf16_us']:.0f} µs; FP8 per-tensor {sq['bf16_us'] / sq['fp8_us']:.2f}x "
+              f"(the GEMM alone on FP8 activations {sq['bf16_us'] / sq['fp8_gemm_only_us']:.2f}x), FP8 row-wise "
               f"{sq['bf16_us'] / sq['fp8_rowwise_us']:.2f}x, INT8 {sq['bf16_us'] / sq['int8_us']:.2f}x, "
               f"2:4 sparse {sq['bf16_us'] / sq['sparse24_us']:.2f}x faster than bf16 (activation quantization included "
               "for FP8/INT8)",
@@ -179,6 +185,20 @@ def markdown(result: dict) -> str:
               "Relative error against a float32 reference of the same dequantized weights: " +
               ", ".join(f"{k} {v:.1e}" for k, v in result["correctness"].items())]
     return "\n".join(lines) + "\n"
+
+
+def agreement(previous: dict, result: dict, tolerance: float = 0.05) -> str:
+    """How many of the timings two runs share agree within `tolerance`, and the largest differences."""
+    before = {(r["shape"], r["M"]): r for r in previous["rows"]}
+    diffs = [(abs(r[k] / before[key][k] - 1), k, *key, before[key][k], r[k])
+             for r in result["rows"] if (key := (r["shape"], r["M"])) in before
+             for k in ("bf16_us", "w4a16_us", "tinygemm_us")]
+    if not diffs:
+        return ""
+    worst = sorted(diffs, reverse=True)[:5]
+    return (f"Stability: against the previous run ({previous['date']}), {sum(d[0] <= tolerance for d in diffs)} of "
+            f"{len(diffs)} timings (bf16, W4A16, tinygemm) agree within {tolerance:.0%}; the largest differences: " +
+            "; ".join(f"{k[:-3]} {shape} M={m} {a:.1f} -> {b:.1f} µs" for _, k, shape, m, a, b in worst) + ".\n")
 
 
 def plot_roofline(result: dict, path, bandwidth_bytes_per_s: float, peak_flops: float):

@@ -124,8 +124,10 @@ def check_w4a16_inputs(x, qweight, scales, zeros, group_size):
         raise WorkshopError(f"The W4A16 kernel needs a power-of-two group size of at least 32 that divides K "
                             f"(here group {group_size}, K {K}), with scales and zeros of shape [N, K // group].",
                             "Use the dequantize-then-matmul reference path for this layer.")
-    if qweight.dtype != torch.uint8 or x.dtype not in (torch.float16, torch.bfloat16):
-        raise WorkshopError("The W4A16 kernel takes uint8 packed weights and fp16/bf16 activations.",
+    sixteen_bit = (torch.float16, torch.bfloat16)
+    if qweight.dtype != torch.uint8 or x.dtype not in sixteen_bit or scales.dtype not in sixteen_bit \
+            or zeros.dtype not in sixteen_bit:
+        raise WorkshopError("The W4A16 kernel takes uint8 packed weights and fp16/bf16 activations, scales and zeros.",
                             "Convert the activations with .half() or .bfloat16().")
 
 
@@ -156,19 +158,28 @@ def _pick_config(x2d, qweight, scales, zeros, group_size):
         if INTERPRETING or x2d.device.type != "cuda":
             CONFIG_CACHE[key] = candidates[0]
         else:
-            timings = []
+            timings, errors = [], []
             for config in candidates:
                 try:
                     # graph replays: the kernel's time, not Python's launch overhead
                     ms = triton.testing.do_bench_cudagraph(
                         lambda: _run(x2d, qweight, scales, zeros, group_size, config), rep=20, return_mode="median")
-                except Exception:  # a config may not fit this GPU's shared memory or registers
+                except Exception as error:  # a config may not fit this GPU's shared memory or registers
+                    errors.append(error)
                     continue
                 timings.append((ms, config))
+            if not timings:
+                raise WorkshopError(f"No launch configuration of the W4A16 kernel ran on this GPU; the first "
+                                    f"failure was: {str(errors[0]).splitlines()[0][:300]}",
+                                    "Use the dequantize-then-matmul reference path (QuantLinear on the CPU, or "
+                                    "report the GPU and Triton version).")
             CONFIG_CACHE[key] = min(timings, key=lambda t: t[0])[1]
     return CONFIG_CACHE[key]
 
 
+# A custom op, so that torch.compile treats the kernel as one opaque call (its Python-side config
+# choice cannot be traced) instead of breaking the compiled graph around it.
+@torch.library.custom_op("workshop::w4a16_matmul", mutates_args=())
 def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                  group_size: int = 128) -> torch.Tensor:
     """x [..., K] (fp16/bf16) times the dequantized packed weight transposed: [..., N]."""
@@ -176,3 +187,8 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     x2d = x.reshape(-1, x.shape[-1]).contiguous()
     config = _pick_config(x2d, qweight, scales, zeros, group_size)
     return _run(x2d, qweight, scales, zeros, group_size, config).view(*x.shape[:-1], qweight.shape[0])
+
+
+@w4a16_matmul.register_fake
+def _(x, qweight, scales, zeros, group_size=128):
+    return x.new_empty(*x.shape[:-1], qweight.shape[0])

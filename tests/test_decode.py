@@ -1,6 +1,10 @@
+import copy
+
+import pytest
 import torch
 
-from common.decode import StaticGreedyDecoder, measure_static_decode
+from common.decode import StaticGreedyDecoder, concat_linears, measure_static_decode
+from common.quant.qlinear import QuantLinear, replace_linears
 
 
 def test_static_decoder_matches_transformers_greedy(tiny):
@@ -18,3 +22,38 @@ def test_static_decoder_matches_transformers_greedy(tiny):
 def test_measure_static_decode_runs(tiny):
     result = measure_static_decode(tiny[0], batch_size=1, prompt_len=8, new_tokens=4, repeats=1)
     assert result["decode_tokens_per_s"] > 0 and result["cuda_graph"] is False
+
+
+def test_compiled_decoder_gives_the_same_tokens(tiny):
+    model, _ = tiny
+    prompt = torch.randint(0, 256, (1, 10), generator=torch.Generator().manual_seed(4))
+    eager = StaticGreedyDecoder(model, batch_size=1, max_len=24)
+    eager.prefill(prompt)
+    compiled = StaticGreedyDecoder(model, batch_size=1, max_len=24, compile=True)
+    compiled.prefill(prompt)
+    assert torch.equal(compiled.decode(6), eager.decode(6))
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_lean_step_gives_the_models_tokens(tiny, quantized):
+    model, _ = tiny
+    if quantized:  # packed INT4 layers: q/k/v and gate/up are fused by concatenating codes, scales and zeros
+        model = replace_linears(copy.deepcopy(model), "int4", group_size=64, progress=False)
+    prompt = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(5))
+    reference = StaticGreedyDecoder(model, batch_size=2, max_len=32)
+    reference.prefill(prompt)
+    lean = StaticGreedyDecoder(model, batch_size=2, max_len=32, lean=True)
+    lean.prefill(prompt)
+    assert torch.equal(lean.decode(10), reference.decode(10))
+    step = lean.forward
+    assert all(type(m).__name__ != "_Concatenated" for m in list(step.qkv) + list(step.gate_up))
+
+
+def test_concat_linears_is_the_same_map():
+    layers = [torch.nn.Linear(32, n, bias=True) for n in (16, 8, 8)]
+    x = torch.randn(3, 32)
+    assert torch.allclose(concat_linears(layers)(x), torch.cat([m(x) for m in layers], -1), atol=1e-6)
+    packed = [QuantLinear.from_linear(m, "int4", 16) for m in layers]
+    assert torch.equal(concat_linears(packed)(x), torch.cat([m(x) for m in packed], -1))
+    mixed = [QuantLinear.from_linear(layers[0], "int4", 16), QuantLinear.from_linear(layers[1], "int4", 32)]
+    assert concat_linears(mixed) is None  # different grids: the layers stay separate

@@ -9,6 +9,7 @@ if not torch.cuda.is_available():
 
 from common.errors import WorkshopError  # noqa: E402
 from common.quant.qlinear import QuantLinear, dequantize_int4, pack_int4  # noqa: E402
+from kernels.gemm_paths import quantize_int8_rows, quantize_rows  # noqa: E402
 from kernels.w4a16 import GEMM_CONFIGS, GEMV_CONFIGS, _run, w4a16_matmul  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -56,9 +57,9 @@ def test_split_k_gemv_configs(config):
     assert ((out.float() - reference).norm() / reference.norm()) < 1e-2
 
 
-@pytest.mark.parametrize("config", [GEMM_CONFIGS[0], GEMM_CONFIGS[-1]])
+@pytest.mark.parametrize("config", [c for c in GEMM_CONFIGS if c["SPLIT_K"] > 1] + [GEMM_CONFIGS[-1]])
 def test_gemm_configs_with_split_k_tail(config):
-    _, qweight, scales, zeros = random_w4(64, 576, 64, torch.float16)  # 9 groups: split 4 ways leaves a tail
+    _, qweight, scales, zeros = random_w4(64, 576, 64, torch.float16)  # K = 4.5 x 128: the last K block is half empty
     x = torch.randn(20, 576).half().to(DEVICE)
     reference = x.float() @ dequantize_int4(qweight, scales, zeros, 64).float().T
     out = _run(x, qweight, scales, zeros, 64, config)
@@ -71,3 +72,33 @@ def test_unsupported_shapes_say_what_to_do():
         w4a16_matmul(torch.randn(1, 256).half().to(DEVICE), qweight, scales, zeros, group_size=96)
     with pytest.raises(WorkshopError, match="fp16/bf16"):
         w4a16_matmul(torch.randn(1, 256).to(DEVICE), qweight, scales, zeros)
+
+
+def test_scales_may_be_fp16_for_bf16_activations():
+    """QuantLinear stores fp16 scales; the kernel converts them in registers instead of a copy per call."""
+    _, qweight, scales, zeros = random_w4(48, 256, 64, torch.float16)
+    x = torch.randn(1, 256).to(torch.bfloat16).to(DEVICE)
+    reference = x.float() @ dequantize_int4(qweight, scales, zeros, 64).float().T
+    out = w4a16_matmul(x, qweight, scales, zeros, 64)
+    assert out.dtype == torch.bfloat16 and ((out.float() - reference).norm() / reference.norm()) < 1e-2
+
+
+def test_every_nibble_position_meets_its_input():
+    """One code set at a time: output row n must be (code - zero) * scale * x[k] for exactly that k."""
+    n, k, group = 8, 128, 128
+    codes = torch.zeros(n, k, dtype=torch.long)
+    for row in range(n):
+        codes[row, 8 * row + row] = 15  # row r: nibble r of word r
+    x = torch.arange(1, k + 1, dtype=torch.float16).reshape(1, k) / 64
+    scales, zeros = torch.ones(n, 1, dtype=torch.float16), torch.zeros(n, 1, dtype=torch.float16)
+    out = w4a16_matmul(x.to(DEVICE), pack_int4(codes).to(DEVICE), scales.to(DEVICE), zeros.to(DEVICE), group)
+    assert torch.equal(out.float().cpu(), torch.tensor([[15 * x[0, 9 * r].item() for r in range(n)]]))
+
+
+def test_one_pass_int8_quantizer_matches_the_reference():
+    x = (torch.randn(5, 300, generator=torch.Generator().manual_seed(2)) * 3).to(torch.bfloat16).to(DEVICE)
+    codes, scale = quantize_rows(x, torch.int8)
+    ref_codes, ref_scale = quantize_int8_rows(x)
+    assert torch.equal(scale, ref_scale) and torch.equal(codes, ref_codes)
+    static_codes, _ = quantize_rows(x, torch.int8, torch.tensor(0.05, device=DEVICE))
+    assert torch.equal(static_codes, torch.clamp(torch.round(x.float() / 0.05), -127, 127).to(torch.int8))

@@ -112,12 +112,14 @@ def test_replace_linears(tiny):
                     reason="INT8/FP8 tensor-core paths need a GPU with FP8 (sm_89+)")
 @pytest.mark.parametrize("fmt, group_size, activations", [("int8", None, "int8_per_token"),
                                                           ("fp8", None, "fp8_static"), ("fp8", -1, "fp8_static")])
-def test_low_precision_gemm_paths_match_the_reference(fmt, group_size, activations):
+@pytest.mark.parametrize("shape", [(2, 32), (1, 1), (1, 3)])  # prefill-like, and decode's rows padded to the kernels' M
+def test_low_precision_gemm_paths_match_the_reference(fmt, group_size, activations, shape):
     lin = linear(256, 512).cuda().to(torch.bfloat16)
-    x = torch.randn(2, 32, 512, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(*shape, 512, device="cuda", dtype=torch.bfloat16)
     scale = torch.tensor([x.abs().max().item() / 448], device="cuda") if fmt == "fp8" else None
     q = QuantLinear.from_linear(lin, fmt, group_size, activations=activations, input_scale=scale)
-    assert q.uses_low_precision_gemm(64)
+    assert q.uses_low_precision_gemm()
     fast = q(x)
-    q.uses_low_precision_gemm = lambda rows: False   # the dequantize-then-matmul reference
+    assert fast.shape == (*shape, 256)
+    q.uses_low_precision_gemm = lambda: False   # the dequantize-then-matmul reference
     assert relative_error(q(x).float(), fast.float()) < 1e-2

@@ -179,9 +179,9 @@ class QuantLinear(nn.Module):
         if self.fmt == "int4" and self.uses_kernel(x) and rows <= KERNEL_MAX_ROWS:
             # Few rows (decode): the fused Triton W4A16 kernel reads the 4-bit codes directly.
             from kernels.w4a16 import w4a16_matmul
-            out = w4a16_matmul(x, self.qweight, self.scales.to(x.dtype), self.zeros.to(x.dtype), self.group_size)
+            out = w4a16_matmul(x, self.qweight, self.scales, self.zeros, self.group_size)  # 16-bit scales, any of the two
             return out if bias is None else out + bias
-        if self.activations and self.uses_low_precision_gemm(rows):
+        if self.activations and self.uses_low_precision_gemm():
             out = self.low_precision_gemm(x.reshape(rows, -1)).reshape(*x.shape[:-1], -1).to(x.dtype)
             return out if bias is None else out + bias
         if self.activations == "int8_per_token":
@@ -192,7 +192,7 @@ class QuantLinear(nn.Module):
         # Reference path, and many rows (prefill): dequantize once, then a dense tensor-core matmul.
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
-    def uses_low_precision_gemm(self, rows: int) -> bool:
+    def uses_low_precision_gemm(self) -> bool:
         """INT8 or FP8 tensor cores: on a GPU that has them, for shapes their PyTorch kernels take."""
         if not self.qweight.is_cuda:
             return False
@@ -204,14 +204,24 @@ class QuantLinear(nn.Module):
                           "dequantize-then-matmul reference instead (same numbers, no speed-up).")
             return False
         if self.activations == "int8_per_token":
-            return rows > 16 and self.in_features % 8 == 0 and self.out_features % 8 == 0
-        return rows % 16 == 0 and self.in_features % 16 == 0 and self.out_features % 16 == 0
+            return self.in_features % 8 == 0 and self.out_features % 8 == 0
+        return self.in_features % 16 == 0 and self.out_features % 16 == 0
 
     def low_precision_gemm(self, x: torch.Tensor) -> torch.Tensor:
+        # The tensor-core kernels take M > 16 (INT8) or M a multiple of 16 (FP8): decode's few rows are
+        # padded with zero rows, which costs little since the time goes into reading the weight.
+        rows = x.shape[0]
+        padded = max(rows + (-rows) % 8, 24) if self.activations == "int8_per_token" else rows + (-rows) % 16
+        if padded != rows:
+            x = F.pad(x, (0, 0, 0, padded - rows))
+        return self._tensor_core_gemm(x)[:rows]
+
+    def _tensor_core_gemm(self, x: torch.Tensor) -> torch.Tensor:
         if self.activations == "int8_per_token":
             from kernels.gemm_paths import int8_linear
             return int8_linear(x, self.qweight, self.scales.float())
-        x_fp8 = (x.float() / self.input_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        from kernels.gemm_paths import quantize_rows
+        x_fp8, _ = quantize_rows(x.contiguous(), torch.float8_e4m3fn, self.input_scale)  # static scale, one pass
         if self.scales.numel() == 1:
             return torch._scaled_mm(x_fp8, self.qweight.t(), scale_a=self.input_scale, scale_b=self.scales.view(()),
                                     out_dtype=torch.bfloat16)
