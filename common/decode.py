@@ -9,6 +9,8 @@ A graph removes the CPU from the loop but keeps every kernel: eager code runs RM
 embeddings and the MLP's gate as chains of small element-wise kernels, each a few microseconds on
 the GPU however little it computes. `compile=True` first lets torch.compile (Inductor) fuse those
 chains into a few generated kernels per layer; the compiled step is then captured the same way.
+`lean=True` replaces the model's forward by `LeanLlamaStep`: fused projections, and (compiled, at
+batch 1) GEMVs that Inductor fuses with the normalization or activation before them.
 """
 import copy
 import statistics
@@ -83,9 +85,10 @@ class LeanLlamaStep(torch.nn.Module):
     position only. The same greedy tokens as the model itself (tested).
     """
 
-    def __init__(self, model, batch_size: int, max_len: int):
+    def __init__(self, model, batch_size: int, max_len: int, gemv_as_reduction: bool = False):
         super().__init__()
         config = model.config
+        self.gemv_as_reduction = gemv_as_reduction
         unsupported = [n for n, _ in model.named_modules() if n.endswith(("q_norm", "k_norm"))]
         if config.model_type not in ("llama", "mistral", "qwen2") or unsupported or \
                 getattr(config, "sliding_window", None) and config.sliding_window < max_len:
@@ -114,6 +117,18 @@ class LeanLlamaStep(torch.nn.Module):
         self.k_cache.zero_()
         self.v_cache.zero_()
 
+    def linear(self, layer, x):
+        """layer(x); for one row of a dense layer under torch.compile, as a multiply and a sum.
+
+        Written that way, a GEMV is a reduction that Inductor generates itself and fuses with its
+        neighbours (the RMSNorm before q/k/v, SiLU x up before down) instead of a separate cuBLAS call.
+        Eagerly it would materialize the whole product, so it is used only when compiled.
+        """
+        if self.gemv_as_reduction and type(layer) is torch.nn.Linear and x.shape[:-1].numel() == 1:
+            out = (x.unsqueeze(-2) * layer.weight).sum(-1)
+            return out if layer.bias is None else out + layer.bias
+        return layer(x)
+
     def forward(self, tokens, positions, mask):
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
         inner = self.model.model
@@ -124,7 +139,7 @@ class LeanLlamaStep(torch.nn.Module):
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         for i, layer in enumerate(inner.layers):
             attn, mlp = layer.self_attn, layer.mlp
-            q, k, v = self.qkv[i](layer.input_layernorm(h)).split([q_size, kv_size, kv_size], dim=-1)
+            q, k, v = self.linear(self.qkv[i], layer.input_layernorm(h)).split([q_size, kv_size, kv_size], dim=-1)
             q = q.view(batch, length, self.heads, self.head_dim).transpose(1, 2)
             k = k.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
             v = v.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -133,10 +148,10 @@ class LeanLlamaStep(torch.nn.Module):
             self.v_cache[i].index_copy_(2, slots, v)
             out = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask,
                                                  scale=attn.scaling, enable_gqa=True)
-            h = h + attn.o_proj(out.transpose(1, 2).reshape(batch, length, q_size))
-            gate, up = self.gate_up[i](layer.post_attention_layernorm(h)).chunk(2, dim=-1)
-            h = h + mlp.down_proj(mlp.act_fn(gate) * up)
-        return self.model.lm_head(inner.norm(h[:, -1]))
+            h = h + self.linear(attn.o_proj, out.transpose(1, 2).reshape(batch, length, q_size))
+            gate, up = self.linear(self.gate_up[i], layer.post_attention_layernorm(h)).chunk(2, dim=-1)
+            h = h + self.linear(mlp.down_proj, mlp.act_fn(gate) * up)
+        return self.linear(self.model.lm_head, inner.norm(h[:, -1]))
 
 
 class StaticGreedyDecoder:
@@ -151,7 +166,8 @@ class StaticGreedyDecoder:
         self.model, self.batch_size, self.max_len = model, batch_size, max_len
         self.device = next(model.parameters()).device
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
-        self.forward = (LeanLlamaStep if lean else TransformersStep)(model, batch_size, max_len)
+        self.forward = LeanLlamaStep(model, batch_size, max_len, gemv_as_reduction=compile) if lean else \
+            TransformersStep(model, batch_size, max_len)
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.mask = torch.zeros(batch_size, 1, 1, max_len, dtype=torch.bool, device=self.device)

@@ -57,3 +57,14 @@ def test_concat_linears_is_the_same_map():
     assert torch.equal(concat_linears(packed)(x), torch.cat([m(x) for m in packed], -1))
     mixed = [QuantLinear.from_linear(layers[0], "int4", 16), QuantLinear.from_linear(layers[1], "int4", 32)]
     assert concat_linears(mixed) is None  # different grids: the layers stay separate
+
+
+def test_compiled_lean_step_with_fused_gemvs_gives_the_models_tokens(tiny):
+    model, _ = tiny
+    prompt = torch.randint(0, 256, (1, 10), generator=torch.Generator().manual_seed(6))
+    reference = StaticGreedyDecoder(model, batch_size=1, max_len=24)
+    reference.prefill(prompt)
+    lean = StaticGreedyDecoder(model, batch_size=1, max_len=24, compile=True, lean=True)
+    assert lean.forward.gemv_as_reduction
+    lean.prefill(prompt)
+    assert torch.equal(lean.decode(6), reference.decode(6))
