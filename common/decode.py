@@ -25,7 +25,7 @@ from .errors import WorkshopError
 class TransformersStep:
     """One forward of the model itself, with transformers' StaticCache."""
 
-    def __init__(self, model, batch_size: int, max_len: int):
+    def __init__(self, model, max_len: int):
         from transformers import StaticCache
         self.model, self.cache = model, StaticCache(config=model.config, max_cache_len=max_len)
 
@@ -167,13 +167,13 @@ class StaticGreedyDecoder:
         self.device = next(model.parameters()).device
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         self.forward = LeanLlamaStep(model, batch_size, max_len, gemv_as_reduction=compile) if lean else \
-            TransformersStep(model, batch_size, max_len)
+            TransformersStep(model, max_len)
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.mask = torch.zeros(batch_size, 1, 1, max_len, dtype=torch.bool, device=self.device)
         # fullgraph: a graph break would split the step and hand the pieces back to eager Python
         self.step = torch.compile(self._step, fullgraph=True, dynamic=False) if compile else self._step
-        self.graph, self.graph_ready = None, False
+        self.graph = None
 
     @torch.inference_mode()
     def prefill(self, prompt: torch.Tensor) -> None:
@@ -211,12 +211,11 @@ class StaticGreedyDecoder:
                 self.graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(self.graph):
                     self.step()
-            if self.graph is not None and (i >= 2 or self.graph_ready):
+            if self.graph is not None:  # captured at step 2 of the first call; later calls replay from step 0
                 self.graph.replay()
             else:
                 self.step()
             out.append(self.token.clone())
-        self.graph_ready = self.graph is not None  # later calls replay from their first step
         return torch.cat(out, dim=1)
 
 

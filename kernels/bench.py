@@ -16,8 +16,7 @@ from common.quant.qlinear import QuantLinear, dequantize_int4, unpack_int4
 
 from .gemm_paths import fp8_linear, int8_linear, quantize_fp8, quantize_int8_rows, tinygemm_linear, tinygemm_pack
 from .gemm_paths import two_four_sparse
-from . import w4a16
-from .w4a16 import w4a16_matmul
+from .w4a16 import CONFIG_CACHE, w4a16_matmul
 
 SHAPES = {  # name: (N = out_features, K = in_features)
     "llama3-8b q/o": (4096, 4096), "llama3-8b gate/up": (14336, 4096), "llama3-8b down": (4096, 14336),
@@ -147,7 +146,7 @@ def run(shapes=None, batch_sizes=BATCH_SIZES) -> dict:
     return {"device": device_description(), "driver": _driver(), "versions": package_versions(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "rows": rows, "square_8192": square_comparisons(), "correctness": check_correctness(),
-            "w4a16_configs": {str(key): config for key, config in w4a16.CONFIG_CACHE.items()}}
+            "w4a16_configs": {str(key): config for key, config in CONFIG_CACHE.items()}}
 
 
 def _driver() -> str:

@@ -17,8 +17,8 @@ import triton
 import triton.language as tl
 
 from common.errors import WorkshopError
+from common.quant.qlinear import FP8_MAX
 
-FP8_MAX = torch.finfo(torch.float8_e4m3fn).max
 ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: adding and subtracting it rounds a float32 to the nearest integer, ties to even
 
 
