@@ -10,7 +10,7 @@ if not torch.cuda.is_available():
 from common.errors import WorkshopError  # noqa: E402
 from common.quant.qlinear import QuantLinear, dequantize_int4, pack_int4  # noqa: E402
 from kernels.gemm_paths import quantize_int8_rows, quantize_rows  # noqa: E402
-from kernels.w4a16 import GEMM_CONFIGS, GEMV_CONFIGS, _run, w4a16_matmul  # noqa: E402
+from kernels.w4a16 import GEMM_CONFIGS, GEMV_CONFIGS, SMALL_M_CONFIGS, _run, candidate_configs, w4a16_matmul  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -33,7 +33,7 @@ def test_quant_linear_uses_the_kernel_where_it_can():
 
 
 @pytest.mark.parametrize("m, n, k, group", [(1, 64, 256, 128), (1, 40, 576, 64), (3, 64, 256, 128),
-                                            (17, 96, 576, 64)])
+                                            (16, 72, 576, 64), (17, 96, 576, 64)])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_kernel_matches_reference(m, n, k, group, dtype):
     if DEVICE == "cpu" and dtype == torch.bfloat16 and m > 1:
@@ -48,13 +48,25 @@ def test_kernel_matches_reference(m, n, k, group, dtype):
     assert error < 1e-2, error
 
 
-@pytest.mark.parametrize("config", [GEMV_CONFIGS[0], GEMV_CONFIGS[-1]])
-def test_split_k_gemv_configs(config):
-    _, qweight, scales, zeros = random_w4(32, 1024, 128, torch.float16)
-    x = torch.randn(1, 1024).half().to(DEVICE)
-    reference = x.float() @ dequantize_int4(qweight, scales, zeros, 128).float().T
-    out = _run(x, qweight, scales, zeros, 128, config)
-    assert ((out.float() - reference).norm() / reference.norm()) < 1e-2
+@pytest.mark.parametrize("m", [1, 5])
+def test_every_split_k_and_steps_config_of_the_gemv_and_small_m_kernels(m):
+    _, qweight, scales, zeros = random_w4(40, 768, 32, torch.float16)  # 24 groups
+    x = torch.randn(m, 768).half().to(DEVICE)
+    reference = x.float() @ dequantize_int4(qweight, scales, zeros, 32).float().T
+    # a narrow and a wide row block (the interpreter is slow), with every SPLIT_K and steps value
+    configs = [c for c in candidate_configs(m, 768, 32) if c["BLOCK_N"] in (8, 64)]
+    for key in ("SPLIT_K", "GROUPS_PER_STEP", "num_stages"):
+        every = {c[key] for c in (GEMV_CONFIGS if m == 1 else SMALL_M_CONFIGS) if key in c}
+        assert every == {c[key] for c in configs if key in c}
+    for config in configs:
+        out = _run(x, qweight, scales, zeros, 32, config)
+        assert ((out.float() - reference).norm() / reference.norm()) < 1e-2, config
+
+
+def test_configs_that_would_split_a_group_are_not_candidates():
+    # K = 576 with groups of 64 is 9 groups: SPLIT_K 2, 4 or 8 would leave programs a partial share
+    assert all(9 % (c["SPLIT_K"] * c.get("GROUPS_PER_STEP", 1)) == 0
+               for m in (1, 4) for c in candidate_configs(m, 576, 64))
 
 
 @pytest.mark.parametrize("config", [c for c in GEMM_CONFIGS if c["SPLIT_K"] > 1] + [GEMM_CONFIGS[-1]])
@@ -83,16 +95,18 @@ def test_scales_may_be_fp16_for_bf16_activations():
     assert out.dtype == torch.bfloat16 and ((out.float() - reference).norm() / reference.norm()) < 1e-2
 
 
-def test_every_nibble_position_meets_its_input():
-    """One code set at a time: output row n must be (code - zero) * scale * x[k] for exactly that k."""
+@pytest.mark.parametrize("m", [1, 2])
+def test_every_nibble_position_meets_its_input(m):
+    """One code set at a time: output row n must be (code - zero) * scale * x[k] for exactly that k
+    (M = 1: the GEMV's shift-and-mask per word; M = 2: the small-M kernel's byte unpacking)."""
     n, k, group = 8, 128, 128
     codes = torch.zeros(n, k, dtype=torch.long)
     for row in range(n):
         codes[row, 8 * row + row] = 15  # row r: nibble r of word r
-    x = torch.arange(1, k + 1, dtype=torch.float16).reshape(1, k) / 64
+    x = (torch.arange(1, k + 1, dtype=torch.float16) / 64).repeat(m, 1)
     scales, zeros = torch.ones(n, 1, dtype=torch.float16), torch.zeros(n, 1, dtype=torch.float16)
     out = w4a16_matmul(x.to(DEVICE), pack_int4(codes).to(DEVICE), scales.to(DEVICE), zeros.to(DEVICE), group)
-    assert torch.equal(out.float().cpu(), torch.tensor([[15 * x[0, 9 * r].item() for r in range(n)]]))
+    assert torch.equal(out.float().cpu(), torch.tensor([[15 * x[0, 9 * r].item() for r in range(n)]] * m))
 
 
 def test_one_pass_int8_quantizer_matches_the_reference():
