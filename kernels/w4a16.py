@@ -38,7 +38,7 @@ def _code_plus_16(words, P: tl.constexpr, exponent_16):
     # Code P of each int32 word (bits 4P..4P+3) moved to mantissa bits 19-22 under the exponent of 16:
     # read as a float that is 16 + code. One shift and one LOP3 instead of an integer-to-float
     # conversion, which Hopper issues at a quarter of the FMA rate. exponent_16 is a kernel argument
-    # (0x41800000), not a literal: with both masks as literals the compiler emits two LOP3s.
+    # (0x41800000), not a literal: with the mask and the exponent both literals, ptxas emits two LOP3s.
     if 4 * P <= 19:
         bits = (words << (19 - 4 * P)) & 0x00780000
     else:
