@@ -33,12 +33,15 @@ import triton.language as tl
 from common.errors import WorkshopError
 
 
+EXPONENT_16 = 0x41800000  # the float32 bits of 16.0
+
+
 @triton.jit
 def _code_plus_16(words, P: tl.constexpr, exponent_16):
     # Code P of each int32 word (bits 4P..4P+3) moved to mantissa bits 19-22 under the exponent of 16:
     # read as a float that is 16 + code. One shift and one LOP3 instead of an integer-to-float
     # conversion, which Hopper issues at a quarter of the FMA rate. exponent_16 is a kernel argument
-    # (0x41800000), not a literal: with the mask and the exponent both literals, ptxas emits two LOP3s.
+    # (EXPONENT_16), not a literal: with the mask and the exponent both literals, ptxas emits two LOP3s.
     if 4 * P <= 19:
         bits = (words << (19 - 4 * P)) & 0x00780000
     else:
@@ -136,12 +139,8 @@ def _small_m_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, M, N, K: tl.constexpr,
         g = pid_k * STEPS + step
         packed = tl.load(qw_ptr + rows_n[:, None] * stride_qn + g * HALF + pairs[None, :], mask=n_ok[:, None], other=0)
         if USE_PTX:
-            if FP16:
-                lo, hi = tl.inline_asm_elementwise(UNPACK_FP16, "=r,=r,=r,=r,r", [packed],
-                                                   dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
-            else:
-                lo, hi = tl.inline_asm_elementwise(UNPACK_BF16, "=r,=r,=r,=r,r", [packed],
-                                                   dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+            lo, hi = tl.inline_asm_elementwise(UNPACK_FP16 if FP16 else UNPACK_BF16, "=r,=r,=r,=r,r", [packed],
+                                               dtype=(x_ptr.dtype.element_ty,) * 2, is_pure=True, pack=4)
         else:  # Triton's interpreter runs no PTX: the same values, one code at a time
             lo = ((packed & 0xF).to(tl.int16) | MAGIC).to(x_ptr.dtype.element_ty, bitcast=True)
             hi = ((packed >> 4).to(tl.int16) | MAGIC).to(x_ptr.dtype.element_ty, bitcast=True)
@@ -255,7 +254,7 @@ def _run(x2d, qweight, scales, zeros, group_size, config):
     if M == 1:
         words = qweight.contiguous().view(torch.int32)  # 8 codes per word (K is a multiple of the group, >= 32)
         grid = (triton.cdiv(N, config["BLOCK_N"]), split)
-        _gemv_kernel[grid](x2d, words, scales, zeros, out, N, K, words.stride(0), scales.stride(0), 0x41800000,
+        _gemv_kernel[grid](x2d, words, scales, zeros, out, N, K, words.stride(0), scales.stride(0), EXPONENT_16,
                            GROUP=group_size, **config)
     elif M <= SMALL_M:
         grid = (triton.cdiv(N, config["BLOCK_N"]), split)

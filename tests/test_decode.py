@@ -19,6 +19,13 @@ def test_static_decoder_matches_transformers_greedy(tiny):
     assert torch.equal(decoder.decode(8), expected)
 
 
+def greedy(model, prompt, max_len, steps, **options):
+    """A StaticGreedyDecoder built with `options`, prefilled with `prompt`: (decoder, its next `steps` tokens)."""
+    decoder = StaticGreedyDecoder(model, batch_size=prompt.shape[0], max_len=max_len, **options)
+    decoder.prefill(prompt)
+    return decoder, decoder.decode(steps)
+
+
 def test_measure_static_decode_runs(tiny):
     result = measure_static_decode(tiny[0], batch_size=1, prompt_len=8, new_tokens=4, repeats=1)
     assert result["decode_tokens_per_s"] > 0 and result["cuda_graph"] is False
@@ -27,11 +34,9 @@ def test_measure_static_decode_runs(tiny):
 def test_compiled_decoder_gives_the_same_tokens(tiny):
     model, _ = tiny
     prompt = torch.randint(0, 256, (1, 10), generator=torch.Generator().manual_seed(4))
-    eager = StaticGreedyDecoder(model, batch_size=1, max_len=24)
-    eager.prefill(prompt)
-    compiled = StaticGreedyDecoder(model, batch_size=1, max_len=24, compile=True)
-    compiled.prefill(prompt)
-    assert torch.equal(compiled.decode(6), eager.decode(6))
+    _, eager = greedy(model, prompt, 24, 6)
+    _, compiled = greedy(model, prompt, 24, 6, compile=True)
+    assert torch.equal(compiled, eager)
 
 
 @pytest.mark.parametrize("quantized", [False, True])
@@ -40,11 +45,9 @@ def test_lean_step_gives_the_models_tokens(tiny, quantized):
     if quantized:  # packed INT4 layers: q/k/v and gate/up are fused by concatenating codes, scales and zeros
         model = replace_linears(copy.deepcopy(model), "int4", group_size=64, progress=False)
     prompt = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(5))
-    reference = StaticGreedyDecoder(model, batch_size=2, max_len=32)
-    reference.prefill(prompt)
-    lean = StaticGreedyDecoder(model, batch_size=2, max_len=32, lean=True)
-    lean.prefill(prompt)
-    assert torch.equal(lean.decode(10), reference.decode(10))
+    _, reference = greedy(model, prompt, 32, 10)
+    lean, tokens = greedy(model, prompt, 32, 10, lean=True)
+    assert torch.equal(tokens, reference)
     step = lean.forward
     assert all(type(m).__name__ != "_Concatenated" for m in list(step.qkv) + list(step.gate_up))
 
@@ -62,9 +65,7 @@ def test_concat_linears_is_the_same_map():
 def test_compiled_lean_step_with_fused_gemvs_gives_the_models_tokens(tiny):
     model, _ = tiny
     prompt = torch.randint(0, 256, (1, 10), generator=torch.Generator().manual_seed(6))
-    reference = StaticGreedyDecoder(model, batch_size=1, max_len=24)
-    reference.prefill(prompt)
-    lean = StaticGreedyDecoder(model, batch_size=1, max_len=24, compile=True, lean=True)
+    _, reference = greedy(model, prompt, 24, 6)
+    lean, tokens = greedy(model, prompt, 24, 6, compile=True, lean=True)
     assert lean.forward.gemv_as_reduction
-    lean.prefill(prompt)
-    assert torch.equal(lean.decode(6), reference.decode(6))
+    assert torch.equal(tokens, reference)
