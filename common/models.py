@@ -239,6 +239,14 @@ def load_model(spec: str = "embedded", dtype: str | torch.dtype = "auto",
     return model.to(device).eval(), tokenizer
 
 
+def load_tokenizer(spec: str = "embedded"):
+    """The tokenizer of `spec` alone (the embedded one without loading the model's weights)."""
+    if spec == "embedded":
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(embedded_checkpoint_dir())
+    return load_model(spec, device="cpu")[1]
+
+
 def save_pretrained_atomic(model, tokenizer, out) -> Path:
     """save_pretrained of model and tokenizer into `out`, written aside and renamed into place, so an
     interrupted save leaves nothing half-written. An existing non-empty `out` is refused, not replaced."""

@@ -1,30 +1,23 @@
-"""`workshop quantize --table lab02`, `workshop prune --table lab03`: a lab's main comparison from the
-command line, on one model, one calibration batch and the lab's own evaluation protocol (the
-sweep's windows), so that its numbers can be set beside the notebook's."""
+"""A lab's main comparison outside the notebook (`workshop quantize --table lab02`, `workshop prune
+--table lab03`): one model, one calibration batch, and the lab's evaluation protocol (the sweep's
+windows) on every evaluation text, so that its numbers can be set beside the notebook's."""
 import copy
 import time
 
 from tqdm.auto import tqdm
 
 
-def run_lab_table(args, lab: str, jobs: list, columns: list, baseline_name: str, note: str = "") -> dict:
+def run_lab_table(model, tokenizer, protocol, lab: str, jobs: list, columns: list, baseline_name: str,
+                  note: str = "") -> dict:
     """`jobs`: [(name, method(model, calib) -> (model, seconds or None))]: each runs on a fresh copy of
     the model, timed here when it does not time itself. `columns`: [(key, header, width, format,
-    measure(name, model) -> value)] printed after the method's name, before PPL and time."""
-    from .budgets import get_budget
-    from .cli import _print
-    from .data import calibration_batch
-    from .eval import perplexity
-    from .models import load_model
-    budget = get_budget()
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    calib = calibration_batch(tokenizer, budget.calib_samples, budget.calib_seqlen)
+    measure(name, model) -> value)], reported after the method's name, before the perplexities."""
+    calib = protocol.calibration(tokenizer, model=model)
 
-    def row(name, m, seconds, result=None):
-        result = result or perplexity(m, tokenizer, "embedded", seqlen=budget.eval_seqlen,
-                                      max_windows=budget.sweep_eval_windows, progress=False)
+    def row(name, m, seconds):
+        results = protocol.evaluate(m, tokenizer, progress=False)
         return {"method": name, **{key: measure(name, m) for key, _, _, _, measure in columns},
-                "ppl": result.ppl, "seconds": seconds}, result
+                "ppl": {text: r.ppl for text, r in results.items()}, "seconds": seconds}, results
 
     first, baseline = row(baseline_name, model, 0.0)
     rows = [first]
@@ -33,15 +26,41 @@ def run_lab_table(args, lab: str, jobs: list, columns: list, baseline_name: str,
         edited, seconds = method(copy.deepcopy(model), calib)
         rows.append(row(name, edited, time.perf_counter() - start if seconds is None else seconds)[0])
         del edited
-    result = {"table": lab, "model": args.model, "mode": budget.mode, "protocol": baseline.protocol(),
-              "calibration": f"{calib.shape[0]}x{calib.shape[1]} tokens of embedded:calib", "rows": rows}
-    if args.json:
-        _print(result, True, "")
-        return result
-    print(f"{'method':34s} " + " ".join(f"{header:>{width}s}" for _, header, width, _, _ in columns) +
-          f" {'PPL':>10s} {'time s':>7s}")
-    for r in rows:
-        print(f"{r['method']:34s} " + " ".join(f"{r[key]:{width}{fmt}}" for key, _, width, fmt, _ in columns) +
-              f" {r['ppl']:10.2f} {r['seconds']:7.1f}")
-    print(f"[{result['protocol']}; calibration {result['calibration']}{note}]")
-    return result
+    return {"table": lab, "model": getattr(model, "workshop_spec", type(model).__name__),
+            "protocol": {text: r.protocol() for text, r in baseline.items()},
+            "calibration": protocol.calibration_label(), "note": note,
+            "columns": [(key, header, width, fmt) for key, header, width, fmt, _ in columns], "rows": rows}
+
+
+def table_text(result: dict) -> str:
+    """The table as printed: one row per method, a PPL column per evaluation text, then the protocol."""
+    texts = list(result["rows"][0]["ppl"])
+    lines = [f"{'method':34s} " + " ".join(f"{header:>{width}s}" for _, header, width, _ in result["columns"]) +
+             "".join(f" {'PPL ' + text:>16s}" for text in texts) + f" {'time s':>7s}"]
+    for r in result["rows"]:
+        lines.append(f"{r['method']:34s} " + " ".join(f"{r[key]:{width}{fmt}}" for key, _, width, fmt in result["columns"])
+                     + "".join(f" {r['ppl'][text]:16.2f}" for text in texts) + f" {r['seconds']:7.1f}")
+    lines += [f"[{text}: {protocol}]" for text, protocol in result["protocol"].items()]
+    lines.append(f"[calibration {result['calibration']}{result['note']}]")
+    return "\n".join(lines)
+
+
+def calibration_table(model, tokenizer, protocol, calib_texts: list, jobs: list, references: list = (),
+                      progress: bool = True) -> dict:
+    """Which methods fit their calibration text: every job in `jobs` [(name, method(model, calib) -> model)]
+    calibrated on each text of `calib_texts` (names or '+' mixes), evaluated on every evaluation text of
+    `protocol`; `references` are calibration-free rows (RTN, magnitude) measured once.
+    Returns {"rows": [{"method", "calib", "ppl": {text: ppl}}], "baseline": {text: ppl}}."""
+    from dataclasses import replace
+
+    def measure(m):
+        return {text: r.ppl for text, r in protocol.evaluate(m, tokenizer, progress=False).items()}
+
+    rows = [{"method": name, "calib": None, "ppl": measure(method(copy.deepcopy(model), None))}
+            for name, method in references]
+    for calib_data in tqdm(calib_texts, desc="calibration texts", disable=not progress):
+        calib = replace(protocol, calib_data=calib_data).calibration(tokenizer, model=model)
+        for name, method in jobs:
+            rows.append({"method": name, "calib": calib_data, "ppl": measure(method(copy.deepcopy(model), calib))})
+    return {"baseline": measure(model), "rows": rows, "calibration": protocol.calibration_label(),
+            "protocol": protocol.describe()}

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from common.errors import WorkshopError
-from common.quant.qlinear import FP8_MAX
+from common.quant.formats import FP8_MAX
 
 ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: adding and subtracting it rounds a float32 to the nearest integer, ties to even
 

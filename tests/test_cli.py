@@ -11,24 +11,38 @@ from common.cli import main
 def test_eval_json_on_tiny_random(capsys):
     assert main(["eval", "--model", "tiny-random", "--seqlen", "64", "--max-windows", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["windows"] == 2 and out["seqlen"] == 64 and out["ppl"] > 1
-    assert out["data"].startswith("embedded:eval") and out["stored_bytes"] > 0
+    assert list(out["ppl"]) == ["wiki", "python-docs"]  # in domain and out of domain, by default
+    for name, r in out["ppl"].items():
+        assert r["windows"] == 2 and r["seqlen"] == 64 and r["ppl"] > 1
+        assert r["data"].startswith(f"{name}:eval") and f"data={name}:eval" in r["protocol"]
+    assert out["ppl"]["wiki"]["ppl"] != out["ppl"]["python-docs"]["ppl"] and out["stored_bytes"] > 0
 
 
 def test_eval_prints_protocol_with_number(capsys, tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("Some words to evaluate. " * 40)
-    assert main(["eval", "--model", "tiny-random", "--text-file", str(f), "--seqlen", "32"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("PPL ") and "data=file:t.txt" in out and "dtype=float32" in out
+    assert main(["eval", "--model", "tiny-random", "--eval-data", str(f), "--eval-data", "wiki", "--seqlen", "32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"PPL {f}: ") and "data=file:t.txt" in lines[0] and "dtype=float32" in lines[0]
+    assert lines[1].startswith("PPL wiki: ") and "data=wiki:eval" in lines[1]
 
 
 @pytest.mark.parametrize("argv, message", [
     (["eval", "--model", "bogus spec"], "Unknown model spec"),
     (["eval", "--model", "tiny-random", "--seqlen", "99999"], "beyond this model's context"),
-    (["eval", "--model", "tiny-random", "--text-file", "/no/such/file"], "does not exist"),
+    (["eval", "--model", "tiny-random", "--eval-data", "/no/such/file"], "does not exist"),
+    (["eval", "--model", "tiny-random", "--eval-data", "/tmp"], "is a directory"),
     (["eval", "--model", "tiny-random", "--max-windows", "0"], "not a positive number"),
-    (["eval", "--model", "tiny-random", "--data", "nope"], "Unknown data"),
+    (["eval", "--model", "tiny-random", "--seqlen", "0"], "--seqlen 0"),
+    (["eval", "--model", "tiny-random", "--eval-data", "nope"], "Unknown text 'nope'"),
+    (["eval", "--model", "tiny-random", "--eval-data", "self"], "has no eval part"),
+    (["eval", "--model", "tiny-random", "--eval-data", "wiki", "--eval-data", "wiki"], "more than once"),
+    (["quantize", "--model", "tiny-random", "--method", "gptq", "--calib-data", "wiki+nope"], "Unknown text 'nope'"),
+    (["quantize", "--model", "tiny-random", "--method", "gptq", "--calib-data", "wiki+wiki"], "names a text twice"),
+    (["quantize", "--model", "tiny-random", "--method", "gptq", "--calib-samples", "4000",
+      "--calib-seqlen", "2048"], "more than the"),
+    (["quantize", "--model", "tiny-random", "--method", "gptq", "--calib-samples", "0"], "--calib-samples 0"),
+    (["prune", "--model", "tiny-random", "--sparsity", "1.5"], "outside [0, 1)"),
 ])
 def test_bad_input_exits_2_with_one_message(capsys, argv, message):
     assert main(argv) == 2
@@ -37,10 +51,32 @@ def test_bad_input_exits_2_with_one_message(capsys, argv, message):
     assert "Traceback" not in err
 
 
+def test_self_calibration_needs_a_model_that_generates(tiny):
+    from common.data import calibration_batch
+    from common.errors import WorkshopError
+    with pytest.raises(WorkshopError, match="no model that can generate"):
+        calibration_batch(tiny[1], 2, 16, "self")
+
+
+def test_quantize_prints_one_perplexity_per_text(capsys, tmp_path):
+    f = tmp_path / "other.txt"
+    f.write_text("Another text entirely, about rivers and mountains. " * 60)
+    argv = ["quantize", "--model", "tiny-random", "--method", "gptq", "--bits", "3", "--group-size", "16", "--eval",
+            "--eval-data", "wiki", "--eval-data", str(f), "--seqlen", "64", "--max-windows", "2",
+            "--calib-data", "wiki+python-docs", "--calib-samples", "4", "--calib-seqlen", "32"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "on 4x32 tokens of wiki+python-docs:calib" in text
+    assert text.count("PPL before wiki: ") == 1 and text.count(f"PPL after  {f}: ") == 1
+    assert main(argv + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["ppl_after"]) == {"wiki", str(f)} and out["ppl_after"]["wiki"]["ppl"] != out["ppl_before"]["wiki"]["ppl"]
+
+
 def test_short_text_file(capsys, tmp_path):
     f = tmp_path / "short.txt"
     f.write_text("tiny")
-    assert main(["eval", "--model", "tiny-random", "--text-file", str(f), "--seqlen", "64"]) == 2
+    assert main(["eval", "--model", "tiny-random", "--eval-data", str(f), "--seqlen", "64"]) == 2
     assert "fewer than one window" in capsys.readouterr().err
 
 

@@ -205,7 +205,8 @@ def run_cli(argv, capsys):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        output = args.run(args)
+        print(__import__("json").dumps(output.result, default=str) if args.json else output.text)
         code = 0
     except WorkshopError as e:
         print(f"error: {e}", file=__import__("sys").stderr)
@@ -214,7 +215,7 @@ def run_cli(argv, capsys):
     return code, out.out, out.err
 
 
-SMALL = ["--teacher", "tiny-random", "--data", "embedded", "--batch", "2", "--seqlen", "32", "--device", "cpu"]
+SMALL = ["--teacher", "tiny-random", "--train-data", "wiki", "--batch", "2", "--train-seqlen", "32", "--device", "cpu"]
 
 
 def test_cli_distills_and_writes_a_loadable_student(tmp_path, capsys):
@@ -236,7 +237,7 @@ def test_cli_distills_and_writes_a_loadable_student(tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--steps", "0"], "at least one step"),
     (["--temperature", "-1"], "must be positive"),
-    (["--seqlen", "100000"], "beyond this model's context"),
+    (["--train-seqlen", "100000"], "beyond this model's context"),
 ])
 def test_cli_bad_numbers(extra, message, capsys):
     code, _, err = run_cli(["distill", "--student", "tiny-random", *SMALL, *extra], capsys)
@@ -260,7 +261,7 @@ def test_cli_bad_student_and_vocabulary(tmp_path, capsys):
 def test_cli_text_too_short_for_one_batch(tmp_path, capsys):
     short = tmp_path / "short.txt"
     short.write_text("too short")
-    code, _, err = run_cli(["distill", "--student", "tiny-random", *SMALL, "--data", str(short)], capsys)
+    code, _, err = run_cli(["distill", "--student", "tiny-random", *SMALL, "--train-data", str(short)], capsys)
     assert code == 2 and "too few for one window" in err
 
 

@@ -94,6 +94,6 @@ def hf_labels_perplexity(model, ids, seqlen):
 def test_perplexity_matches_transformers_labels_loop(tiny):
     from common.data import load_text, tokenize
     model, tokenizer = tiny
-    ours = perplexity(model, tokenizer, "embedded", seqlen=128, max_windows=4, progress=False)
-    ids = tokenize(tokenizer, load_text("embedded"))[: 4 * 128]
+    ours = perplexity(model, tokenizer, "python-docs", seqlen=128, max_windows=4, progress=False)
+    ids = tokenize(tokenizer, load_text("python-docs"))[: 4 * 128]
     assert ours.ppl == pytest.approx(hf_labels_perplexity(model, ids, 128), rel=1e-4)

@@ -329,15 +329,14 @@ def test_prune_command_writes_a_loadable_checkpoint(tmp_path, capsys):
     out = tmp_path / "pruned"
     args = parser.parse_args(["prune", "--model", "tiny-random", "--device", "cpu", "--method", "width",
                               "--sparsity", "0.25", "--out", str(out), "--json"])
-    args.func(args)
-    result = json.loads(capsys.readouterr().out)
+    result = args.run(args).result
     assert result["config_after"]["intermediate_size"] == 384
     assert result["parameters_after"] < result["parameters_before"]
     model, _ = load_model(str(out), device="cpu")
     assert model.config.intermediate_size == 384
     bad = parser.parse_args(["prune", "--model", "tiny-random", "--method", "width", "--pattern", "2:4"])
     with pytest.raises(WorkshopError):
-        bad.func(bad)
+        bad.run(bad)
 
 
 def _lab03_run_calls() -> dict:
@@ -348,7 +347,7 @@ def _lab03_run_calls() -> dict:
 
 
 def test_cli_table_is_the_labs_own_list():
-    from common.prune.cli import lab03_table
+    from common.prune.presets import lab03_table
     table = {name: (prune.__name__, config) for name, prune, config in lab03_table()}
     assert table == _lab03_run_calls()
     assert list(table) == list(_lab03_run_calls())  # same order
@@ -357,17 +356,18 @@ def test_cli_table_is_the_labs_own_list():
 def test_cli_table_runs_every_row(capsys, monkeypatch):
     import common.budgets
     from common.cli import build_parser
-    from common.prune.cli import lab03_table
+    from common.prune.presets import lab03_table
     small = common.budgets.get_budget("quick", sweep_eval_windows=1, eval_seqlen=64, calib_samples=2, calib_seqlen=64)
     monkeypatch.setattr(common.budgets, "get_budget", lambda *a, **k: small)
     args = build_parser().parse_args(["prune", "--model", "tiny-random", "--device", "cpu", "--table", "lab03",
                                       "--json"])
-    args.func(args)
-    result = json.loads(capsys.readouterr().out)
+    result = args.run(args).result
     assert [row["method"] for row in result["rows"]] == ["dense"] + [name for name, _, _ in lab03_table()]
     assert result["rows"][0]["zeros"] == 0
-    assert all(row["zeros"] == pytest.approx(0.5, abs=0.01) and row["ppl"] > 1 for row in result["rows"][1:])
-    assert "seqlen=64, windows=1" in result["protocol"]
+    assert all(row["zeros"] == pytest.approx(0.5, abs=0.01) and min(row["ppl"].values()) > 1
+               for row in result["rows"][1:])
+    assert list(result["protocol"]) == ["wiki", "python-docs"]
+    assert all("seqlen=64, windows=1" in protocol for protocol in result["protocol"].values())
 
 
 @pytest.mark.parametrize("argv", [["--table", "lab03", "--method", "wanda"], ["--table", "lab03", "--sparsity", "0.7"],
@@ -376,5 +376,5 @@ def test_cli_table_and_method_are_one_or_the_other(argv):
     from common.cli import build_parser
     args = build_parser().parse_args(["prune", "--model", "tiny-random", *argv])
     with pytest.raises(WorkshopError) as error:
-        args.func(args)
+        args.run(args)
     assert error.value.fix

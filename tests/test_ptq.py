@@ -10,7 +10,7 @@ from common.quant.awq import AWQConfig, fold_scales, quantize_awq, scaling_group
 from common.calibration import decoder_layers
 from common.quant.storage import true_bytes
 from common.cli import build_parser, main
-from common.quant.cli import method_and_config
+from common.quant.presets import method_and_config
 from common.quant.formats import fake_quant_int
 from common.quant.fp8 import FP8Config, quantize_fp8
 from common.quant.gptq import GPTQConfig, gptq_quantize_weight, hessian, quantize_gptq
@@ -127,7 +127,7 @@ def test_rtn_weights_sit_on_the_grid(tiny):
 def test_quantize_bad_input_is_a_workshop_error(argv, message):
     args = build_parser().parse_args(["quantize", "--model", "tiny-random", *argv])
     with pytest.raises(WorkshopError, match=message) as info:
-        args.func(args)
+        args.run(args)
     assert info.value.fix
 
 
@@ -140,10 +140,10 @@ def test_quantize_command_evaluates_and_saves(tmp_path, capsys, monkeypatch):
     out = tmp_path / "q"
     args = build_parser().parse_args(["quantize", "--model", "tiny-random", "--method", "rtn", "--bits", "4",
                                           "--group-size", "64", "--eval", "--out", str(out), "--json"])
-    args.func(args)
-    result = json.loads(capsys.readouterr().out)
-    assert result["bytes_after"] < result["bytes_before"] / 4 and result["ppl_after"] > 1
-    assert "seqlen=128, windows=1" in result["protocol"] and (out / "config.json").is_file()
+    result = args.run(args).result
+    assert result["bytes_after"] < result["bytes_before"] / 4 and set(result["ppl_after"]) == {"wiki", "python-docs"}
+    assert all(r["ppl"] > 1 and "seqlen=128, windows=1" in r["protocol"] for r in result["ppl_after"].values())
+    assert (out / "config.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial directory left
     from common.models import load_model
     from common.quant.qlinear import QuantLinear
@@ -200,7 +200,7 @@ def _lab02_run_calls() -> dict:
 
 
 def test_cli_table_is_the_labs_own_list():
-    from common.quant.cli import lab02_table
+    from common.quant.presets import lab02_table
     calls = _lab02_run_calls()
     table = {name: (quantize.__name__, config, bits) for name, quantize, config, bits in lab02_table("full")}
     assert table == calls
@@ -214,27 +214,28 @@ def test_cli_table_runs_every_row(capsys, monkeypatch):
     small = common.budgets.get_budget("quick", sweep_eval_windows=1, eval_seqlen=64, calib_samples=2, calib_seqlen=64)
     monkeypatch.setattr(common.budgets, "get_budget", lambda *a, **k: small)
     args = build_parser().parse_args(["quantize", "--model", "tiny-random", "--table", "lab02", "--json"])
-    args.func(args)
-    result = json.loads(capsys.readouterr().out)
+    result = args.run(args).result
     names = [row["method"] for row in result["rows"]]
     assert names[0].startswith("baseline") and "GPTQ W3 g64" in names and "modelopt INT8_SMOOTHQUANT_CFG" in names
-    assert all(row["ppl"] > 1 and row["bytes"] > 0 for row in result["rows"])
-    assert "seqlen=64, windows=1" in result["protocol"]
+    assert all(min(row["ppl"].values()) > 1 and row["bytes"] > 0 for row in result["rows"])
+    assert list(result["protocol"]) == ["wiki", "python-docs"]  # both texts in every row
+    assert all("seqlen=64, windows=1" in protocol for protocol in result["protocol"].values())
 
 
 def test_group_size_check_on_576_wide_layers():
     """The embedded model's widths (576, 1536): 128 does not divide them, per channel and 64 do."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from common.quant.cli import fit_group_size
+    from common.quant.presets import default_group_size
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=576, intermediate_size=1536, num_hidden_layers=1,
                                          num_attention_heads=9, num_key_value_heads=3, head_dim=64))
     for method, group in (("gptq", 0), ("rtn", 0), ("awq", 64), ("nf4", 64)):
-        _, config = method_and_config(method, None, group)
-        fit_group_size(model, config)                       # no error
-    _, auto = method_and_config("rtn", None, None)
-    fit_group_size(model, auto)
-    assert auto.group_size == 64                            # "auto": 128 does not divide 576
+        method_and_config(method, None, group, model=model)   # no error
+    assert default_group_size(model) == 64                      # 128 does not divide 576
+    assert method_and_config("rtn", None, None, model=model)[1].group_size == 64
     for method in ("gptq", "nf4"):
         with pytest.raises(WorkshopError, match="does not divide"):
-            fit_group_size(model, method_and_config(method, None, 128)[1])
+            method_and_config(method, None, 128, model=model)
+    with pytest.raises(WorkshopError, match="group_size=-4"):
+        from common.quant.rtn import RTNConfig
+        RTNConfig(group_size=-4)                                # configs check themselves

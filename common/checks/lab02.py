@@ -35,3 +35,14 @@ def check_smoothing_scale(s, act_absmax: torch.Tensor, weights: list, alpha: flo
     check(f"SmoothQuant scales at alpha={alpha}", _close(s, smoothing_scale(act_absmax, weights, alpha), 1e-4),
           "s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), where max|W_j| is taken over input column j of "
           "q, k and v together (amax over dim 0 of each weight, then the max of the three).")
+
+
+def check_domain_penalty(penalty, study: dict, method: str) -> None:
+    """The out-of-domain cost of calibrating `method` on wiki: its python-docs perplexity calibrated on wiki
+    over its python-docs perplexity calibrated on python-docs."""
+    ppl = {row["calib"]: row["ppl"]["python-docs"] for row in study["rows"] if row["method"] == method}
+    expected = ppl["wiki"] / ppl["python-docs"]
+    check(f"out-of-domain penalty of {method} calibrated on wiki", penalty is not None and not isinstance(
+          penalty, type(Ellipsis)) and abs(float(penalty) - expected) <= 1e-9 * expected,
+          f"take the rows of calibration_study['rows'] whose method is {method!r}; divide the python-docs "
+          "perplexity of the row calibrated on 'wiki' by that of the row calibrated on 'python-docs'.")

@@ -12,8 +12,6 @@ teacher=None it is plain cross-entropy fine-tuning, the same loop, so the two co
   schedule and history go to `checkpoint_dir`, written aside and renamed, so a crash never leaves a
   half-written checkpoint; a later call with the same directory resumes from it.
 """
-import hashlib
-import json
 import math
 import os
 import shutil
@@ -25,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..data import load_text, sample_windows, tokenize
+from ..data import DEFAULT_TRAIN, generated_ids, sample_windows, training_ids
 from ..errors import WorkshopError
 from .losses import HiddenStateLoss, kd_loss
 
@@ -102,12 +100,6 @@ class DistillHistory:
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
-def training_ids(tokenizer, sources=("embedded", "embedded-code")) -> torch.Tensor:
-    """The training parts of `sources` (names or text files) as one token stream; never evaluation text."""
-    texts = [load_text(source, "train") for source in sources]
-    return torch.cat([tokenize(tokenizer, text) for text in texts])
-
-
 def _micro_batch(data: torch.Tensor, config: DistillConfig, index: int) -> torch.Tensor:
     if data.dim() == 2:  # prepared windows, in order, wrapping around
         rows = torch.arange(index * config.batch, (index + 1) * config.batch) % data.size(0)
@@ -124,44 +116,14 @@ def _check_data(data: torch.Tensor, config: DistillConfig) -> None:
                             "Prepare more windows or use a smaller batch (with grad_accum to keep the tokens).")
 
 
-@torch.no_grad()
 def teacher_generated_ids(teacher, tokenizer, n_sequences: int, seqlen: int, batch: int = 8,
-                          prompt_tokens: int = 8, seed: int = 0, cache_dir: str | Path | None = None,
-                          progress: bool = True) -> torch.Tensor:
-    """Sequence-level KD data: [n_sequences, seqlen] token ids sampled from the teacher itself.
-
-    Each sequence starts with `prompt_tokens` tokens of the training text and continues with the
-    teacher's own samples (temperature 1). Generation is batched; the result is cached on disk under
-    a key of the teacher and the arguments, since sampling is the slow part.
-    """
-    from ..models import cache_root
-    key = hashlib.md5(json.dumps([getattr(teacher, "workshop_spec", type(teacher).__name__),
-                                  teacher.config.vocab_size, n_sequences, seqlen, prompt_tokens, seed]).encode())
-    path = Path(cache_dir or cache_root() / "teacher-samples") / f"{key.hexdigest()[:16]}.pt"
-    if path.is_file():
-        return torch.load(path)
-    device = next(teacher.parameters()).device
-    prompts = sample_windows(training_ids(tokenizer, ("embedded",)), n_sequences, prompt_tokens, seed=seed)
-    was_training = teacher.training
-    teacher.eval()
-    chunks = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for start in tqdm(range(0, n_sequences, batch), desc="teacher samples", disable=not progress, leave=False):
-            ids = prompts[start: start + batch].to(device)
-            new = seqlen - prompt_tokens
-            out = teacher.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
-                                   top_k=0, top_p=1.0, max_new_tokens=new, min_new_tokens=new,
-                                   pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-            chunks.append(out[:, :seqlen].cpu())
-    teacher.train(was_training)
-    samples = torch.cat(chunks)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(samples, tmp)
-    os.replace(tmp, path)
-    return samples
+                          prompt_tokens: int = 8, seed: int = 0, train_data: str = DEFAULT_TRAIN,
+                          cache_dir: str | Path | None = None, progress: bool = True) -> torch.Tensor:
+    """Sequence-level KD data: [n_sequences, seqlen] token ids sampled from the teacher itself, each
+    sequence started by `prompt_tokens` tokens of the training text (cached on disk)."""
+    prompts = sample_windows(training_ids(tokenizer, train_data), n_sequences, prompt_tokens, seed=seed)
+    return generated_ids(teacher, tokenizer, prompts, seqlen, batch=batch, seed=seed, cache_dir=cache_dir,
+                         progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------

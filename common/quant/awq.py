@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..calibration import record_linear_inputs, walk_layers
-from .formats import fake_quant_int
+from .formats import check_int_grid, fake_quant_int
 from .rtn import rtn_into
 
 
@@ -26,6 +26,9 @@ class AWQConfig:
     clip_ratios: tuple = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
     search_tokens: int = 512       # calibration tokens the searches use (a strided subset): enough for
                                    # a per-channel statistic, and the searches' cost grows with it
+
+    def __post_init__(self):
+        check_int_grid(self.bits, self.group_size)
 
 
 def scaling_groups(layer) -> list:

@@ -84,6 +84,7 @@ def fake_quant_int(w: torch.Tensor, bits: int, group_size: int | None = None, sy
 # Non-uniform and floating-point grids: scale each group by its absolute maximum, round to the grid
 # ---------------------------------------------------------------------------------------------
 FP8_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448: the E4M3 range every FP8 scale maps onto
 NVFP4_BLOCK, MXFP4_BLOCK = 16, 32
 
 
@@ -276,3 +277,12 @@ def outlier_range_fraction(w: torch.Tensor, top: float = 0.05) -> torch.Tensor:
     inlier_range = (torch.where(is_inlier, w, -torch.inf).amax(dim=1) -
                     torch.where(is_inlier, w, torch.inf).amin(dim=1))
     return 1 - inlier_range / (w.amax(dim=1) - w.amin(dim=1)).clamp(min=1e-12)
+
+
+def check_int_grid(bits: int, group_size: int | None) -> None:
+    """Configs of the integer-grid methods check themselves when they are made."""
+    if not 2 <= bits <= 8:
+        raise WorkshopError(f"bits={bits}: the integer grids here have 2 to 8 bits.", "Use bits between 2 and 8.")
+    if group_size is not None and (not isinstance(group_size, int) or group_size < 1):
+        raise WorkshopError(f"group_size={group_size!r} is not a positive number of inputs.",
+                            "Use a positive group size such as 64, or None for one scale per output channel.")

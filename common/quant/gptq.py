@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..calibration import linear_input_grams, walk_layers
-from .formats import dequantize_int, int_scale_zero, quantize_int
+from .formats import check_int_grid, dequantize_int, int_scale_zero, quantize_int
 from .storage import WeightFormat, mark_quantized, stored_scale_dtype
 
 
@@ -27,6 +27,9 @@ class GPTQConfig:
     block_size: int = 128          # columns updated together before the rest of W is touched
     act_order: bool = True         # quantize columns with the largest H[i, i] (most input energy) first,
                                    # while many columns are left to absorb their error
+
+    def __post_init__(self):
+        check_int_grid(self.bits, self.group_size)
 
 
 @contextmanager

@@ -9,7 +9,6 @@ a CUDA tensor).
 """
 import contextlib
 import sys
-import time
 import warnings
 
 import torch
@@ -36,7 +35,7 @@ def modelopt_configs() -> list:
 
 def quantize_modelopt(model, config_name: str, calib_batch: torch.Tensor, progress: bool = True,
                       weights_only: bool = False):
-    """(fake-quantized model, seconds) for modelopt's `config_name`, calibrated on `calib_batch`;
+    """The model fake-quantized by modelopt's `config_name`, calibrated on `calib_batch`;
     `weights_only` switches its activation quantizers off afterwards (to tell the two errors apart)."""
     if config_name not in CONFIGS:
         raise WorkshopError(f"modelopt:{config_name} is not one of the configurations compared here.",
@@ -54,18 +53,14 @@ def quantize_modelopt(model, config_name: str, calib_batch: torch.Tensor, progre
         for ids in batches:
             m(ids, use_cache=False)
 
-    start = time.perf_counter()
     # modelopt reports on stdout; send it to stderr, with the progress bars, so that --json stays parseable
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
         model = mtq.quantize(model, getattr(mtq, config_name), forward_loop)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
     if weights_only:
         mtq.disable_quantizer(model, "*input_quantizer")
     mark_modelopt_bytes(model, config_name)
-    return model, seconds
+    return model
 
 
 def mark_modelopt_bytes(model, config_name: str) -> None:

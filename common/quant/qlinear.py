@@ -24,12 +24,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import WorkshopError
-from .formats import _grouped, fake_quant_int, int_scale_zero, nf4_levels, quantize_int, round_to_grid
+from .formats import FP8_MAX, _grouped, fake_quant_int, int_scale_zero, nf4_levels, quantize_int, round_to_grid
 from .storage import stored_scale_dtype
 
 QUANT_LINEAR_FORMATS = ("int4", "int8", "fp8", "nf4")
 ACTIVATIONS = (None, "int8_per_token", "fp8_static")
-FP8_MAX = torch.finfo(torch.float8_e4m3fn).max
 KERNEL_MAX_ROWS = 16  # above this, dequantize + cuBLAS beats the fused kernel (kernels/RESULTS.md)
 
 

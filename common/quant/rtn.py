@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..calibration import decoder_layers, linear_layers
-from .formats import fake_quant_int
+from .formats import check_int_grid, fake_quant_int
 from .storage import WeightFormat, mark_quantized, stored_scale_dtype
 
 
@@ -17,6 +17,9 @@ class RTNConfig:
     bits: int = 4
     group_size: int | None = 128   # None: one scale per output channel
     symmetric: bool = False
+
+    def __post_init__(self):
+        check_int_grid(self.bits, self.group_size)
 
 
 def rtn_into(linear, weight: torch.Tensor, bits: int, group_size: int | None, symmetric: bool) -> None:

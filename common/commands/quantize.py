@@ -1,0 +1,102 @@
+"""`workshop quantize`: every PTQ method of lab 02 from the command line, or lab 02's whole table."""
+import time
+import warnings
+
+from . import Output, add_data_options, perplexity_dict, perplexity_lines, protocol_from
+from ..errors import WorkshopError
+
+HELP = ("Post-training quantization: RTN, GPTQ, AWQ, SmoothQuant, FP8, NF4, or a modelopt configuration; "
+        "optionally evaluate and save packed; or lab 02's whole table.")
+
+
+def add_arguments(p) -> None:
+    from ..quant.presets import METHODS
+    p.add_argument("--method", help=f"{' | '.join(METHODS)} | modelopt:<CONFIG_NAME>")
+    p.add_argument("--bits", type=int, help="weight bits (default: 4; smoothquant and fp8: 8)")
+    p.add_argument("--group-size", type=int, help="inputs per scale (default: 128, or 64 where 128 does not divide the "
+                   "layers; nf4: 64; 0: per channel)")
+    p.add_argument("--eval", action="store_true", help="perplexity before and after on each evaluation text")
+    p.add_argument("--out", help="save the quantized model here, packed (INT4/INT8/FP8/NF4 layers; written atomically)")
+    p.add_argument("--table", choices=["lab02"], help="run every method of lab 02 (ours and modelopt's) with the "
+                   "lab's calibration and evaluation, and print its table")
+    add_data_options(p)
+
+
+def run(args) -> Output:
+    if args.table:
+        return table(args)
+    if not args.method:
+        raise WorkshopError("Nothing to do: no --method and no --table.",
+                            "Give --method (e.g. --method gptq), or --table lab02 for lab 02's whole table.")
+    from ..budgets import get_budget
+    from ..models import load_model, save_pretrained_atomic
+    from ..quant.modelopt_ptq import quantize_modelopt
+    from ..quant.presets import method_and_config
+    from ..quant.qlinear import pack_quantized
+    from ..quant.storage import true_bytes
+    protocol = protocol_from(args)
+    method_and_config(args.method, args.bits, args.group_size)  # a bad method fails before the model loads
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    quantize, config = method_and_config(args.method, args.bits, args.group_size, model=model)
+    calib = protocol.calibration(tokenizer, model=model)
+    result = {"method": args.method, "config": repr(config), "model": args.model, "mode": get_budget().mode,
+              "calibration": protocol.calibration_label()}
+    lines = []
+    if args.eval:
+        before = protocol.evaluate(model, tokenizer)
+        result["ppl_before"] = perplexity_dict(before)
+        lines += perplexity_lines(before, "PPL before")
+    result["bytes_before"] = true_bytes(model)
+    start = time.perf_counter()
+    if quantize == "modelopt":
+        model = quantize_modelopt(model, config, calib)
+    else:
+        model = quantize(model, config, calib)
+    seconds = time.perf_counter() - start
+    result |= {"seconds": seconds, "bytes_after": true_bytes(model)}
+    lines = [f"{args.method}: {result['config']}", f"quantized in {seconds:.1f} s on {result['calibration']}",
+             f"bytes (quantized weights counted packed): {result['bytes_before']:,} -> {result['bytes_after']:,} "
+             f"({result['bytes_before'] / result['bytes_after']:.2f}x smaller)"] + lines
+    if args.eval:
+        after = protocol.evaluate(model, tokenizer)
+        result["ppl_after"] = perplexity_dict(after)
+        lines += perplexity_lines(after, "PPL after ")
+    if args.out:
+        if quantize == "modelopt":
+            note = "modelopt's fake-quantized weights, dequantized; export them with modelopt for real storage"
+        else:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model = pack_quantized(model)
+            note = "; ".join(str(w.message) for w in caught) or "packed low-bit layers; load it with load_model"
+        result["out"] = str(save_pretrained_atomic(model, tokenizer, args.out))
+        result["saved"] = note
+        lines.append(f"saved to {result['out']} ({note})")
+    return Output(result, "\n".join(lines))
+
+
+def table(args) -> Output:
+    """Every row of lab 02's table (ours, then modelopt's): `workshop quantize --table lab02 [--json]`."""
+    import torch
+    from ..budgets import get_budget
+    from ..models import load_model
+    from ..quant.modelopt_ptq import CONFIGS, quantize_modelopt
+    from ..quant.presets import lab02_modelopt_configs, lab02_table
+    from ..quant.storage import true_bytes
+    from ..tables import run_lab_table, table_text
+    if args.method or args.bits is not None or args.group_size is not None or args.out:
+        raise WorkshopError("--table runs a fixed list of methods; it takes no --method, --bits, --group-size "
+                            "or --out.", "Leave those out, or quantize one method without --table.")
+    protocol = protocol_from(args, sweep=True)
+    mode = get_budget().mode
+    bits = {name: b for name, _, _, b in lab02_table(mode)} | {f"modelopt {n}": CONFIGS[n][0] for n in CONFIGS}
+    jobs = [(name, lambda model, calib, q=quantize, c=config: (q(model, c, calib, progress=False), None))
+            for name, quantize, config, _ in lab02_table(mode)]
+    jobs += [(f"modelopt {name}", lambda model, calib, name=name: (quantize_modelopt(model, name, calib, progress=False),
+                                                                    None))
+             for name in lab02_modelopt_configs(mode)]
+    columns = [("bits", "bits", 4, "d", lambda name, m: bits.get(name, 16 if m.dtype == torch.bfloat16 else 32)),
+               ("bytes", "MB", 8, ".1f", lambda name, m: true_bytes(m) / 1e6)]
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    result = run_lab_table(model, tokenizer, protocol, "lab02", jobs, columns, baseline_name="baseline")
+    return Output(result | {"mode": mode}, table_text(result))

@@ -1,0 +1,117 @@
+"""Quantization methods by name, with the defaults the command line and the labs share (model in,
+config as data): `method_and_config("gptq", bits=3, group_size=64, model=model)`, and lab 02's rows."""
+from ..errors import WorkshopError
+
+METHODS = ("rtn", "gptq", "awq", "smoothquant", "fp8", "nf4")
+# Bits each method supports, and its default.
+SUPPORTED_BITS = {"rtn": range(2, 9), "gptq": range(2, 9), "awq": range(2, 9), "smoothquant": (8,),
+                  "fp8": (8,), "nf4": (4,)}
+DEFAULT_BITS = {"rtn": 4, "gptq": 4, "awq": 4, "smoothquant": 8, "fp8": 8, "nf4": 4}
+GROUPED = ("rtn", "gptq", "awq", "nf4")  # methods with a --group-size (NF4: its block size)
+
+
+def method_and_config(method: str, bits: int | None = None, group_size: int | None = None, model=None):
+    """(quantize function, its config) for a method name, or a WorkshopError saying what is wrong.
+    `group_size` None takes the default for `model` (`default_group_size`); 0 means per channel."""
+    if method.startswith("modelopt:"):
+        from .modelopt_ptq import CONFIGS
+        name = method.split(":", 1)[1]
+        if name not in CONFIGS:
+            raise WorkshopError(f"--method {method}: {name!r} is not a modelopt configuration compared here.",
+                                f"Use modelopt:<one of {', '.join(CONFIGS)}>.")
+        if bits is not None or group_size is not None:
+            raise WorkshopError(f"--method {method} fixes its own bits and block size.",
+                                "Leave out --bits and --group-size with modelopt configurations.")
+        return "modelopt", name
+    if method not in METHODS:
+        raise WorkshopError(f"Unknown method {method!r}.",
+                            f"Use one of {', '.join(METHODS)}, or modelopt:<CONFIG_NAME>.")
+    bits = DEFAULT_BITS[method] if bits is None else bits
+    if bits not in SUPPORTED_BITS[method]:
+        raise WorkshopError(f"--method {method} does not support {bits} bits.",
+                            f"Use --bits {' or '.join(map(str, SUPPORTED_BITS[method]))[:40]} with {method}.")
+    if group_size is not None and method not in GROUPED:
+        raise WorkshopError(f"--method {method} quantizes per channel; --group-size does not apply.",
+                            "Leave out --group-size.")
+    if group_size is not None and group_size < 0:
+        raise WorkshopError(f"--group-size {group_size} is negative.", "Give 0 (per channel) or a positive size.")
+    if group_size is None:
+        group = 64 if method == "nf4" else default_group_size(model) if model is not None else 128
+    else:
+        group = group_size or None
+    if group and model is not None:
+        check_group_size(model, group)
+    if method == "rtn":
+        from .rtn import RTNConfig, quantize_rtn
+        return quantize_rtn, RTNConfig(bits=bits, group_size=group)
+    if method == "gptq":
+        from .gptq import GPTQConfig, quantize_gptq
+        return quantize_gptq, GPTQConfig(bits=bits, group_size=group)
+    if method == "awq":
+        from .awq import AWQConfig, quantize_awq
+        return quantize_awq, AWQConfig(bits=bits, group_size=group)
+    if method == "smoothquant":
+        from .smoothquant import SmoothQuantConfig, quantize_smoothquant
+        return quantize_smoothquant, SmoothQuantConfig()
+    if method == "fp8":
+        from .fp8 import FP8Config, quantize_fp8
+        return quantize_fp8, FP8Config()
+    if group is None:
+        raise WorkshopError("NF4 quantizes blocks; --group-size 0 (per channel) does not apply.",
+                            "Give a block size such as 64.")
+    from .nf4 import NF4Config, quantize_nf4
+    return quantize_nf4, NF4Config(block_size=group)
+
+
+def input_widths(model) -> list:
+    from ..calibration import decoder_layers, linear_layers
+    return sorted({lin.in_features for layer in decoder_layers(model) for lin in linear_layers(layer).values()})
+
+
+def default_group_size(model) -> int | None:
+    """128 where it divides every linear's input width, else 64 or 32 (SmolLM2-135M's hidden size is
+    576 = 4.5 x 128, so it gets 64); None (per channel) if none of them does."""
+    widths = input_widths(model)
+    return next((g for g in (128, 64, 32) if not any(w % g for w in widths)), None)
+
+
+def check_group_size(model, group: int) -> None:
+    widths = input_widths(model)
+    if any(w % group for w in widths):
+        raise WorkshopError(f"--group-size {group} does not divide the input widths of this model's "
+                            f"linear layers ({', '.join(map(str, widths))}).",
+                            "Use a size that divides all of them (64 or 128 for most models), or 0 for per channel.")
+
+
+def lab02_table(mode: str) -> list:
+    """The rows of lab 02's table, in its order: (name, quantize function, config, weight bits).
+    The lab calls each of these itself; tests/test_ptq.py checks that both say the same."""
+    from .awq import AWQConfig, quantize_awq
+    from .fp8 import FP8Config, quantize_fp8
+    from .gptq import GPTQConfig, quantize_gptq
+    from .nf4 import NF4Config, quantize_nf4
+    from .rtn import RTNConfig, quantize_rtn
+    from .smoothquant import SmoothQuantConfig, quantize_smoothquant
+    rows = [("RTN W4 per channel", quantize_rtn, RTNConfig(bits=4, group_size=None), 4),
+            ("RTN W4 g64", quantize_rtn, RTNConfig(bits=4, group_size=64), 4),
+            ("GPTQ W4 per channel", quantize_gptq, GPTQConfig(bits=4, group_size=None), 4),
+            ("RTN W3 g64", quantize_rtn, RTNConfig(bits=3, group_size=64), 3),
+            ("GPTQ W3 g64", quantize_gptq, GPTQConfig(bits=3, group_size=64), 3),
+            ("AWQ W4 g64", quantize_awq, AWQConfig(bits=4, group_size=64), 4),
+            ("W8A8 INT8, no smoothing", quantize_smoothquant, SmoothQuantConfig(smooth=False), 8),
+            ("SmoothQuant W8A8 INT8", quantize_smoothquant, SmoothQuantConfig(alpha=0.5), 8),
+            ("FP8 E4M3 W8A8", quantize_fp8, FP8Config(), 8),
+            ("NF4 W4 block 64", quantize_nf4, NF4Config(block_size=64), 4),
+            ("RTN W2 g64", quantize_rtn, RTNConfig(bits=2, group_size=64), 2)]
+    if mode == "full":  # a third GPTQ run costs minutes on a CPU
+        rows.append(("GPTQ W2 g64", quantize_gptq, GPTQConfig(bits=2, group_size=64), 2))
+    return rows
+
+
+def lab02_modelopt_configs(mode: str) -> list:
+    """modelopt's configurations in lab 02: all that run here in full mode; the two 8-bit ones in quick
+    mode (its AWQ search is far too slow on a CPU)."""
+    from .modelopt_ptq import modelopt_configs
+    return modelopt_configs() if mode == "full" else ["FP8_DEFAULT_CFG", "INT8_SMOOTHQUANT_CFG"]
+
+
