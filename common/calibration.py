@@ -127,3 +127,27 @@ def input_channel_rms(model, calib_batch: torch.Tensor, module_names: list, prog
         for h in handles:
             h.remove()
     return {name: (s / count["tokens"]).sqrt() for name, s in sums.items()}
+
+
+@torch.no_grad()
+def mean_abs_output(model, calib_batch: torch.Tensor, module_names: list) -> dict:
+    """Mean over calibration tokens of |output| of every output channel of the named modules (gate_proj's
+    pre-activation, for the ordering study's channel importance): {name: tensor [out_features]}."""
+    modules = dict(model.named_modules())
+    sums, count = {}, {"tokens": 0}
+
+    def hook_for(name):
+        def hook(module, args, output):
+            sums[name] = output.detach().reshape(-1, output.size(-1)).float().abs().sum(0) + sums.get(name, 0)
+        return hook
+
+    handles = [modules[name].register_forward_hook(hook_for(name)) for name in module_names]
+    device = next(model.parameters()).device
+    try:
+        for ids in calib_batch.split(CHUNK // 2):
+            model(ids.to(device), use_cache=False)
+            count["tokens"] += ids.numel()
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: s / count["tokens"] for name, s in sums.items()}

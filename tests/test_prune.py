@@ -1,6 +1,5 @@
 """Pruning: masks, one-shot methods, width / depth / low rank, the command line, and bad input."""
 import copy
-import json
 
 import pytest
 import torch

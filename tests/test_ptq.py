@@ -132,7 +132,6 @@ def test_quantize_bad_input_is_a_workshop_error(argv, message):
 
 
 def test_quantize_command_evaluates_and_saves(tmp_path, capsys, monkeypatch):
-    import json
 
     import common.budgets
     small = common.budgets.get_budget(eval_max_windows=1, eval_seqlen=128, calib_samples=2, calib_seqlen=64)
@@ -208,7 +207,6 @@ def test_cli_table_is_the_labs_own_list():
 
 
 def test_cli_table_runs_every_row(capsys, monkeypatch):
-    import json
 
     import common.budgets
     small = common.budgets.get_budget("quick", sweep_eval_windows=1, eval_seqlen=64, calib_samples=2, calib_seqlen=64)

@@ -8,6 +8,8 @@ keeps is decided per layer.
 Importance (Minitron's activation-based recipe, or a weight-magnitude baseline):
   - an MLP channel i: the RMS over calibration tokens of act(gate_i x) * up_i x, the value that
     down_proj reads; magnitude: the norm of its weights in gate, up and down together.
+  - "study" (MLP channels only; the ordering study, arXiv 2511.19495): 0.5 x the L1 norm of its gate and
+    up rows + 0.5 x the mean |gate activation| over calibration tokens, each half divided by its mean;
   - an attention head: the RMS of its slice of the attention output (what o_proj reads); magnitude:
     the norm of its rows in q_proj and columns in o_proj.
 Grouped-query attention ties query heads to key/value heads, so heads are removed either as the same
@@ -20,9 +22,9 @@ import torch
 from torch import nn
 
 from ..errors import WorkshopError
-from ..calibration import decoder_layers, input_channel_rms
+from ..calibration import decoder_layers, input_channel_rms, mean_abs_output
 
-IMPORTANCES = ("activation", "magnitude")
+IMPORTANCES = ("activation", "magnitude", "study")
 HEAD_GRANULARITIES = ("query", "group")
 
 
@@ -30,7 +32,7 @@ HEAD_GRANULARITIES = ("query", "group")
 class WidthPruneConfig:
     mlp_fraction: float = 0.3        # fraction of MLP channels removed in every layer
     heads_fraction: float = 0.0      # fraction of query heads (or key/value groups) removed
-    importance: str = "activation"   # "activation" (needs calibration text) or "magnitude"
+    importance: str = "activation"   # "activation" or "study" (need calibration text), or "magnitude"
     round_to: int = 8                # kept MLP channels rounded to a multiple of this (tensor cores); 1: off
     head_granularity: str = "query"  # "query": heads inside each group; "group": whole key/value groups
 
@@ -48,7 +50,10 @@ def _validate(model, config: WidthPruneConfig, calib_batch) -> None:
                             f"Use one of {', '.join(HEAD_GRANULARITIES)}.")
     if config.round_to < 1:
         raise WorkshopError(f"round_to={config.round_to} must be 1 or more.", "Use 1 (no rounding), 8 or 64.")
-    if config.importance == "activation" and calib_batch is None:
+    if config.importance == "study" and config.heads_fraction:
+        raise WorkshopError("The study's importance scores MLP channels only.",
+                            "Use importance='activation' or 'magnitude' to prune heads too.")
+    if config.importance in ("activation", "study") and calib_batch is None:
         raise WorkshopError("Activation importance needs calibration text and none was given.",
                             "Pass calib_batch (common.data.calibration_batch), or use importance='magnitude'.")
     if not hasattr(model, "model") or not hasattr(decoder_layers(model)[0], "mlp"):
@@ -81,6 +86,14 @@ def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
 
 def mlp_importance(model, config: WidthPruneConfig, calib_batch) -> list:
     layers = decoder_layers(model)
+    if config.importance == "study":
+        names = [f"model.layers.{i}.mlp.gate_proj" for i in range(len(layers))]
+        gate = mean_abs_output(model, calib_batch, names)
+        scores = []
+        for name, layer in zip(names, layers):
+            l1 = layer.mlp.gate_proj.weight.float().abs().sum(1) + layer.mlp.up_proj.weight.float().abs().sum(1)
+            scores.append(0.5 * l1 / l1.mean() + 0.5 * gate[name] / gate[name].mean())
+        return scores
     if config.importance == "activation":
         names = [f"model.layers.{i}.mlp.down_proj" for i in range(len(layers))]
         rms = input_channel_rms(model, calib_batch, names)

@@ -286,6 +286,28 @@ def packed_layer(linear: nn.Linear) -> QuantLinear:
 
 
 @torch.no_grad()
+def unpack_quantized(model: nn.Module) -> int | None:
+    """Replace every packed NF4 layer by a plain Linear holding its grid values (to edit the weights, e.g.
+    prune, before packing again); returns their block size, or None if there were none."""
+    block_size, dtype = None, next(model.parameters()).dtype
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantLinear):
+            if module.fmt != "nf4":
+                raise WorkshopError(f"{name} stores {module.fmt}; only NF4 layers are unpacked here.",
+                                    "Edit the model before quantizing it.")
+            weight = module.dequantized_weight(dtype)
+            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                               device=weight.device, dtype=weight.dtype)
+            linear.weight.copy_(weight)
+            if module.bias is not None:
+                linear.bias.copy_(module.bias)
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, linear)
+            block_size = module.group_size
+    return block_size
+
+
+@torch.no_grad()
 def pack_quantized(model: nn.Module, progress: bool = True) -> nn.Module:
     """Replace every fake-quantized linear by the QuantLinear that stores it (INT4 and INT8 weights,
     FP8 W8A8, SmoothQuant's W8A8, NF4); in place, returns the model. Formats without a packed

@@ -1,0 +1,51 @@
+"""`workshop pipeline`: prune, distill and quantize in a given order (lab 05), or all six orders."""
+from . import Output, add_data_options, protocol_from
+from ..errors import WorkshopError
+
+HELP = "Run a compression pipeline: --order P,KD,Q, a --recipe file, or --all-orders (lab 05's table)."
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--order", help="the three steps in order, comma-separated: P (30%% MLP width pruning), KD "
+                   "(distillation from the teacher), Q (NF4), e.g. P,KD,Q")
+    p.add_argument("--recipe", help="a JSON or YAML list of steps, e.g. [{\"step\": \"P\", \"mlp\": 0.3}, "
+                   "{\"step\": \"KD\", \"steps\": 100}, {\"step\": \"Q\", \"qat\": true}]")
+    p.add_argument("--all-orders", action="store_true", help="all six orders of P, KD and Q (lab 05's main table)")
+    p.add_argument("--qat", action="store_true", help="Q as quantization-aware training (NF4 forward, float weights "
+                   "that keep training) instead of packed, frozen NF4")
+    p.add_argument("--teacher", help="the teacher of the KD step (default: --model, uncompressed)")
+    p.add_argument("--out", help="write the final model here (packed where it is quantized; with --order or --recipe)")
+    add_data_options(p, train=True)
+
+
+def run(args) -> Output:
+    from ..budgets import get_budget
+    from ..models import load_model, save_pretrained_atomic
+    from ..pipeline import ORDERS, pipeline_text, recipe_from_file, recipe_from_order, run_pipeline
+    chosen = [flag for flag, value in (("--order", args.order), ("--recipe", args.recipe),
+                                       ("--all-orders", args.all_orders)) if value]
+    if len(chosen) != 1:
+        raise WorkshopError(f"Give exactly one of --order, --recipe and --all-orders (got {', '.join(chosen) or 'none'}).",
+                            "E.g. `workshop pipeline --order P,KD,Q`, or --all-orders for lab 05's table.")
+    if args.all_orders and args.out:
+        raise WorkshopError("--all-orders builds six models; --out writes one.", "Use --order ORDER --out DIR.")
+    if args.qat and args.recipe:
+        raise WorkshopError("--qat applies to --order and --all-orders.", "Write {\"step\": \"Q\", \"qat\": true} "
+                            "in the recipe instead.")
+    protocol = protocol_from(args)
+    recipes = ([recipe_from_order(order, args.qat) for order in ORDERS] if args.all_orders else
+               [recipe_from_order(args.order, args.qat)] if args.order else [recipe_from_file(args.recipe)])
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    needs_teacher = any(step.name == "KD" for recipe in recipes for step in recipe)
+    teacher = load_model(args.teacher or args.model, dtype=args.dtype, device=args.device)[0] if needs_teacher else None
+    results, final = [], None
+    for recipe in recipes:
+        final, result = run_pipeline(model, tokenizer, recipe, protocol, teacher=teacher)
+        results.append(result)
+    out = {"mode": get_budget().mode, "model": args.model, "teacher": (args.teacher or args.model) if needs_teacher else None,
+           "protocol": protocol.to_dict(), "results": [r.to_dict() for r in results]}
+    text = pipeline_text(results) + f"\n[{protocol.describe()}]"
+    if args.out:
+        out["out"] = str(save_pretrained_atomic(final, tokenizer, args.out))
+        text += f"\nsaved to {out['out']}"
+    return Output(out, text)

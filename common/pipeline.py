@@ -1,0 +1,289 @@
+"""Compression as a pipeline: a recipe is an ordered list of steps, each a model -> model technique
+with its config (llm-compressor's shape), run in order and measured after every step.
+
+    recipe = [WidthPrune(mlp=0.3), Distill(), NF4()]          # P -> KD -> Q
+    result = run_pipeline(model, tokenizer, recipe, protocol, teacher=teacher)
+
+The steps mirror the ordering study (arXiv 2511.19495, Qwen2.5-3B): P removes 30% of the MLP's
+intermediate channels, scored by 0.5 x the L1 norm of their gate/up rows + 0.5 x their mean |gate
+activation| (each normalized); KD trains the student on 0.7 x CE + 0.3 x T^2 x KL from the teacher; Q is
+NF4 stored as bitsandbytes stores it, packed 4-bit codes that no gradient reaches, so any training
+after Q only moves what stayed float. `NF4(qat=True)` instead keeps a float weight under an NF4
+forward pass (a straight-through estimator), so that a later KD step can move the quantized weights;
+the pipeline packs them when it ends.
+
+After every step the record holds perplexity on each evaluation text, stored bytes, parameters, wall
+time and, for a training step, the fraction of the model's weights that a gradient reached.
+"""
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import WorkshopError
+
+
+@dataclass(frozen=True)
+class WidthPrune:
+    """P: remove `mlp` of every layer's MLP channels (the study's importance); the channels kept are a
+    multiple of `round_to`, so that a 4-bit block (64) still divides the down projection's inputs."""
+    mlp: float = 0.3
+    round_to: int = 64
+    name = "P"
+
+    def __post_init__(self):
+        if not 0 < self.mlp < 1:
+            raise WorkshopError(f"WidthPrune(mlp={self.mlp}): the fraction removed must be in (0, 1).",
+                                "Give e.g. mlp=0.3 (the study's 30%).")
+
+
+@dataclass(frozen=True)
+class Distill:
+    """KD: alpha x CE + (1 - alpha) x T^2 x KL from the teacher; steps None: the mode's budget."""
+    steps: int | None = None
+    alpha: float = 0.7
+    temperature: float = 2.0
+    lr: float = 2e-4
+    name = "KD"
+
+    def __post_init__(self):
+        if self.steps is not None and self.steps < 1:
+            raise WorkshopError(f"Distill(steps={self.steps}) trains nothing.", "Give steps >= 1, or leave it out.")
+        if not 0 <= self.alpha <= 1 or self.temperature <= 0 or self.lr <= 0:
+            raise WorkshopError(f"Distill(alpha={self.alpha}, temperature={self.temperature}, lr={self.lr}) is out of "
+                                "range.", "Use alpha in [0, 1], a positive temperature and a positive lr.")
+
+
+@dataclass(frozen=True)
+class NF4:
+    """Q: NF4 weights in blocks of `block_size`; packed (frozen, as bitsandbytes) or QAT (trainable)."""
+    block_size: int = 64
+    qat: bool = False
+    name = "Q"
+
+    def __post_init__(self):
+        if self.block_size < 2 or self.block_size % 2:
+            raise WorkshopError(f"NF4(block_size={self.block_size}) is not an even block size.", "Use 64 (or 32, 128).")
+
+
+STEPS = {"P": WidthPrune, "KD": Distill, "Q": NF4}
+ORDERS = ["P,KD,Q", "KD,P,Q", "P,Q,KD", "Q,P,KD", "Q,KD,P", "KD,Q,P"]  # the study's six, its ranking order
+
+
+def recipe_from_order(order: str, qat: bool = False) -> list:
+    """'P,KD,Q' -> [WidthPrune(), Distill(), NF4()]: each of the three steps exactly once."""
+    names = [n.strip().upper() for n in order.split(",") if n.strip()]
+    unknown = [n for n in names if n not in STEPS]
+    if unknown:
+        raise WorkshopError(f"--order {order}: unknown step {', '.join(unknown)}.",
+                            f"Use the steps {', '.join(STEPS)}, e.g. --order P,KD,Q.")
+    if sorted(names) != sorted(STEPS):
+        raise WorkshopError(f"--order {order} must name each of {', '.join(STEPS)} exactly once.",
+                            "Give all three, e.g. --order P,KD,Q (or a --recipe file for any list of steps).")
+    return [NF4(qat=qat) if n == "Q" else STEPS[n]() for n in names]
+
+
+def recipe_from_file(path) -> list:
+    """A JSON or YAML list of steps: [{"step": "P", "mlp": 0.3}, {"step": "KD", "steps": 100}, {"step": "Q"}]."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkshopError(f"--recipe {path} is not a file.", "Give the path of a JSON or YAML recipe.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+            items = yaml.safe_load(text)
+        else:
+            items = json.loads(text)
+    except Exception as e:
+        raise WorkshopError(f"--recipe {path} does not parse: {type(e).__name__}: {e}".splitlines()[0],
+                            "Write a list of steps, e.g. [{\"step\": \"P\", \"mlp\": 0.3}, {\"step\": \"KD\"}, "
+                            "{\"step\": \"Q\"}].")
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) and "step" in i for i in items):
+        raise WorkshopError(f"--recipe {path} is not a non-empty list of steps, each with a 'step' key.",
+                            "Write e.g. [{\"step\": \"P\", \"mlp\": 0.3}, {\"step\": \"KD\"}, {\"step\": \"Q\"}].")
+    recipe = []
+    for item in items:
+        options = {k: v for k, v in item.items() if k != "step"}
+        kind = STEPS.get(str(item["step"]).upper())
+        if kind is None:
+            raise WorkshopError(f"--recipe {path}: unknown step {item['step']!r}.", f"Use {', '.join(STEPS)}.")
+        try:
+            recipe.append(kind(**options))
+        except TypeError as e:
+            raise WorkshopError(f"--recipe {path}: step {item['step']} takes no such option ({e}).",
+                                f"Options of {kind.__name__}: {', '.join(kind.__dataclass_fields__)}.")
+    return recipe
+
+
+def recipe_label(recipe: list) -> str:
+    return "-".join(step.name + ("(QAT)" if isinstance(step, NF4) and step.qat else "") for step in recipe)
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps
+# ---------------------------------------------------------------------------------------------
+def _prune(model, step: WidthPrune, calib):
+    """Width pruning with the study's importance. A quantized model is pruned as a deployment stack
+    would: packed NF4 layers are unpacked to their grid values, sliced, and quantized again (the
+    down projection's blocks change, so it is rounded once more); under QAT the float weights are
+    sliced and the NF4 forward pass is put back."""
+    from .prune.width import WidthPruneConfig, prune_width
+    from .quant.nf4 import NF4Config, quantize_nf4
+    from .quant.qat import finish_qat, is_qat, prepare_qat, qat_block_size
+    from .quant.qlinear import pack_quantized, unpack_quantized
+    config = WidthPruneConfig(mlp_fraction=step.mlp, importance="study", round_to=step.round_to)
+    if is_qat(model):
+        block_size = qat_block_size(model)
+        model = prune_width(finish_qat(model, round_weights=False), config, calib)
+        return prepare_qat(model, NF4Config(block_size=block_size))
+    packed = unpack_quantized(model)
+    model = prune_width(model, config, calib)
+    if packed:
+        model = pack_quantized(quantize_nf4(model, NF4Config(block_size=packed)), progress=False)
+    return model
+
+
+def _quantize(model, step: NF4):
+    from .quant.nf4 import NF4Config, quantize_nf4
+    from .quant.qat import prepare_qat
+    from .quant.qlinear import pack_quantized
+    if step.qat:
+        return prepare_qat(model, NF4Config(block_size=step.block_size))
+    return pack_quantized(quantize_nf4(model, NF4Config(block_size=step.block_size)), progress=False)
+
+
+def weight_count(model) -> int:
+    """Parameters, counting the weights that packed layers store as codes (buffers, not parameters)."""
+    from .quant.qlinear import QuantLinear
+    return sum(p.numel() for p in model.parameters()) + sum(
+        m.in_features * m.out_features for m in model.modules() if isinstance(m, QuantLinear))
+
+
+def weights_reached_by_gradient(model, ids: torch.Tensor) -> float:
+    """The fraction of the model's weights (parameters, and the codes packed layers store) that one
+    backward pass of the CE loss on `ids` gives a non-zero gradient."""
+    model.zero_grad(set_to_none=True)
+    was_training = model.training
+    model.train()
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    reached = sum(int((p.grad != 0).sum()) for p in model.parameters() if p.grad is not None)
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return reached / weight_count(model)
+
+
+def _distill(model, step: Distill, teacher, train_ids, budget, progress):
+    from .distill.train import DistillConfig, distill
+    if teacher is None:
+        raise WorkshopError("A KD step needs a teacher, and none was given.",
+                            "Pass teacher=... (the uncompressed model), or --teacher SPEC on the command line.")
+    steps = step.steps or budget.train_steps
+    config = DistillConfig(steps=steps, alpha=step.alpha, temperature=step.temperature, lr=step.lr,
+                           warmup_steps=steps // 10, batch=budget.train_batch, seqlen=budget.train_seqlen)
+    dtypes = {name: b.dtype for name, b in model.named_buffers()}  # distill trains in fp32: keep stored types
+    param_dtype = next(model.parameters()).dtype
+    device = next(model.parameters()).device
+    reached = weights_reached_by_gradient(model.float(), train_ids[: 2 * config.seqlen].view(2, -1).to(device))
+    model, history = distill(model, teacher, config, train_ids, progress=progress)
+    model.to(param_dtype)
+    for name, buffer in model.named_buffers():
+        if name in dtypes and buffer.dtype != dtypes[name]:
+            module, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(module), attr, buffer.to(dtypes[name]))
+    return model, {"weights_reached_by_gradient": reached, "train_tokens": history.tokens,
+                   "final_loss": history.records[-1]["loss"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PipelineResult:
+    recipe: str
+    records: list = field(default_factory=list)   # one per stage: "start" then each step
+
+    @property
+    def final(self) -> dict:
+        return self.records[-1]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=None, progress: bool = True):
+    """Run `recipe` on a copy of `model`; returns (compressed model, PipelineResult). The last step's
+    model is packed where it is quantized (QAT weights are put on the grid and packed at the end)."""
+    from .budgets import get_budget
+    from .eval import stored_bytes
+    from .quant.qat import finish_qat, is_qat
+    from .quant.qlinear import pack_quantized
+    if not recipe:
+        raise WorkshopError("The recipe has no steps.", "Give at least one step, e.g. --order P,KD,Q.")
+    if any(isinstance(s, Distill) for s in recipe) and teacher is None:
+        raise WorkshopError("The recipe has a KD step and no teacher was given.",
+                            "Pass teacher=... (the uncompressed model), or --teacher SPEC on the command line.")
+    budget = budget or get_budget()
+    model = copy.deepcopy(model)
+    calib = protocol.calibration(tokenizer, model=model)
+    train_ids = protocol.training(tokenizer) if any(isinstance(s, Distill) for s in recipe) else None
+    result = PipelineResult(recipe=recipe_label(recipe))
+
+    def record(stage, seconds, extra=None):
+        ppl = {text: r.ppl for text, r in protocol.evaluate(model, tokenizer, progress=False).items()}
+        result.records.append({"stage": stage, "ppl": ppl, "stored_bytes": stored_bytes(model),
+                               "parameters": weight_count(model), "seconds": seconds} | (extra or {}))
+
+    record("start", 0.0)
+    for step in recipe:
+        start = time.perf_counter()
+        extra = None
+        if isinstance(step, WidthPrune):
+            model = _prune(model, step, calib)
+        elif isinstance(step, NF4):
+            model = _quantize(model, step)
+        else:
+            model, extra = _distill(model, step, teacher, train_ids, budget, progress)
+        if step is recipe[-1] and is_qat(model):  # the end: the trained weights go on the grid, packed
+            model = pack_quantized(finish_qat(model), progress=False)
+        record(step.name + ("(QAT)" if isinstance(step, NF4) and step.qat else ""), time.perf_counter() - start, extra)
+    return model.eval(), result
+
+
+def run_orders(model, tokenizer, protocol, teacher, orders=ORDERS, qat: bool = False, budget=None,
+               progress: bool = True) -> list:
+    """Every order of P, KD and Q (lab 05's table): [PipelineResult], in the order of `orders`."""
+    from tqdm.auto import tqdm
+    results = []
+    for order in tqdm(orders, desc="orders", disable=not progress):
+        _, result = run_pipeline(model, tokenizer, recipe_from_order(order, qat), protocol, teacher=teacher,
+                                 budget=budget, progress=False)
+        results.append(result)
+    return results
+
+
+def ranking(results: list, text: str = "wiki") -> list:
+    """The recipes from best to worst by final perplexity on `text`."""
+    return [r.recipe for r in sorted(results, key=lambda r: r.final["ppl"][text])]
+
+
+def pipeline_text(results: list) -> str:
+    """One line per stage of each recipe: perplexity per text, stored MB, x smaller, gradient reach."""
+    lines = []
+    for result in results:
+        start = result.records[0]
+        lines.append(f"{result.recipe}")
+        for r in result.records:
+            reach = r.get("weights_reached_by_gradient")
+            lines.append(f"  {r['stage']:8s} " + "  ".join(f"{t} {p:9.2f}" for t, p in r["ppl"].items()) +
+                         f"  {r['stored_bytes'] / 1e6:7.1f} MB ({start['stored_bytes'] / r['stored_bytes']:.2f}x smaller)"
+                         f"  {r['seconds']:6.1f} s" + (f"  gradient reached {reach:.1%} of the weights"
+                                                       if reach is not None else ""))
+    if len(results) > 1:
+        texts = list(results[0].final["ppl"])
+        lines.append("ranking (best first): " + "; ".join(f"{t}: {' > '.join(ranking(results, t))}" for t in texts))
+    return "\n".join(lines)
