@@ -46,4 +46,4 @@ labs: $(STAMP)
 	$(BIN)/python -m common.notebooks
 
 clean:
-	rm -rf $(VENV) reports/*.html reports/*.ipynb reports/SUMMARY.md
+	rm -rf $(VENV) reports/*.html reports/*.ipynb reports/SUMMARY.md reports/results.json reports/*.png

@@ -287,3 +287,10 @@ def pipeline_text(results: list) -> str:
         texts = list(results[0].final["ppl"])
         lines.append("ranking (best first): " + "; ".join(f"{t}: {' > '.join(ranking(results, t))}" for t in texts))
     return "\n".join(lines)
+
+
+def q_first_gap(results: list, text: str = "wiki") -> float:
+    """Mean final perplexity of the orders that quantize first, minus that of P-KD-Q, on `text`."""
+    final = {r.recipe.replace("(QAT)", ""): r.final["ppl"][text] for r in results}
+    q_first = [ppl for recipe, ppl in final.items() if recipe.startswith("Q")]
+    return sum(q_first) / len(q_first) - final["P-KD-Q"]

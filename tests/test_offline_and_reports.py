@@ -52,3 +52,12 @@ def test_merge_reports_replaces_only_the_incoming_labs(tmp_path):
     summary = (kept / "SUMMARY.md").read_text()
     assert "Run: ok in 5 s;" in summary and "Run: ok in 7 s;" in summary and "ok in 9 s" not in summary
     assert (kept / "02_b.html").read_text() == "<html>new</html>"
+
+
+def test_reports_are_readable_by_everyone(tmp_path):
+    import stat
+
+    from common.reports import write_json_atomic
+    path = tmp_path / "results.json"
+    write_json_atomic(path, {"a": 1})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and not list(tmp_path.glob(".*.tmp"))
