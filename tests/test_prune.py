@@ -377,3 +377,11 @@ def test_cli_table_and_method_are_one_or_the_other(argv):
     with pytest.raises(WorkshopError) as error:
         args.run(args)
     assert error.value.fix
+
+
+def test_sensitivity_settings_default_to_the_default_text(tiny):
+    from common.eval import perplexity
+    from common.prune.sensitivity import EvalSettings, evaluate
+    model, tokenizer = tiny
+    settings = EvalSettings(seqlen=32, max_windows=1)
+    assert evaluate(model, tokenizer, settings) == perplexity(model, tokenizer, "wiki", 32, 1, progress=False).ppl

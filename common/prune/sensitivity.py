@@ -27,7 +27,7 @@ class EvalSettings:
     """How each sensitivity point is evaluated (a sweep evaluates many models: keep it small)."""
     seqlen: int = 512
     max_windows: int | None = 2
-    data: str = "embedded"
+    data: str = "wiki"
 
 
 def evaluate(model, tokenizer, settings: EvalSettings) -> float:
