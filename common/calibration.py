@@ -143,9 +143,10 @@ def mean_abs_output(model, calib_batch: torch.Tensor, module_names: list) -> dic
 
     handles = [modules[name].register_forward_hook(hook_for(name)) for name in module_names]
     device = next(model.parameters()).device
+    decoder = model.get_decoder()   # the modules are inside it: the LM head's logits would be computed for nothing
     try:
         for ids in calib_batch.split(CHUNK // 2):
-            model(ids.to(device), use_cache=False)
+            decoder(ids.to(device), use_cache=False)
             count["tokens"] += ids.numel()
     finally:
         for h in handles:

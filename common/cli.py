@@ -9,14 +9,14 @@ import contextlib
 import json
 import sys
 
-from .commands import (add_model_options, bench_kernels, distill, doctor, eval as eval_command, pipeline, prune, quantize,
-                       reproduce)
+from .commands import (add_model_options, bench_kernels, distill, doctor, eval as eval_command, export, pipeline, prune,
+                       quantize, reproduce)
 from .errors import WorkshopError
 
 # (name, module, takes --model): the order of `workshop --help`
 COMMANDS = [("doctor", doctor, False), ("eval", eval_command, True), ("quantize", quantize, True),
             ("prune", prune, True), ("distill", distill, True), ("pipeline", pipeline, True),
-            ("bench-kernels", bench_kernels, False),
+            ("export", export, True), ("bench-kernels", bench_kernels, False),
             ("reproduce", reproduce, False)]
 
 

@@ -12,6 +12,10 @@ after Q only moves what stayed float. `NF4(qat=True)` instead keeps a float weig
 forward pass (a straight-through estimator), so that a later KD step can move the quantized weights;
 the pipeline packs them when it ends.
 
+Beyond the study's three, a recipe may hold INT4 (round-to-nearest groups, packed or QAT: the
+deployment stacks' format), KV (the KV cache quantized from there on) and MQ (modelopt's
+quantization; a KD step with engine="modelopt" after it is modelopt's QAT/QAD path).
+
 After every step the record holds perplexity on each evaluation text, stored bytes, parameters, wall
 time and, for a training step, the fraction of the model's weights that a gradient reached.
 """
@@ -42,11 +46,13 @@ class WidthPrune:
 
 @dataclass(frozen=True)
 class Distill:
-    """KD: alpha x CE + (1 - alpha) x T^2 x KL from the teacher; steps None: the mode's budget."""
+    """KD: alpha x CE + (1 - alpha) x T^2 x KL from the teacher; steps None: the mode's pipeline budget.
+    engine "modelopt": the same loss and budget through modelopt.torch.distill (its QAD path)."""
     steps: int | None = None
     alpha: float = 0.7
     temperature: float = 2.0
     lr: float = 2e-4
+    engine: str = "ours"
     name = "KD"
 
     def __post_init__(self):
@@ -55,6 +61,8 @@ class Distill:
         if not 0 <= self.alpha <= 1 or self.temperature <= 0 or self.lr <= 0:
             raise WorkshopError(f"Distill(alpha={self.alpha}, temperature={self.temperature}, lr={self.lr}) is out of "
                                 "range.", "Use alpha in [0, 1], a positive temperature and a positive lr.")
+        if self.engine not in ("ours", "modelopt"):
+            raise WorkshopError(f"Distill(engine={self.engine!r}) is not an engine here.", "Use 'ours' or 'modelopt'.")
 
 
 @dataclass(frozen=True)
@@ -68,21 +76,72 @@ class NF4:
         if self.block_size < 2 or self.block_size % 2:
             raise WorkshopError(f"NF4(block_size={self.block_size}) is not an even block size.", "Use 64 (or 32, 128).")
 
+    def grid(self):
+        from .quant.nf4 import NF4Config
+        return NF4Config(block_size=self.block_size)
 
-STEPS = {"P": WidthPrune, "KD": Distill, "Q": NF4}
+
+@dataclass(frozen=True)
+class INT4:
+    """Q as deployment stacks store it: INT4 weights rounded to nearest in groups of `group_size`
+    (asymmetric: a zero point per group, as the W4A16 kernels take it); packed or QAT."""
+    group_size: int = 64
+    symmetric: bool = False
+    qat: bool = False
+    name = "INT4"
+
+    def __post_init__(self):
+        if self.group_size < 2 or self.group_size % 2:
+            raise WorkshopError(f"INT4(group_size={self.group_size}) is not an even group size.", "Use 64 or 128.")
+
+    def grid(self):
+        from .quant.rtn import RTNConfig
+        return RTNConfig(bits=4, group_size=self.group_size, symmetric=self.symmetric)
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """KV: the keys and values the attention caches, quantized KIVI-style (keys per channel, values
+    per token) from here on; the weights do not change, every later evaluation sees the cache."""
+    fmt: str = "int8"
+    token_group: int = 32
+    name = "KV"
+
+    def __post_init__(self):
+        from .quant.kv_cache import KVQuantConfig
+        KVQuantConfig(fmt=self.fmt, token_group=self.token_group)   # checks the format
+
+
+@dataclass(frozen=True)
+class ModeloptQuantize:
+    """Q through nvidia-modelopt: `mtq.quantize` with one of the configurations compared in lab 02
+    (fake-quantized, so a later KD step trains through modelopt's quantizers: its QAT/QAD path)."""
+    config: str = "INT4_BLOCKWISE_G64"
+    name = "Q(modelopt)"
+
+    def __post_init__(self):
+        from .quant.modelopt_ptq import CONFIGS
+        if self.config not in CONFIGS:
+            raise WorkshopError(f"ModeloptQuantize(config={self.config!r}) is not a configuration compared here.",
+                                f"Use one of {', '.join(CONFIGS)}.")
+
+
+STEPS = {"P": WidthPrune, "KD": Distill, "Q": NF4, "INT4": INT4, "KV": KVCache, "MQ": ModeloptQuantize}
+ORDER_STEPS = ("P", "KD", "Q")  # the study's three
 ORDERS = ["P,KD,Q", "KD,P,Q", "P,Q,KD", "Q,P,KD", "Q,KD,P", "KD,Q,P"]  # the study's six
 QUANTIZE_BEFORE_PRUNE = ("Q-P-KD", "Q-KD-P", "KD-Q-P")  # the study's worst three
+QUANTIZERS = (NF4, INT4)  # the weight quantizers a later P re-applies after it has pruned their layers
 
 
 def recipe_from_order(order: str, qat: bool = False) -> list:
     """'P,KD,Q' -> [WidthPrune(), Distill(), NF4()]: each of the three steps exactly once."""
     names = [n.strip().upper() for n in order.split(",") if n.strip()]
-    unknown = [n for n in names if n not in STEPS]
+    unknown = [n for n in names if n not in ORDER_STEPS]
     if unknown:
         raise WorkshopError(f"--order {order}: unknown step {', '.join(unknown)}.",
-                            f"Use the steps {', '.join(STEPS)}, e.g. --order P,KD,Q.")
-    if sorted(names) != sorted(STEPS):
-        raise WorkshopError(f"--order {order} must name each of {', '.join(STEPS)} exactly once.",
+                            f"Use the steps {', '.join(ORDER_STEPS)}, e.g. --order P,KD,Q.")
+    if sorted(names) != sorted(ORDER_STEPS):
+        raise WorkshopError(f"--order {order} must name each of {', '.join(ORDER_STEPS)} exactly once.",
                             "Give all three, e.g. --order P,KD,Q (or a --recipe file for any list of steps).")
     return [NF4(qat=qat) if n == "Q" else STEPS[n]() for n in names]
 
@@ -120,41 +179,54 @@ def recipe_from_file(path) -> list:
     return recipe
 
 
+def step_label(step) -> str:
+    """P, KD, Q, INT4, KV(int8), Q(modelopt); (QAT) after a trainable quantizer, (modelopt) after its KD."""
+    if isinstance(step, KVCache):
+        return f"KV({step.fmt})"
+    if isinstance(step, Distill) and step.engine == "modelopt":
+        return "KD(modelopt)"
+    return step.name + ("(QAT)" if getattr(step, "qat", False) else "")
+
+
 def recipe_label(recipe: list) -> str:
-    return "-".join(step.name + ("(QAT)" if isinstance(step, NF4) and step.qat else "") for step in recipe)
+    return "-".join(step_label(step) for step in recipe)
 
 
 # ---------------------------------------------------------------------------------------------
 # The steps
 # ---------------------------------------------------------------------------------------------
-def _prune(model, step: WidthPrune, calib):
+def _prune(model, step: WidthPrune, calib, quantizer):
     """Width pruning with the study's importance. A quantized model is pruned as a deployment stack
-    would: packed NF4 layers are unpacked to their grid values, sliced, and quantized again (the
-    down projection's blocks change, so it is rounded once more); under QAT the float weights are
-    sliced and the NF4 forward pass is put back."""
+    would: packed 4-bit layers are unpacked to their grid values, sliced, and quantized again with
+    `quantizer` (the step that quantized them: the down projection's groups change, so it is rounded
+    once more); under QAT the float weights are sliced and the rounding forward pass is put back."""
     from .prune.width import WidthPruneConfig, prune_width
-    from .quant.nf4 import NF4Config, quantize_nf4
-    from .quant.qat import finish_qat, is_qat, prepare_qat, qat_block_size
-    from .quant.qlinear import pack_quantized, unpack_quantized
+    from .quant.qat import finish_qat, is_qat, prepare_qat
+    from .quant.qlinear import unpack_quantized
+    if _modelopt_quantized(model):
+        raise WorkshopError("A WidthPrune step after a modelopt quantization is not supported here.",
+                            "Prune before the modelopt step, or quantize with NF4/INT4 (which re-quantize after pruning).")
     config = WidthPruneConfig(mlp_fraction=step.mlp, importance="study", round_to=step.round_to)
     if is_qat(model):
-        block_size = qat_block_size(model)
         model = prune_width(finish_qat(model, round_weights=False), config, calib)
-        return prepare_qat(model, NF4Config(block_size=block_size))
+        return prepare_qat(model, quantizer.grid())
     packed = unpack_quantized(model)
     model = prune_width(model, config, calib)
     if packed:
-        model = pack_quantized(quantize_nf4(model, NF4Config(block_size=packed)), progress=False)
+        model = _quantize(model, quantizer)
     return model
 
 
-def _quantize(model, step: NF4):
-    from .quant.nf4 import NF4Config, quantize_nf4
-    from .quant.qat import prepare_qat
+def _quantize(model, step):
+    from .quant.qat import prepare_qat, quantize_with
     from .quant.qlinear import pack_quantized
     if step.qat:
-        return prepare_qat(model, NF4Config(block_size=step.block_size))
-    return pack_quantized(quantize_nf4(model, NF4Config(block_size=step.block_size)), progress=False)
+        return prepare_qat(model, step.grid())
+    return pack_quantized(quantize_with(model, step.grid()), progress=False)
+
+
+def _modelopt_quantized(model) -> bool:
+    return any(name.endswith("weight_quantizer") for name, _ in model.named_modules())
 
 
 def weight_count(model) -> int:
@@ -183,14 +255,18 @@ def _distill(model, step: Distill, teacher, train_ids, budget, progress):
     if teacher is None:
         raise WorkshopError("A KD step needs a teacher, and none was given.",
                             "Pass teacher=... (the uncompressed model), or --teacher SPEC on the command line.")
-    steps = step.steps or budget.train_steps
+    steps = step.steps or budget.pipeline_train_steps
     config = DistillConfig(steps=steps, alpha=step.alpha, temperature=step.temperature, lr=step.lr,
                            warmup_steps=steps // 10, batch=budget.train_batch, seqlen=budget.train_seqlen)
     dtypes = {name: b.dtype for name, b in model.named_buffers()}  # distill trains in fp32: keep stored types
     param_dtype = next(model.parameters()).dtype
     device = next(model.parameters()).device
     reached = weights_reached_by_gradient(model.float(), train_ids[: 2 * config.seqlen].view(2, -1).to(device))
-    model, history = distill(model, teacher, config, train_ids, progress=progress)
+    if step.engine == "modelopt":
+        from .distill.modelopt_kd import distill_modelopt
+        model, history = distill_modelopt(model, teacher, config, train_ids, progress=progress)
+    else:
+        model, history = distill(model, teacher, config, train_ids, progress=progress)
     model.to(param_dtype)
     for name, buffer in model.named_buffers():
         if name in dtypes and buffer.dtype != dtypes[name]:
@@ -216,13 +292,18 @@ class PipelineResult:
         return asdict(self)
 
 
-def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=None, progress: bool = True):
+def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=None, progress: bool = True,
+                 start: dict | None = None):
     """Run `recipe` on a copy of `model`; returns (compressed model, PipelineResult). The last step's
-    model is packed where it is quantized (QAT weights are put on the grid and packed at the end)."""
+    model is packed where it is quantized (QAT weights are put on the grid and packed at the end).
+    Stored bytes count quantized weights at their packed size (modelopt's too: those of its export).
+    `start`: the "start" record of another pipeline on the same model and protocol, reused."""
     from .budgets import get_budget
-    from .eval import stored_bytes
+    from .quant.kv_cache import KVQuantConfig, head_dim, kv_bits_per_value, quantized_kv_cache
+    from .quant.modelopt_ptq import quantize_modelopt
     from .quant.qat import finish_qat, is_qat
     from .quant.qlinear import pack_quantized
+    from .quant.storage import true_bytes
     if not recipe:
         raise WorkshopError("The recipe has no steps.", "Give at least one step, e.g. --order P,KD,Q.")
     if any(isinstance(s, Distill) for s in recipe) and teacher is None:
@@ -233,36 +314,49 @@ def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=
     calib = protocol.calibration(tokenizer, model=model)
     train_ids = protocol.training(tokenizer) if any(isinstance(s, Distill) for s in recipe) else None
     result = PipelineResult(recipe=recipe_label(recipe))
+    quantizer, kv = None, None   # the NF4/INT4 step that quantized the weights; the KV-cache format
 
     def record(stage, seconds, extra=None):
-        ppl = {text: r.ppl for text, r in protocol.evaluate(model, tokenizer, progress=False).items()}
-        result.records.append({"stage": stage, "ppl": ppl, "stored_bytes": stored_bytes(model),
-                               "parameters": weight_count(model), "seconds": seconds} | (extra or {}))
+        with quantized_kv_cache(model, kv):
+            ppl = {text: r.ppl for text, r in protocol.evaluate(model, tokenizer, progress=False).items()}
+        kv_bits = kv_bits_per_value(kv, head_dim(model.config)) if kv else 16
+        result.records.append({"stage": stage, "ppl": ppl, "stored_bytes": true_bytes(model),
+                               "parameters": weight_count(model), "kv_bits_per_value": kv_bits,
+                               "seconds": seconds} | (extra or {}))
 
-    record("start", 0.0)
+    if start is None:
+        record("start", 0.0)
+    else:
+        result.records.append(copy.deepcopy(start))
     for step in recipe:
         start = time.perf_counter()
         extra = None
         if isinstance(step, WidthPrune):
-            model = _prune(model, step, calib)
-        elif isinstance(step, NF4):
-            model = _quantize(model, step)
+            model = _prune(model, step, calib, quantizer)
+        elif isinstance(step, QUANTIZERS):
+            model, quantizer = _quantize(model, step), step
+        elif isinstance(step, ModeloptQuantize):
+            model = quantize_modelopt(model, step.config, calib, progress=False)
+        elif isinstance(step, KVCache):
+            kv = KVQuantConfig(fmt=step.fmt, token_group=step.token_group)
         else:
             model, extra = _distill(model, step, teacher, train_ids, budget, progress)
         if step is recipe[-1] and is_qat(model):  # the end: the trained weights go on the grid, packed
             model = pack_quantized(finish_qat(model), progress=False)
-        record(step.name + ("(QAT)" if isinstance(step, NF4) and step.qat else ""), time.perf_counter() - start, extra)
+        record(step_label(step), time.perf_counter() - start, extra)
     return model.eval(), result
 
 
 def run_orders(model, tokenizer, protocol, teacher, orders=ORDERS, qat: bool = False, budget=None,
-               progress: bool = True) -> list:
-    """Every order of P, KD and Q (lab 05's table): [PipelineResult], in the order of `orders`."""
+               progress: bool = True, start: dict | None = None) -> list:
+    """Every order of P, KD and Q (lab 05's table): [PipelineResult], in the order of `orders`. The
+    uncompressed model is evaluated once (or `start` is reused) and shared by all."""
     from tqdm.auto import tqdm
     results = []
     for order in tqdm(orders, desc="orders", disable=not progress):
         _, result = run_pipeline(model, tokenizer, recipe_from_order(order, qat), protocol, teacher=teacher,
-                                 budget=budget, progress=False)
+                                 budget=budget, progress=False, start=start)
+        start = result.records[0]
         results.append(result)
     return results
 
@@ -282,8 +376,9 @@ def pipeline_text(results: list) -> str:
             reach = r.get("weights_reached_by_gradient")
             lines.append(f"  {r['stage']:8s} " + "  ".join(f"{t} {p:9.2f}" for t, p in r["ppl"].items()) +
                          f"  {r['stored_bytes'] / 1e6:7.1f} MB ({start['stored_bytes'] / r['stored_bytes']:.2f}x smaller)"
-                         f"  {r['seconds']:6.1f} s" + (f"  gradient reached {reach:.1%} of the weights"
-                                                       if reach is not None else ""))
+                         f"  {r['seconds']:6.1f} s" + (f"  KV cache {r['kv_bits_per_value']:.2f} bits/value"
+                                                       if r["kv_bits_per_value"] != 16 else "")
+                         + (f"  gradient reached {reach:.1%} of the weights" if reach is not None else ""))
     if len(results) > 1:
         texts = list(results[0].final["ppl"])
         lines.append("ranking (best first): " + "; ".join(f"{t}: {' > '.join(ranking(results, t))}" for t in texts))

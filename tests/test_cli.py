@@ -43,6 +43,7 @@ def test_eval_prints_protocol_with_number(capsys, tmp_path):
       "--calib-seqlen", "2048"], "more than the"),
     (["quantize", "--model", "tiny-random", "--method", "gptq", "--calib-samples", "0"], "--calib-samples 0"),
     (["prune", "--model", "tiny-random", "--sparsity", "1.5"], "outside [0, 1)"),
+    (["quantize", "--model", "tiny-random", "--method", "fp8", "--symmetric"], "--symmetric applies to"),
 ])
 def test_bad_input_exits_2_with_one_message(capsys, argv, message):
     assert main(argv) == 2
@@ -107,3 +108,13 @@ def test_json_stdout_carries_the_result_alone(capsys):
     assert main(["quantize", "--model", "tiny-random", "--method", "modelopt:FP8_DEFAULT_CFG", "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["method"] == "modelopt:FP8_DEFAULT_CFG"
+
+
+def test_quantize_symmetric_stores_int4_without_zero_points(tmp_path, capsys):
+    from common.models import load_model
+    from common.quant.qlinear import QuantLinear
+    out = tmp_path / "int4"
+    assert main(["quantize", "--model", "tiny-random", "--method", "rtn", "--bits", "4", "--group-size", "32",
+                 "--symmetric", "--out", str(out)]) == 0
+    layers = [m for m in load_model(str(out), device="cpu")[0].modules() if isinstance(m, QuantLinear)]
+    assert layers and all(bool((m.zeros == 8).all()) for m in layers)   # the INT4 layout's zero for a symmetric grid

@@ -9,9 +9,10 @@ from common.budgets import get_budget
 from common.cli import main
 from common.errors import WorkshopError
 from common.models import load_model
-from common.pipeline import (NF4, ORDERS, Distill, WidthPrune, recipe_from_file, recipe_from_order, run_pipeline,
-                             weights_reached_by_gradient)
+from common.pipeline import (INT4, NF4, ORDERS, Distill, KVCache, ModeloptQuantize, WidthPrune, recipe_from_file,
+                             recipe_from_order, run_orders, run_pipeline, weights_reached_by_gradient)
 from common.protocol import DataProtocol
+from common.quant.kv_cache import KVQuantConfig, head_dim, kv_bits_per_value
 from common.quant.qlinear import QuantLinear
 
 BUDGET = get_budget("quick", train_steps=3, train_batch=2, train_seqlen=32)
@@ -57,6 +58,19 @@ def test_recipe_files(tmp_path):
             recipe_from_file(good)
 
 
+def test_recipe_files_with_the_deployment_steps(tmp_path):
+    path = tmp_path / "stack.yaml"
+    path.write_text("- {step: KD, engine: modelopt}\n- {step: INT4, group_size: 128, qat: true}\n- {step: P}\n"
+                    "- {step: KV, fmt: int4}\n- {step: MQ, config: INT4_AWQ_CFG}\n")
+    assert recipe_from_file(path) == [Distill(engine="modelopt"), INT4(group_size=128, qat=True), WidthPrune(),
+                                      KVCache("int4"), ModeloptQuantize("INT4_AWQ_CFG")]
+    for text, message in [("[{step: KV, fmt: int3}]", "not supported"), ("[{step: MQ, config: X}]", "not a configuration"),
+                          ("[{step: KD, engine: x}]", "not an engine"), ("[{step: INT4, group_size: 63}]", "even group size")]:
+        path.write_text(text)
+        with pytest.raises(WorkshopError, match=message):
+            recipe_from_file(path)
+
+
 def test_no_gradient_reaches_packed_nf4_and_qat_trains_through_it(pair):
     model, tokenizer, teacher = pair
     _, packed = run_pipeline(model, tokenizer, [NF4(), Distill()], protocol(), teacher=teacher, budget=BUDGET,
@@ -92,6 +106,68 @@ def test_prune_after_packed_quantization_repacks(pair):
     assert result.records[2]["parameters"] < result.records[1]["parameters"]
 
 
+def test_int4_packs_and_a_prune_after_it_repacks_int4(pair):
+    model, tokenizer, _ = pair
+    pruned, result = run_pipeline(model, tokenizer, [INT4(), WidthPrune()], protocol(), budget=BUDGET, progress=False)
+    layers = [m for m in pruned.modules() if isinstance(m, QuantLinear)]
+    assert layers and {(m.fmt, m.group_size) for m in layers} == {("int4", 64)}
+    assert pruned.config.intermediate_size < model.config.intermediate_size
+    assert pruned.model.layers[0].mlp.down_proj.in_features == pruned.config.intermediate_size
+    start, quantized, final = result.records
+    assert final["stored_bytes"] < quantized["stored_bytes"] < start["stored_bytes"] / 3
+
+
+def test_int4_qat_trains_through_the_grid_and_packs_at_the_end(pair):
+    model, tokenizer, teacher = pair
+    recipe = lambda qat: [INT4(group_size=32, symmetric=True, qat=qat), Distill()]  # noqa: E731
+    trained, qat = run_pipeline(model, tokenizer, recipe(True), protocol(), teacher=teacher, budget=BUDGET, progress=False)
+    _, frozen = run_pipeline(model, tokenizer, recipe(False), protocol(), teacher=teacher, budget=BUDGET, progress=False)
+    assert qat.final["weights_reached_by_gradient"] == 1.0 and frozen.final["weights_reached_by_gradient"] < 0.5
+    assert {(m.fmt, m.group_size) for m in trained.modules() if isinstance(m, QuantLinear)} == {("int4", 32)}
+    assert qat.final["stored_bytes"] == frozen.final["stored_bytes"]
+
+
+def test_a_trainable_quantizer_commutes_with_pruning(pair):
+    model, tokenizer, teacher = pair
+    runs = [run_pipeline(model, tokenizer, recipe, protocol(), teacher=teacher, budget=BUDGET, progress=False)[1]
+            for recipe in ([NF4(qat=True), WidthPrune(), Distill()], [WidthPrune(), NF4(qat=True), Distill()],
+                           [NF4(), WidthPrune(), Distill()])]
+    assert runs[0].final["ppl"] == pytest.approx(runs[1].final["ppl"], rel=1e-5)   # P acts on the float weights
+    assert runs[2].final["ppl"] != pytest.approx(runs[1].final["ppl"], rel=1e-3)   # packed: the order shows
+
+
+def test_kv_step_quantizes_the_cache_not_the_weights(pair):
+    model, tokenizer, _ = pair
+    _, result = run_pipeline(model, tokenizer, [KVCache("int2")], protocol(), budget=BUDGET, progress=False)
+    start, kv = result.records
+    assert kv["stored_bytes"] == start["stored_bytes"] and start["kv_bits_per_value"] == 16
+    assert kv["kv_bits_per_value"] == kv_bits_per_value(KVQuantConfig("int2"), head_dim(model.config)) < 16
+    assert kv["ppl"]["wiki"] != start["ppl"]["wiki"]
+
+
+def test_modelopt_qad_trains_through_modelopt_quantizers(pair):
+    model, tokenizer, teacher = pair
+    trained, result = run_pipeline(model, tokenizer, [ModeloptQuantize(), Distill(engine="modelopt")], protocol(),
+                                   teacher=teacher, budget=BUDGET, progress=False)
+    start, quantized, final = result.records
+    assert final["stage"] == "KD(modelopt)" and final["weights_reached_by_gradient"] > 0.99
+    assert final["stored_bytes"] == quantized["stored_bytes"] < start["stored_bytes"] / 3   # the export's size
+    assert any(name.endswith("weight_quantizer") for name, _ in trained.named_modules())
+    assert all(p.requires_grad for p in teacher.parameters())   # modelopt froze the teacher; it is given back as it came
+    with pytest.raises(WorkshopError, match="after a modelopt quantization"):
+        run_pipeline(model, tokenizer, [ModeloptQuantize(), WidthPrune()], protocol(), budget=BUDGET, progress=False)
+
+
+def test_orders_evaluate_the_uncompressed_model_once(pair, monkeypatch):
+    model, tokenizer, teacher = pair
+    calls = []
+    evaluate = DataProtocol.evaluate
+    monkeypatch.setattr(DataProtocol, "evaluate", lambda self, *a, **k: calls.append(1) or evaluate(self, *a, **k))
+    results = run_orders(model, tokenizer, protocol(), teacher, orders=["P,KD,Q", "KD,P,Q"], budget=BUDGET, progress=False)
+    assert len(calls) == 1 + 3 + 3
+    assert results[0].records[0] == results[1].records[0] and results[0].records[0] is not results[1].records[0]
+
+
 def test_gradient_reach_counts_every_weight(pair):
     model, tokenizer, _ = pair
     ids = torch.randint(0, model.config.vocab_size, (1, 16))
@@ -125,9 +201,13 @@ def test_cli_order_writes_a_packed_model(tmp_path, capsys, monkeypatch):
     (["--all-orders", "--out", "x"], "six models"),
     (["--recipe", "/no/such.json"], "is not a file"),
     (["--order", "P,KD,Q", "--train-data", "self"], "no train part"),
+    (["--recipe", "{recipe_mq}", "--out", "{out}"], "modelopt's own export"),
 ])
 def test_cli_bad_input(argv, message, capsys, tmp_path):
+    recipe_mq = tmp_path / "mq.json"
+    recipe_mq.write_text(json.dumps([{"step": "MQ"}]))
+    argv = [a.format(recipe_mq=recipe_mq, out=tmp_path / "out") for a in argv]
     assert main(["pipeline", "--model", "tiny-random", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "What to do" in err and "Traceback" not in err
-    assert not list(tmp_path.iterdir())
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["mq.json"]

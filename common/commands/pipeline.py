@@ -9,7 +9,9 @@ def add_arguments(p) -> None:
     p.add_argument("--order", help="the three steps in order, comma-separated: P (30%% MLP width pruning), KD "
                    "(distillation from the teacher), Q (NF4), e.g. P,KD,Q")
     p.add_argument("--recipe", help="a JSON or YAML list of steps, e.g. [{\"step\": \"P\", \"mlp\": 0.3}, "
-                   "{\"step\": \"KD\", \"steps\": 100}, {\"step\": \"Q\", \"qat\": true}]")
+                   "{\"step\": \"KD\", \"steps\": 100}, {\"step\": \"Q\", \"qat\": true}]; steps: P, KD "
+                   "(engine: ours|modelopt), Q (NF4), INT4 (group_size, symmetric, qat), KV (fmt: int8|int4|...), "
+                   "MQ (modelopt quantization, config)")
     p.add_argument("--all-orders", action="store_true", help="all six orders of P, KD and Q (lab 05's main table)")
     p.add_argument("--qat", action="store_true", help="Q as quantization-aware training (NF4 forward, float weights "
                    "that keep training) instead of packed, frozen NF4")
@@ -21,7 +23,7 @@ def add_arguments(p) -> None:
 def run(args) -> Output:
     from ..budgets import get_budget
     from ..models import load_model, save_pretrained_atomic
-    from ..pipeline import ORDERS, pipeline_text, recipe_from_file, recipe_from_order, run_pipeline
+    from ..pipeline import ORDERS, ModeloptQuantize, pipeline_text, recipe_from_file, recipe_from_order, run_pipeline
     chosen = [flag for flag, value in (("--order", args.order), ("--recipe", args.recipe),
                                        ("--all-orders", args.all_orders)) if value]
     if len(chosen) != 1:
@@ -35,12 +37,16 @@ def run(args) -> Output:
     protocol = protocol_from(args)
     recipes = ([recipe_from_order(order, args.qat) for order in ORDERS] if args.all_orders else
                [recipe_from_order(args.order, args.qat)] if args.order else [recipe_from_file(args.recipe)])
+    if args.out and any(isinstance(step, ModeloptQuantize) for step in recipes[0]):
+        raise WorkshopError("--out writes our packed layers; a modelopt-quantized model is written by modelopt's own "
+                            "export.", "Leave out --out, or quantize with Q (NF4) or INT4 in the recipe.")
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     needs_teacher = any(step.name == "KD" for recipe in recipes for step in recipe)
     teacher = load_model(args.teacher or args.model, dtype=args.dtype, device=args.device)[0] if needs_teacher else None
     results, final = [], None
     for recipe in recipes:
-        final, result = run_pipeline(model, tokenizer, recipe, protocol, teacher=teacher)
+        final, result = run_pipeline(model, tokenizer, recipe, protocol, teacher=teacher,
+                                     start=results[0].records[0] if results else None)
         results.append(result)
     out = {"mode": get_budget().mode, "model": args.model, "teacher": (args.teacher or args.model) if needs_teacher else None,
            "protocol": protocol.to_dict(), "results": [r.to_dict() for r in results]}

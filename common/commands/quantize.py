@@ -15,6 +15,8 @@ def add_arguments(p) -> None:
     p.add_argument("--bits", type=int, help="weight bits (default: 4; smoothquant and fp8: 8)")
     p.add_argument("--group-size", type=int, help="inputs per scale (default: 128, or 64 where 128 does not divide the "
                    "layers; nf4: 64; 0: per channel)")
+    p.add_argument("--symmetric", action="store_true", help="rtn/gptq/awq: a grid around zero without zero points "
+                   "(TensorRT's INT4 takes only this; see workshop export)")
     p.add_argument("--eval", action="store_true", help="perplexity before and after on each evaluation text")
     p.add_argument("--out", help="save the quantized model here, packed (INT4/INT8/FP8/NF4 layers; written atomically)")
     p.add_argument("--table", choices=["lab02"], help="run every method of lab 02 (ours and modelopt's) with the "
@@ -35,9 +37,9 @@ def run(args) -> Output:
     from ..quant.qlinear import pack_quantized
     from ..quant.storage import true_bytes
     protocol = protocol_from(args)
-    method_and_config(args.method, args.bits, args.group_size)  # a bad method fails before the model loads
+    method_and_config(args.method, args.bits, args.group_size, symmetric=args.symmetric)  # fails before the model loads
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    quantize, config = method_and_config(args.method, args.bits, args.group_size, model=model)
+    quantize, config = method_and_config(args.method, args.bits, args.group_size, model=model, symmetric=args.symmetric)
     calib = protocol.calibration(tokenizer, model=model)
     result = {"method": args.method, "config": repr(config), "model": args.model, "mode": get_budget().mode,
               "calibration": protocol.calibration_label()}

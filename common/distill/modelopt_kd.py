@@ -11,6 +11,8 @@ Found with modelopt 0.47 (runs on the CPU: nothing here needs CUDA):
     every element, vocabulary included: the KD term is ~vocab_size times smaller than the
     per-token KL (49,152x on SmolLM2). We pass reduction="none" (summed over the vocabulary) and
     average over tokens, which is the textbook loss and the same as common.distill.losses.
+  - `mtd.convert` sets requires_grad=False on the teacher's parameters and leaves them so; we restore
+    them (a teacher is often the caller's base model, copied again as a student later).
   - the hooks capture all positions, the last one too (which has no next-token target), so its KL
     averages over one more position per window than ours: a tiny difference.
 """
@@ -38,6 +40,7 @@ def distill_modelopt(student, teacher, config: DistillConfig, data: torch.Tensor
     device = next(student.parameters()).device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     torch.manual_seed(config.seed)
+    teacher_trainable = {p: p.requires_grad for p in teacher.parameters()}   # mtd.convert freezes the teacher
     student.float().train()
     kd_config = {"teacher_model": teacher,
                  "criterion": {("lm_head", "lm_head"): mtd.LogitsDistillationLoss(config.temperature, reduction="none")},
@@ -68,4 +71,6 @@ def distill_modelopt(student, teacher, config: DistillConfig, data: torch.Tensor
         history.records.append({"step": step + 1, "loss": total, "lr": schedule.get_last_lr()[0],
                                 "temperature": config.temperature, "tokens": history.tokens})
     student = mtd.export(model)
+    for p, trainable in teacher_trainable.items():   # the teacher is the caller's model: leave it as it came
+        p.requires_grad_(trainable)
     return student.eval(), history

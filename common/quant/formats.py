@@ -119,10 +119,15 @@ def fp4_e2m1_values() -> torch.Tensor:
     return torch.cat([-magnitude, magnitude]).unique()
 
 
+def nearest_index(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """For each value of `x`, the index of the nearest value of the sorted 1-D `grid` (its code)."""
+    grid = grid.to(x.device, x.dtype)
+    return torch.bucketize(x, (grid[1:] + grid[:-1]) / 2)
+
+
 def round_to_grid(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Each value of `x` replaced by the nearest value of the sorted 1-D `grid` (ends clamp)."""
-    grid = grid.to(x.device, x.dtype)
-    return grid[torch.bucketize(x, (grid[1:] + grid[:-1]) / 2)]
+    return grid.to(x.device, x.dtype)[nearest_index(x, grid)]
 
 
 def _absmax_fake_quant(w: torch.Tensor, group_size, grid_max: float, round_fn, scale_dtype=None) -> torch.Tensor:

@@ -62,13 +62,13 @@ def fake_quant_kv(x: torch.Tensor, fmt: str, axis: str, token_group: int = 32,
     return torch.cat([quantized.reshape(batch, full, channels), x[:, full:]], dim=1)
 
 
-def _head_dim(config) -> int:
+def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def add_kv_quantization(model, config: KVQuantConfig) -> list:
     """Hooks that quantize every layer's keys and values; returns the handles (call .remove() on each)."""
-    channel_group = config.channel_group or _head_dim(model.config)
+    channel_group = config.channel_group or head_dim(model.config)
     handles = []
     for name, module in model.named_modules():
         if name.endswith("k_proj") or name.endswith("v_proj"):
@@ -108,5 +108,5 @@ def kv_cache_bytes(config, batch: int, context: int, bits: float = 16) -> int:
     `bits` may include the scales' share (e.g. 4 + 2 * 16 / 32 for INT4 with an fp16 scale and zero
     per group of 32).
     """
-    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * _head_dim(config)
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim(config)
     return int(per_token * batch * context * bits / 8)

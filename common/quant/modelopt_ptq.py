@@ -4,7 +4,8 @@
 `forward_loop` to calibrate them (amax, SmoothQuant or AWQ scales), and returns the model, which
 still computes in floating point (export turns it into real low-bit weights for TensorRT-LLM).
 With modelopt 0.47 on a CPU: FP8_DEFAULT_CFG, INT8_SMOOTHQUANT_CFG, INT4_AWQ_CFG and
-W4A8_AWQ_BETA_CFG run (FP8 emulated); NVFP4_DEFAULT_CFG needs CUDA (its block quantizer asserts
+W4A8_AWQ_BETA_CFG run (FP8 emulated), and INT4_BLOCKWISE_G64 (lab 05 trains through it);
+NVFP4_DEFAULT_CFG needs CUDA (its block quantizer asserts
 a CUDA tensor).
 """
 import contextlib
@@ -24,13 +25,32 @@ CONFIGS = {
     "INT4_AWQ_CFG": (4, 128, "INT4 weight-only AWQ, blocks of 128"),
     "W4A8_AWQ_BETA_CFG": (4, 128, "INT4 weights (AWQ, blocks of 128), FP8 activations"),
     "NVFP4_DEFAULT_CFG": (4, 16, "FP4 E2M1 W4A4, FP8 scale per 16 (CUDA only)"),
+    "INT4_BLOCKWISE_G64": (4, 64, "INT4 weight-only, blocks of 64 (lab 05's QAT): INT4_BLOCKWISE_WEIGHT_ONLY_CFG "
+                           "with 64 for its 128, which does not divide SmolLM2's 576 inputs"),
 }
+# Configurations made from one of modelopt's presets by changing its weight quantizer's block size.
+BLOCK_SIZE_VARIANTS = {"INT4_BLOCKWISE_G64": ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", 64)}
+LAB02 = ("FP8_DEFAULT_CFG", "INT8_SMOOTHQUANT_CFG", "INT4_AWQ_CFG", "W4A8_AWQ_BETA_CFG", "NVFP4_DEFAULT_CFG")
 NEEDS_CUDA = {"NVFP4_DEFAULT_CFG"}
 
 
-def modelopt_configs() -> list:
-    """The configurations of CONFIGS that run on this machine."""
-    return [name for name in CONFIGS if name not in NEEDS_CUDA or torch.cuda.is_available()]
+def modelopt_configs(names=LAB02) -> list:
+    """The configurations among `names` (default: lab 02's) that run on this machine."""
+    return [name for name in names if name not in NEEDS_CUDA or torch.cuda.is_available()]
+
+
+def modelopt_config(mtq, config_name: str) -> dict:
+    """modelopt's preset `config_name`, or for a BLOCK_SIZE_VARIANTS name a copy of its preset with the
+    weight quantizer's block size replaced (the config is data: a dict of quantizer patterns)."""
+    import copy
+    if config_name not in BLOCK_SIZE_VARIANTS:
+        return getattr(mtq, config_name)
+    preset, block = BLOCK_SIZE_VARIANTS[config_name]
+    config = copy.deepcopy(getattr(mtq, preset))
+    for entry in config["quant_cfg"]:
+        if entry.get("quantizer_name") == "*weight_quantizer":
+            entry["cfg"]["block_sizes"][-1] = block
+    return config
 
 
 def quantize_modelopt(model, config_name: str, calib_batch: torch.Tensor, progress: bool = True,
@@ -56,7 +76,7 @@ def quantize_modelopt(model, config_name: str, calib_batch: torch.Tensor, progre
     # modelopt reports on stdout; send it to stderr, with the progress bars, so that --json stays parseable
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
-        model = mtq.quantize(model, getattr(mtq, config_name), forward_loop)
+        model = mtq.quantize(model, modelopt_config(mtq, config_name), forward_loop)
     if weights_only:
         mtq.disable_quantizer(model, "*input_quantizer")
     mark_modelopt_bytes(model, config_name)

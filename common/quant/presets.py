@@ -10,9 +10,14 @@ DEFAULT_BITS = {"rtn": 4, "gptq": 4, "awq": 4, "smoothquant": 8, "fp8": 8, "nf4"
 GROUPED = ("rtn", "gptq", "awq", "nf4")  # methods with a --group-size (NF4: its block size)
 
 
-def method_and_config(method: str, bits: int | None = None, group_size: int | None = None, model=None):
+SYMMETRIC_CHOICE = ("rtn", "gptq", "awq")  # integer grids with a zero point unless asked for a symmetric one
+
+
+def method_and_config(method: str, bits: int | None = None, group_size: int | None = None, model=None,
+                      symmetric: bool = False):
     """(quantize function, its config) for a method name, or a WorkshopError saying what is wrong.
-    `group_size` None takes the default for `model` (`default_group_size`); 0 means per channel."""
+    `group_size` None takes the default for `model` (`default_group_size`); 0 means per channel.
+    `symmetric`: an integer grid around zero, without zero points (what TensorRT's INT4 takes)."""
     if method.startswith("modelopt:"):
         from .modelopt_ptq import CONFIGS
         name = method.split(":", 1)[1]
@@ -33,6 +38,9 @@ def method_and_config(method: str, bits: int | None = None, group_size: int | No
     if group_size is not None and method not in GROUPED:
         raise WorkshopError(f"--method {method} quantizes per channel; --group-size does not apply.",
                             "Leave out --group-size.")
+    if symmetric and method not in SYMMETRIC_CHOICE:
+        raise WorkshopError(f"--symmetric applies to {', '.join(SYMMETRIC_CHOICE)}; {method} fixes its own grid.",
+                            "Leave out --symmetric.")
     if group_size is not None and group_size < 0:
         raise WorkshopError(f"--group-size {group_size} is negative.", "Give 0 (per channel) or a positive size.")
     if group_size is None:
@@ -43,13 +51,13 @@ def method_and_config(method: str, bits: int | None = None, group_size: int | No
         check_group_size(model, group)
     if method == "rtn":
         from .rtn import RTNConfig, quantize_rtn
-        return quantize_rtn, RTNConfig(bits=bits, group_size=group)
+        return quantize_rtn, RTNConfig(bits=bits, group_size=group, symmetric=symmetric)
     if method == "gptq":
         from .gptq import GPTQConfig, quantize_gptq
-        return quantize_gptq, GPTQConfig(bits=bits, group_size=group)
+        return quantize_gptq, GPTQConfig(bits=bits, group_size=group, symmetric=symmetric)
     if method == "awq":
         from .awq import AWQConfig, quantize_awq
-        return quantize_awq, AWQConfig(bits=bits, group_size=group)
+        return quantize_awq, AWQConfig(bits=bits, group_size=group, symmetric=symmetric)
     if method == "smoothquant":
         from .smoothquant import SmoothQuantConfig, quantize_smoothquant
         return quantize_smoothquant, SmoothQuantConfig()

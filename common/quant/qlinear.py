@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import WorkshopError
-from .formats import FP8_MAX, _grouped, fake_quant_int, int_scale_zero, nf4_levels, quantize_int, round_to_grid
+from .formats import FP8_MAX, _grouped, fake_quant_int, int_scale_zero, nearest_index, nf4_levels, quantize_int
 from .storage import stored_scale_dtype
 
 QUANT_LINEAR_FORMATS = ("int4", "int8", "fp8", "nf4")
@@ -130,7 +130,7 @@ class QuantLinear(nn.Module):
             blocks = _grouped(w, self.group_size).float()
             scale = blocks.abs().amax(dim=1, keepdim=True).clamp(min=1e-12).to(self.scales.dtype).float()
             levels = nf4_levels().to(w.device)
-            codes = (round_to_grid(blocks / scale, levels).unsqueeze(-1) == levels).float().argmax(-1)
+            codes = nearest_index(blocks / scale, levels)
             return codes.reshape(w.shape), scale.reshape(w.shape[0], -1), None
         bits, group = (4, self.group_size) if self.fmt == "int4" else (8, None)
         symmetric = symmetric or self.fmt == "int8"  # INT8 stores no zero points
@@ -286,14 +286,14 @@ def packed_layer(linear: nn.Linear) -> QuantLinear:
 
 
 @torch.no_grad()
-def unpack_quantized(model: nn.Module) -> int | None:
-    """Replace every packed NF4 layer by a plain Linear holding its grid values (to edit the weights, e.g.
-    prune, before packing again); returns their block size, or None if there were none."""
-    block_size, dtype = None, next(model.parameters()).dtype
+def unpack_quantized(model: nn.Module) -> int:
+    """Replace every packed 4-bit layer (NF4 or INT4) by a plain Linear holding its grid values, to
+    edit the weights (e.g. prune) before quantizing and packing again; returns how many there were."""
+    dtype, unpacked = next(model.parameters()).dtype, 0
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantLinear):
-            if module.fmt != "nf4":
-                raise WorkshopError(f"{name} stores {module.fmt}; only NF4 layers are unpacked here.",
+            if module.fmt not in ("nf4", "int4"):
+                raise WorkshopError(f"{name} stores {module.fmt}; only 4-bit weight-only layers are unpacked here.",
                                     "Edit the model before quantizing it.")
             weight = module.dequantized_weight(dtype)
             linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
@@ -303,8 +303,8 @@ def unpack_quantized(model: nn.Module) -> int | None:
                 linear.bias.copy_(module.bias)
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent), attr, linear)
-            block_size = module.group_size
-    return block_size
+            unpacked += 1
+    return unpacked
 
 
 @torch.no_grad()
