@@ -9,6 +9,7 @@ import torch
 from common.cli import main
 from common.errors import WorkshopError
 from common.eval import stored_bytes
+from common.export.compressed_tensors import check_round_trip, pack_int4_words, save_compressed_tensors
 from common.export.onnx import export_onnx, node_counts, onnxruntime_logits
 from common.models import load_model
 from common.quant.fp8 import FP8Config, quantize_fp8
@@ -95,7 +96,7 @@ def test_cli_exports_and_checks(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--method", "rtn", "--bits", "4"], "zero points"),
-    (["--method", "nf4"], "no ONNX type"),
+    (["--method", "nf4"], "no onnx form"),
     (["--bits", "4"], "describe a --method"),
     (["--opset", "20"], "no blocked DequantizeLinear"),
     (["--method", "modelopt:FP8_DEFAULT_CFG"], "through modelopt itself"),
@@ -110,3 +111,46 @@ def test_cli_bad_input(argv, message, tmp_path, capsys):
 def test_cli_refuses_an_unwritable_out(tmp_path, capsys):
     assert main(["export", "--model", "tiny-random", "--format", "onnx", "--out", str(tmp_path / "no" / "x.onnx")]) == 2
     assert "cannot be written" in capsys.readouterr().err
+
+
+CT_FORMATS = FORMATS | {"int4 asymmetric": lambda m, c: quantize_rtn(m, RTNConfig(bits=4, group_size=32))}
+
+
+@pytest.mark.parametrize("fmt", CT_FORMATS)
+def test_compressed_tensors_reads_back_identical_weights_and_logits(tiny, fmt, tmp_path):
+    _, tokenizer = load_model("tiny-random", device="cpu")
+    model = packed(tiny, CT_FORMATS[fmt])
+    path = save_compressed_tensors(model, tokenizer, tmp_path / "ct")
+    config = json.loads((path / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "compressed-tensors" and "workshop_packed" not in json.loads(
+        (path / "config.json").read_text())
+    ids = torch.randint(0, tiny.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(2))
+    assert check_round_trip(model, path, ids) == {"max_abs_weight_difference": 0.0, "max_abs_logit_difference": 0.0}
+
+
+def test_int4_words_are_packed_as_the_library_packs_them():
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+    codes = torch.randint(-8, 8, (16, 64), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(pack_int4_words(codes), pack_to_int32(codes.to(torch.int8), 4))
+    assert torch.equal(pack_int4_words(codes, dim=0), pack_to_int32(codes.to(torch.int8), 4, packed_dim=0))
+
+
+def test_compressed_tensors_refusals(tiny, tmp_path):
+    _, tokenizer = load_model("tiny-random", device="cpu")
+    with pytest.raises(WorkshopError, match="no packed layers"):
+        save_compressed_tensors(tiny, tokenizer, tmp_path / "a")
+    with pytest.raises(WorkshopError, match="nf4"):
+        save_compressed_tensors(packed(tiny, lambda m, c: quantize_nf4(m, NF4Config(block_size=32))), tokenizer, tmp_path / "b")
+    assert not list(tmp_path.iterdir())
+    (tmp_path / "c").mkdir()
+    with pytest.raises(WorkshopError, match="exists"):
+        save_compressed_tensors(packed(tiny, FORMATS["int8"]), tokenizer, tmp_path / "c")
+
+
+def test_cli_writes_compressed_tensors(tmp_path, capsys):
+    out = tmp_path / "gptq-ct"
+    assert main(["export", "--model", "tiny-random", "--method", "gptq", "--bits", "4", "--group-size", "32",
+                 "--format", "compressed-tensors", "--out", str(out), "--seqlen", "32", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (out / "model.safetensors").is_file()
+    assert result["max_abs_weight_difference"] == 0.0 and result["max_abs_logit_difference"] == 0.0
