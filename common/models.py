@@ -247,6 +247,14 @@ def load_tokenizer(spec: str = "embedded"):
     return load_model(spec, device="cpu")[1]
 
 
+def make_readable(folder: Path) -> None:
+    """A written folder as a checkpoint should be: readable by everyone (mkdtemp and safetensors make it
+    private), writable by its owner."""
+    os.chmod(folder, 0o755)
+    for path in folder.iterdir():
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+
+
 def save_pretrained_atomic(model, tokenizer, out) -> Path:
     """save_pretrained of model and tokenizer into `out`, written aside and renamed into place, so an
     interrupted save leaves nothing half-written. An existing non-empty `out` is refused, not replaced."""
@@ -262,6 +270,7 @@ def save_pretrained_atomic(model, tokenizer, out) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        make_readable(tmp)
         if target.exists():
             target.rmdir()
         os.replace(tmp, target)

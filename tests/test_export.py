@@ -153,4 +153,5 @@ def test_cli_writes_compressed_tensors(tmp_path, capsys):
                  "--format", "compressed-tensors", "--out", str(out), "--seqlen", "32", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert (out / "model.safetensors").is_file()
+    assert out.stat().st_mode & 0o777 == 0o755 and {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}
     assert result["max_abs_weight_difference"] == 0.0 and result["max_abs_logit_difference"] == 0.0

@@ -191,6 +191,7 @@ def test_cli_order_writes_a_packed_model(tmp_path, capsys, monkeypatch):
     assert set(result["records"][-1]["ppl"]) == {"wiki", "python-docs"}
     loaded, _ = load_model(str(out), device="cpu")
     assert isinstance(loaded.model.layers[0].mlp.gate_proj, QuantLinear)
+    assert out.stat().st_mode & 0o777 == 0o755 and {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}
 
 
 @pytest.mark.parametrize("argv, message", [

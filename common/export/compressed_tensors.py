@@ -75,6 +75,7 @@ def save_compressed_tensors(model, tokenizer, out) -> Path:
 
     from safetensors.torch import save_file
 
+    from ..models import make_readable
     from ..quant.qlinear import QuantLinear
     layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
     if not layers:
@@ -120,6 +121,7 @@ def save_compressed_tensors(model, tokenizer, out) -> Path:
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         tokenizer.save_pretrained(tmp)
+        make_readable(tmp)
         os.replace(tmp, target)   # written aside, then renamed: an interrupted write leaves no half-written folder
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
