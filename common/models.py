@@ -11,6 +11,7 @@ of 32 weights). transformers dequantizes it on load, so every "full precision" n
 is measured on weights that already sit on a 4-bit grid. The first load converts the GGUF (about
 30 s on 2 CPU cores) and caches the dequantized weights as safetensors; later loads take a second.
 """
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -247,12 +248,24 @@ def load_tokenizer(spec: str = "embedded"):
     return load_model(spec, device="cpu")[1]
 
 
-def make_readable(folder: Path) -> None:
-    """A written folder as a checkpoint should be: readable by everyone (mkdtemp and safetensors make it
-    private), writable by its owner."""
-    os.chmod(folder, 0o755)
-    for path in folder.iterdir():
-        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+@contextlib.contextmanager
+def written_aside(target: Path):
+    """Yield a new folder beside `target` to write into; when the block ends it is made readable by
+    everyone (mkdtemp and safetensors make files private) and renamed to `target` (an empty `target`
+    is replaced), so an interrupted write leaves nothing half-written; on an error it is removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        for path in tmp.iterdir():
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        if target.exists():
+            target.rmdir()
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def save_pretrained_atomic(model, tokenizer, out) -> Path:
@@ -261,20 +274,11 @@ def save_pretrained_atomic(model, tokenizer, out) -> Path:
     target = Path(out).expanduser().resolve()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise WorkshopError(f"--out {target} exists and is not empty.", "Give a new directory, or remove it first.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
     from .quant.qlinear import packed_layout
     layout = packed_layout(model)
     if layout:  # real low-bit layers: config.json lists them so that load_model can rebuild them
         model.config.workshop_packed = layout
-    try:
+    with written_aside(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        make_readable(tmp)
-        if target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

@@ -329,7 +329,7 @@ def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=
     else:
         result.records.append(copy.deepcopy(start))
     for step in recipe:
-        start = time.perf_counter()
+        began = time.perf_counter()
         extra = None
         if isinstance(step, WidthPrune):
             model = _prune(model, step, calib, quantizer)
@@ -343,7 +343,7 @@ def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=
             model, extra = _distill(model, step, teacher, train_ids, budget, progress)
         if step is recipe[-1] and is_qat(model):  # the end: the trained weights go on the grid, packed
             model = pack_quantized(finish_qat(model), progress=False)
-        record(step_label(step), time.perf_counter() - start, extra)
+        record(step_label(step), time.perf_counter() - began, extra)
     return model.eval(), result
 
 

@@ -43,7 +43,7 @@ def run(args) -> Output:
     from ..data import eval_windows, token_ids
     from ..eval import stored_bytes
     from ..export.compressed_tensors import check_round_trip, save_compressed_tensors
-    from ..export.onnx import OPSET, check_exportable, export_onnx, node_counts, onnxruntime_logits
+    from ..export.onnx import OPSET, export_onnx, node_counts, onnxruntime_logits
     from ..models import load_model
     from ..quant.presets import method_and_config
     from ..quant.qlinear import pack_quantized
@@ -82,8 +82,7 @@ def run(args) -> Output:
     result = {"format": args.format, "model": args.model, "method": args.method, "stored_bytes": stored_bytes(model),
               "checked_on": f"{protocol.eval_data[0]}: 1 x {window.shape[1]} tokens"}
     if onnx:
-        check_exportable(model, args.opset)   # what TensorRT cannot take is refused before anything is written
-        path = export_onnx(model, out, opset=args.opset)
+        path = export_onnx(model, out, opset=args.opset)   # refuses what TensorRT cannot take before writing
         with torch.no_grad():
             reference = model(window).logits
         counts = node_counts(path)

@@ -36,8 +36,7 @@ def pack_int4_words(codes: torch.Tensor, dim: int = 1) -> torch.Tensor:
 def _scheme(layer) -> dict:
     """The `weights` (and `input_activations`) entries of compressed-tensors' config for one layer."""
     if layer.fmt == "int4":
-        symmetric = bool((layer.zeros == 8).all())
-        weights = {"num_bits": 4, "type": "int", "symmetric": symmetric, "strategy": "group",
+        weights = {"num_bits": 4, "type": "int", "symmetric": layer.int4_symmetric(), "strategy": "group",
                    "group_size": layer.group_size}
     elif layer.fmt == "int8":
         weights = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel"}
@@ -51,12 +50,10 @@ def _scheme(layer) -> dict:
 
 def _tensors(layer, dtype: torch.dtype) -> dict:
     """The tensors that replace one layer's `weight` in the checkpoint."""
-    from ..quant.qlinear import unpack_int4
     if layer.fmt == "int4":
-        codes = unpack_int4(layer.qweight).to(torch.int16) - 8                 # signed, as the format stores them
-        tensors = {"weight_packed": pack_int4_words(codes), "weight_scale": layer.scales.to(dtype),
+        tensors = {"weight_packed": pack_int4_words(layer.int4_signed_codes()), "weight_scale": layer.scales.to(dtype),
                    "weight_shape": torch.tensor([layer.out_features, layer.in_features], dtype=torch.int32)}
-        if not bool((layer.zeros == 8).all()):
+        if not layer.int4_symmetric():
             tensors["weight_zero_point"] = pack_int4_words(layer.zeros.to(torch.int16) - 8, dim=0)
         return tensors
     tensors = {"weight": layer.qweight, "weight_scale": layer.scales.to(dtype if layer.fmt == "int8" else torch.float32)}
@@ -69,13 +66,10 @@ def save_compressed_tensors(model, tokenizer, out) -> Path:
     """Write the packed `model` (INT4, INT8 or FP8 layers, one format) and its tokenizer to the new
     folder `out` in the compressed-tensors format; returns the folder."""
     import json
-    import os
-    import shutil
-    import tempfile
 
     from safetensors.torch import save_file
 
-    from ..models import make_readable
+    from ..models import written_aside
     from ..quant.qlinear import QuantLinear
     layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
     if not layers:
@@ -115,17 +109,10 @@ def save_compressed_tensors(model, tokenizer, out) -> Path:
         "quant_method": "compressed-tensors", "format": layout, "quantization_status": "compressed",
         "config_groups": {"group_0": {"targets": ["Linear"], **scheme, "output_activations": None, "format": layout}},
         "ignore": ["lm_head"], "kv_cache_scheme": None}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
-    try:
+    with written_aside(target) as tmp:
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         tokenizer.save_pretrained(tmp)
-        make_readable(tmp)
-        os.replace(tmp, target)   # written aside, then renamed: an interrupted write leaves no half-written folder
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -53,7 +53,7 @@ def check_exportable(model, opset: int = OPSET) -> dict:
         if layer.fmt == "nf4":
             raise WorkshopError(f"{name} is NF4, which has no ONNX type and no TensorRT kernel.",
                                 "Quantize with INT4 (symmetric) for TensorRT; NF4 is for bitsandbytes-style runtimes.")
-        if layer.fmt == "int4" and not bool((layer.zeros == 8).all()):
+        if layer.fmt == "int4" and not layer.int4_symmetric():
             raise WorkshopError(f"{name} is INT4 with zero points (an asymmetric grid); TensorRT takes zero point 0 only.",
                                 "Quantize with a symmetric grid (e.g. --symmetric, RTNConfig(symmetric=True)).")
         if layer.activations == "int8_per_token":
@@ -81,9 +81,8 @@ def _float_copy(model, layers: dict):
 def _weight_codes(layer):
     """(codes [in, out] as a numpy array of the ONNX element type, float32 scale, DQ attributes)."""
     import ml_dtypes
-    from ..quant.qlinear import unpack_int4
     if layer.fmt == "int4":
-        codes = (unpack_int4(layer.qweight).to(torch.int16) - 8).T.numpy().astype(ml_dtypes.int4)
+        codes = layer.int4_signed_codes().T.numpy().astype(ml_dtypes.int4)
         scale = layer.scales.float().T.contiguous().numpy()                    # [in / group, out]
         return codes, scale, {"axis": 0, "block_size": layer.group_size}
     if layer.fmt == "int8":

@@ -22,7 +22,7 @@ from .rtn import RTNConfig, quantize_rtn
 from .storage import stored_scale_dtype
 
 
-def round_to_grid(weight: torch.Tensor, config) -> torch.Tensor:
+def fake_quantize(weight: torch.Tensor, config) -> torch.Tensor:
     """`weight` on the grid of `config` (NF4Config or RTNConfig), scales rounded to their stored type."""
     scale_dtype = stored_scale_dtype(weight.dtype)
     if isinstance(config, NF4Config):
@@ -43,7 +43,7 @@ class StraightThrough(nn.Module):
         self.config = config
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight + (round_to_grid(weight.detach(), self.config) - weight).detach()
+        return weight + (fake_quantize(weight.detach(), self.config) - weight).detach()
 
 
 def prepare_qat(model, config):

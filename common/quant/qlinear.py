@@ -162,6 +162,14 @@ class QuantLinear(nn.Module):
             self.qweight.copy_(codes.to(self.qweight.dtype))
         self.scales.copy_(scales)
 
+    def int4_symmetric(self) -> bool:
+        """An INT4 layer whose grid has no zero points (every stored zero is 8, the layout's zero)."""
+        return self.fmt == "int4" and bool((self.zeros == 8).all())
+
+    def int4_signed_codes(self) -> torch.Tensor:
+        """An INT4 layer's codes as signed integers -8..7 [out, in] (stored shifted by 8)."""
+        return unpack_int4(self.qweight).to(torch.int16) - 8
+
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         if self.fmt == "int4":
             w = dequantize_int4(self.qweight, self.scales, self.zeros, self.group_size)
