@@ -6,7 +6,7 @@ with its config (llm-compressor's shape), run in order and measured after every 
 
 The steps mirror the ordering study (arXiv 2511.19495, Qwen2.5-3B): P removes 30% of the MLP's
 intermediate channels, scored by 0.5 x the L1 norm of their gate/up rows + 0.5 x their mean |gate
-activation| (each normalized); KD trains the student on 0.7 x CE + 0.3 x T^2 x KL from the teacher; Q is
+activation| (each normalized), then fine-tunes briefly on the data's cross-entropy (no teacher); KD trains the student on 0.7 x CE + 0.3 x T^2 x KL from the teacher; Q is
 NF4 stored as bitsandbytes stores it, packed 4-bit codes that no gradient reaches, so any training
 after Q only moves what stayed float. `NF4(qat=True)` instead keeps a float weight under an NF4
 forward pass (a straight-through estimator), so that a later KD step can move the quantized weights;
@@ -33,15 +33,25 @@ from .errors import WorkshopError
 @dataclass(frozen=True)
 class WidthPrune:
     """P: remove `mlp` of every layer's MLP channels (the study's importance); the channels kept are a
-    multiple of `round_to`, so that a 4-bit block (64) still divides the down projection's inputs."""
+    multiple of `round_to`, so that a 4-bit block (64) still divides the down projection's inputs.
+    Then `finetune_steps` of CE-only training, as the study's P ends (None: the mode's budget; 0: none);
+    like any training step, it moves only what is still float."""
     mlp: float = 0.3
     round_to: int = 64
+    finetune_steps: int | None = None
+    finetune_lr: float = 1e-4
     name = "P"
 
     def __post_init__(self):
         if not 0 < self.mlp < 1:
             raise WorkshopError(f"WidthPrune(mlp={self.mlp}): the fraction removed must be in (0, 1).",
                                 "Give e.g. mlp=0.3 (the study's 30%).")
+        if (self.finetune_steps is not None and self.finetune_steps < 0) or self.finetune_lr <= 0:
+            raise WorkshopError(f"WidthPrune(finetune_steps={self.finetune_steps}, finetune_lr={self.finetune_lr}) "
+                                "is out of range.", "Give finetune_steps >= 0 (0: no fine-tune) and a positive lr.")
+
+    def steps(self, budget) -> int:
+        return budget.pipeline_finetune_steps if self.finetune_steps is None else self.finetune_steps
 
 
 @dataclass(frozen=True)
@@ -196,10 +206,11 @@ def recipe_label(recipe: list) -> str:
 # The steps
 # ---------------------------------------------------------------------------------------------
 def _prune(model, step: WidthPrune, calib, quantizer):
-    """Width pruning with the study's importance. A quantized model is pruned as a deployment stack
-    would: packed 4-bit layers are unpacked to their grid values, sliced, and quantized again with
-    `quantizer` (the step that quantized them: the down projection's groups change, so it is rounded
-    once more); under QAT the float weights are sliced and the rounding forward pass is put back."""
+    """Width pruning with the study's importance (the fine-tune that follows is the runner's). A
+    quantized model is pruned as a deployment stack would: packed 4-bit layers are unpacked to their
+    grid values, sliced, and quantized again with `quantizer` (the step that quantized them: the down
+    projection's groups change, so it is rounded once more); under QAT the float weights are sliced and
+    the rounding forward pass is put back."""
     from .prune.width import WidthPruneConfig, prune_width
     from .quant.qat import finish_qat, is_qat, prepare_qat
     from .quant.qlinear import unpack_quantized
@@ -251,18 +262,24 @@ def weights_reached_by_gradient(model, ids: torch.Tensor) -> float:
 
 
 def _distill(model, step: Distill, teacher, train_ids, budget, progress):
-    from .distill.train import DistillConfig, distill
     if teacher is None:
         raise WorkshopError("A KD step needs a teacher, and none was given.",
                             "Pass teacher=... (the uncompressed model), or --teacher SPEC on the command line.")
-    steps = step.steps or budget.pipeline_train_steps
-    config = DistillConfig(steps=steps, alpha=step.alpha, temperature=step.temperature, lr=step.lr,
+    return _train(model, teacher, train_ids, budget, progress, steps=step.steps or budget.pipeline_train_steps,
+                  alpha=step.alpha, temperature=step.temperature, lr=step.lr, engine=step.engine)
+
+
+def _train(model, teacher, train_ids, budget, progress, steps: int, alpha: float, temperature: float, lr: float,
+           engine: str = "ours"):
+    """`steps` of training (KD, or CE only with alpha=1 and no teacher); returns (model, record fields)."""
+    from .distill.train import DistillConfig, distill
+    config = DistillConfig(steps=steps, alpha=alpha, temperature=temperature, lr=lr,
                            warmup_steps=steps // 10, batch=budget.train_batch, seqlen=budget.train_seqlen)
     dtypes = {name: b.dtype for name, b in model.named_buffers()}  # distill trains in fp32: keep stored types
     param_dtype = next(model.parameters()).dtype
     device = next(model.parameters()).device
     reached = weights_reached_by_gradient(model.float(), train_ids[: 2 * config.seqlen].view(2, -1).to(device))
-    if step.engine == "modelopt":
+    if engine == "modelopt":
         from .distill.modelopt_kd import distill_modelopt
         model, history = distill_modelopt(model, teacher, config, train_ids, progress=progress)
     else:
@@ -312,7 +329,8 @@ def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=
     budget = budget or get_budget()
     model = copy.deepcopy(model)
     calib = protocol.calibration(tokenizer, model=model)
-    train_ids = protocol.training(tokenizer) if any(isinstance(s, Distill) for s in recipe) else None
+    trains = any(isinstance(s, Distill) or (isinstance(s, WidthPrune) and s.steps(budget)) for s in recipe)
+    train_ids = protocol.training(tokenizer) if trains else None
     result = PipelineResult(recipe=recipe_label(recipe))
     quantizer, kv = None, None   # the NF4/INT4 step that quantized the weights; the KV-cache format
 
@@ -333,6 +351,9 @@ def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=
         extra = None
         if isinstance(step, WidthPrune):
             model = _prune(model, step, calib, quantizer)
+            if step.steps(budget):
+                model, extra = _train(model, None, train_ids, budget, progress, steps=step.steps(budget),
+                                      alpha=1.0, temperature=1.0, lr=step.finetune_lr)
         elif isinstance(step, QUANTIZERS):
             model, quantizer = _quantize(model, step), step
         elif isinstance(step, ModeloptQuantize):

@@ -9,9 +9,11 @@ import torch
 from common.cli import main
 from common.errors import WorkshopError
 from common.eval import stored_bytes
-from common.export.compressed_tensors import check_round_trip, pack_int4_words, save_compressed_tensors
+from common.export.compressed_tensors import (SPARSE_FORMATS, check_round_trip, is_2_4, pack_int4_words,
+                                             save_compressed_tensors, sparsity_summary)
 from common.export.onnx import export_onnx, node_counts, onnxruntime_logits
 from common.models import load_model
+from common.prune.magnitude import MagnitudeConfig, prune_magnitude
 from common.quant.fp8 import FP8Config, quantize_fp8
 from common.quant.nf4 import NF4Config, quantize_nf4
 from common.quant.qlinear import QuantLinear, pack_quantized
@@ -34,7 +36,10 @@ FORMATS = {
     "int4": lambda m, c: quantize_rtn(m, RTNConfig(bits=4, group_size=32, symmetric=True)),
     "int8": lambda m, c: quantize_rtn(m, RTNConfig(bits=8, group_size=None, symmetric=True)),
     "fp8": lambda m, c: quantize_fp8(m, FP8Config(), c, progress=False),
+    "int8 static": lambda m, c: quantize_smoothquant(m, SmoothQuantConfig(activation_scales="static",
+                                                                          smooth_down_proj=True), c, progress=False),
 }
+STATIC_ACTIVATIONS = ("fp8", "int8 static")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -44,15 +49,16 @@ def test_onnx_computes_what_the_packed_model_computes(tiny, fmt, tmp_path):
     path = export_onnx(model, tmp_path / f"{fmt}.onnx")
     onnx.checker.check_model(str(path))
     counts = node_counts(path)
-    # one DequantizeLinear per weight; FP8 adds Q -> DQ on every layer's input; no Transpose left on a weight
-    assert counts["DequantizeLinear"] == layers * (2 if fmt == "fp8" else 1)
-    assert counts.get("QuantizeLinear", 0) == (layers if fmt == "fp8" else 0)
+    # one DequantizeLinear per weight; static activation scales add Q -> DQ on every layer's input
+    activations = fmt in STATIC_ACTIVATIONS
+    assert counts["DequantizeLinear"] == layers * (2 if activations else 1)
+    assert counts.get("QuantizeLinear", 0) == (layers if activations else 0)
     ids = torch.randint(0, tiny.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))  # axes are dynamic
     with torch.no_grad():
         reference = model(ids).logits
-    # weights only: the same numbers up to summation order; FP8 activations: an input that lands next to a
-    # rounding boundary can round the other way in onnxruntime, so the 1e-2 applies
-    assert (onnxruntime_logits(path, ids) - reference).abs().max() < (1e-2 if fmt == "fp8" else 1e-4)
+    # weights only: the same numbers up to summation order; quantized activations: an input that lands next to
+    # a rounding boundary can round the other way in onnxruntime, so the 1e-2 applies
+    assert (onnxruntime_logits(path, ids) - reference).abs().max() < (1e-2 if activations else 1e-4)
 
 
 def test_int4_is_stored_as_int4_blocks_and_stays_small(tiny, tmp_path):
@@ -97,9 +103,13 @@ def test_cli_exports_and_checks(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--method", "rtn", "--bits", "4"], "zero points"),
     (["--method", "nf4"], "no onnx form"),
+    (["--method", "smoothquant"], "per token at run time"),
+    (["--method", "rtn", "--static-activations"], "applies to smoothquant"),
+    (["--static-activations"], "describe a --method"),
     (["--bits", "4"], "describe a --method"),
     (["--opset", "20"], "no blocked DequantizeLinear"),
-    (["--method", "modelopt:FP8_DEFAULT_CFG"], "through modelopt itself"),
+    (["--format", "hf"], "written from a modelopt-quantized model"),
+    (["--method", "modelopt:FP8_DEFAULT_CFG", "--format", "compressed-tensors"], "not from modelopt's quantizers"),
 ])
 def test_cli_bad_input(argv, message, tmp_path, capsys):
     assert main(["export", "--model", "tiny-random", "--format", "onnx", "--out", str(tmp_path / "x.onnx"), *argv]) == 2
@@ -155,3 +165,70 @@ def test_cli_writes_compressed_tensors(tmp_path, capsys):
     assert (out / "model.safetensors").is_file()
     assert out.stat().st_mode & 0o777 == 0o755 and {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}
     assert result["max_abs_weight_difference"] == 0.0 and result["max_abs_logit_difference"] == 0.0
+
+
+# 2:4 sparsity: compressed-tensors 0.20.1 has no 2:4 compressor (removed in 0.15), so sparse models are
+# written dense, zeros kept, and asking for the library's 2:4 storage is refused
+def pruned(model, pattern=None, **kwargs):
+    return prune_magnitude(copy.deepcopy(model), MagnitudeConfig(pattern=pattern, **kwargs), progress=False)
+
+
+def test_2_4_is_detected_per_group_of_four_inputs(tiny):
+    assert is_2_4(torch.tensor([[0.0, 1, 0, 2, 3, 0, 0, 0]]))
+    assert not is_2_4(torch.tensor([[0.0, 1, 0, 2, 3, 0, 1, 1]]))      # the second group keeps three
+    assert not is_2_4(torch.tensor([[1.0, 0, 0, 2, 3, 0]]))              # no whole groups of four
+    layers = tiny.config.num_hidden_layers
+    summaries = {name: sparsity_summary(m) for name, m in [
+        ("dense", tiny), ("2:4", pruned(tiny, "2:4")), ("unstructured", pruned(tiny, sparsity=0.5)),
+        ("partly", pruned(tiny, "2:4", layer_sparsities=(0.5,) + (0.0,) * (layers - 1)))]}
+    assert [s["sparsity"] for s in summaries.values()] == ["none", "2:4", "none", "partly 2:4"]
+    linears = 7 * layers   # q, k, v, o, gate, up, down per decoder layer
+    assert summaries["2:4"]["layers_2_4"] == f"{linears} of {linears}"
+    assert summaries["partly"]["layers_2_4"] == f"7 of {linears}"
+    assert abs(summaries["unstructured"]["zero_fraction"] - 0.5) < 0.01 and summaries["dense"]["zero_fraction"] == 0.0
+    assert all(s["written"] == "dense" and "written as dense" in s["note"] for s in summaries.values())
+
+
+@pytest.mark.parametrize("pattern, fmt", [("2:4", "int8"), ("2:4", "fp8"), ("2:4", "int4"), (None, "int8")])
+def test_sparse_quantized_models_are_written_dense_and_read_back_identical(tiny, pattern, fmt, tmp_path):
+    _, tokenizer = load_model("tiny-random", device="cpu")
+    model = packed(pruned(tiny, pattern), FORMATS[fmt])
+    assert sparsity_summary(model)["sparsity"] == ("2:4" if pattern else "none")   # quantizing keeps the zeros
+    path = save_compressed_tensors(model, tokenizer, tmp_path / "ct")
+    config = json.loads((path / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "compressed-tensors" and "sparsity_config" not in config
+    ids = torch.randint(0, tiny.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(2))
+    # identical weights: the zeros come back where they were, so the loaded model is as 2:4 as ours
+    assert check_round_trip(model, path, ids) == {"max_abs_weight_difference": 0.0, "max_abs_logit_difference": 0.0}
+
+
+def test_2_4_storage_is_refused_because_the_library_cannot_read_it(tiny, tmp_path):
+    from compressed_tensors.compressors import BaseCompressor
+    for name in SPARSE_FORMATS:   # if the library gets a 2:4 compressor back, revisit the writer
+        with pytest.raises(KeyError):
+            BaseCompressor.get_value_from_registry(name)
+    _, tokenizer = load_model("tiny-random", device="cpu")
+    sparse = pruned(tiny, "2:4")
+    int8 = packed(sparse, FORMATS["int8"])
+    for model, name in [(int8, "sparse-24-bitmask"), (int8, "marlin-24"), (sparse, "sparse-24-bitmask")]:
+        with pytest.raises(WorkshopError, match="no compressor"):
+            save_compressed_tensors(model, tokenizer, tmp_path / "x", sparse_format=name)
+    with pytest.raises(WorkshopError, match="Unknown sparse format"):
+        save_compressed_tensors(int8, tokenizer, tmp_path / "x", sparse_format="2:4")
+    with pytest.raises(WorkshopError, match="no packed layers.*2:4"):   # a float 2:4 model has no form of its own
+        save_compressed_tensors(sparse, tokenizer, tmp_path / "x")
+    assert not list(tmp_path.iterdir())
+
+
+def test_tensorrt_is_optional_and_says_why_it_skips(tmp_path):
+    import importlib.util
+
+    from common.export.tensorrt import build_engine, skip_reason, tensorrt_version
+    if importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available():
+        pytest.skip("TensorRT and a GPU are here: lab 07 builds engines")
+    assert tensorrt_version() is None
+    installed = importlib.util.find_spec("tensorrt") is not None
+    assert ("no CUDA GPU" if installed else "not installed") in skip_reason()
+    with pytest.raises(WorkshopError, match="No TensorRT engine"):
+        build_engine(tmp_path / "x.onnx", tmp_path / "x.engine")
+    assert not list(tmp_path.iterdir())

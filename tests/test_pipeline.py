@@ -129,11 +129,25 @@ def test_int4_qat_trains_through_the_grid_and_packs_at_the_end(pair):
 
 def test_a_trainable_quantizer_commutes_with_pruning(pair):
     model, tokenizer, teacher = pair
+    prune = WidthPrune(finetune_steps=0)   # the slicing alone; P's fine-tune trains under the grid or not
     runs = [run_pipeline(model, tokenizer, recipe, protocol(), teacher=teacher, budget=BUDGET, progress=False)[1]
-            for recipe in ([NF4(qat=True), WidthPrune(), Distill()], [WidthPrune(), NF4(qat=True), Distill()],
-                           [NF4(), WidthPrune(), Distill()])]
+            for recipe in ([NF4(qat=True), prune, Distill()], [prune, NF4(qat=True), Distill()],
+                           [NF4(), prune, Distill()])]
     assert runs[0].final["ppl"] == pytest.approx(runs[1].final["ppl"], rel=1e-5)   # P acts on the float weights
     assert runs[2].final["ppl"] != pytest.approx(runs[1].final["ppl"], rel=1e-3)   # packed: the order shows
+
+
+def test_prune_step_ends_with_a_fine_tune_that_only_moves_float_weights(pair):
+    model, tokenizer, _ = pair
+    _, plain = run_pipeline(model, tokenizer, [WidthPrune(finetune_steps=2)], protocol(), budget=BUDGET, progress=False)
+    _, frozen = run_pipeline(model, tokenizer, [NF4(), WidthPrune(finetune_steps=2)], protocol(), budget=BUDGET,
+                             progress=False)
+    _, untrained = run_pipeline(model, tokenizer, [WidthPrune(finetune_steps=0)], protocol(), budget=BUDGET,
+                                progress=False)
+    assert plain.final["weights_reached_by_gradient"] > 0.99 and plain.final["train_tokens"] == 2 * 2 * 32
+    assert frozen.final["weights_reached_by_gradient"] < 0.5     # packed codes after Q: only norms and embeddings
+    assert "weights_reached_by_gradient" not in untrained.final
+    assert plain.final["ppl"] != untrained.final["ppl"]           # the fine-tune trained the pruned model
 
 
 def test_kv_step_quantizes_the_cache_not_the_weights(pair):

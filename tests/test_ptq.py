@@ -16,7 +16,7 @@ from common.quant.fp8 import FP8Config, quantize_fp8
 from common.quant.gptq import GPTQConfig, gptq_quantize_weight, hessian, quantize_gptq
 from common.quant.nf4 import NF4Config, quantize_nf4
 from common.quant.rtn import RTNConfig, quantize_rtn
-from common.quant.smoothquant import SmoothQuantConfig, quantize_smoothquant, smooth, smoothing_groups, smoothing_scale
+from common.quant.smoothquant import SmoothQuantConfig, quantize_smoothquant, smoothing_groups, smoothing_scale
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +67,32 @@ def test_smoothing_alone_keeps_outputs(tiny, calib):
     model = copy.deepcopy(tiny[0])
     reference = _outputs(model, calib)
     for layer in decoder_layers(model):
-        for norm, names in smoothing_groups(layer):
+        groups = smoothing_groups(layer, down_proj=True)
+        assert [names for _, names in groups][-1] == ["mlp.down_proj"] and len(smoothing_groups(layer)) == 2
+        for producer, names in groups:
             linears = [layer.get_submodule(n) for n in names]
             act_absmax = torch.rand(linears[0].in_features) * 20 + 0.1
             s = smoothing_scale(act_absmax, [lin.weight for lin in linears], alpha=0.5)
             assert s.min() > 0 and not torch.allclose(s, torch.ones_like(s))
-            smooth(norm, linears, s)
+            fold_scales(producer, linears, s)
     assert torch.allclose(_outputs(model, calib), reference, atol=1e-4, rtol=1e-4)
+
+
+def test_static_int8_activations_sit_on_one_grid_per_tensor(tiny, calib):
+    model = quantize_smoothquant(copy.deepcopy(tiny[0]), SmoothQuantConfig(activation_scales="static",
+                                                                             smooth_down_proj=True), calib, progress=False)
+    captured = {}
+    for name, linear in model.named_modules():
+        if hasattr(linear, "weight_format"):   # after the quantizing hook: what the matmul reads
+            linear.register_forward_hook(lambda m, args, out, name=name: captured.update({name: args[0]}))
+    _outputs(model, calib)
+    assert captured and all(model.get_submodule(n).weight_format.activations == "int8_static" for n in captured)
+    for name, x in captured.items():
+        scale = model.get_submodule(name).weight_format.input_amax / 127
+        codes = x / scale
+        assert torch.allclose(codes, codes.round(), atol=1e-3) and codes.abs().max() <= 128
+    with pytest.raises(WorkshopError, match="INT8 W8A8 only"):
+        SmoothQuantConfig(activation_scales="static", act_bits=4)
 
 
 def test_awq_scale_folding_alone_keeps_outputs(tiny, calib):

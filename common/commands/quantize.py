@@ -17,6 +17,8 @@ def add_arguments(p) -> None:
                    "layers; nf4: 64; 0: per channel)")
     p.add_argument("--symmetric", action="store_true", help="rtn/gptq/awq: a grid around zero without zero points "
                    "(TensorRT's INT4 takes only this; see workshop export)")
+    p.add_argument("--static-activations", action="store_true", help="smoothquant: one calibrated INT8 scale per "
+                   "activation tensor instead of one per token at run time (TensorRT's form; also smooths down_proj)")
     p.add_argument("--eval", action="store_true", help="perplexity before and after on each evaluation text")
     p.add_argument("--out", help="save the quantized model here, packed (INT4/INT8/FP8/NF4 layers; written atomically)")
     p.add_argument("--table", choices=["lab02"], help="run every method of lab 02 (ours and modelopt's) with the "
@@ -37,9 +39,11 @@ def run(args) -> Output:
     from ..quant.qlinear import pack_quantized
     from ..quant.storage import true_bytes
     protocol = protocol_from(args)
-    method_and_config(args.method, args.bits, args.group_size, symmetric=args.symmetric)  # fails before the model loads
+    method_and_config(args.method, args.bits, args.group_size, symmetric=args.symmetric,
+                      static_activations=args.static_activations)  # fails before the model loads
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    quantize, config = method_and_config(args.method, args.bits, args.group_size, model=model, symmetric=args.symmetric)
+    quantize, config = method_and_config(args.method, args.bits, args.group_size, model=model, symmetric=args.symmetric,
+                                         static_activations=args.static_activations)
     calib = protocol.calibration(tokenizer, model=model)
     result = {"method": args.method, "config": repr(config), "model": args.model, "mode": get_budget().mode,
               "calibration": protocol.calibration_label()}

@@ -6,11 +6,17 @@ The checkpoint is a Hugging Face folder: config.json carries a `quantization_con
       in the lowest bits, each code stored as signed + 8; `weight_scale` [out, in / group];
       `weight_zero_point` (asymmetric grids only) as signed codes packed eight per int32 along the
       output dimension; `weight_shape` [2];
-  INT8 ("int-quantized"): `weight` int8 [out, in] and `weight_scale` [out, 1];
+  INT8 ("int-quantized"): `weight` int8 [out, in] and `weight_scale` [out, 1]; SmoothQuant's static
+      activation scale as `input_scale` (per-token scales are refused: the library's grid differs);
   FP8 ("float-quantized"): `weight` float8_e4m3fn and `weight_scale`, with `input_scale` for static
       activations.
 The codes and scales are our packed layers' own (no re-quantization), so whatever loads the folder
 computes what our model computes. The check reads it back through the compressed-tensors library.
+
+2:4 sparsity is written as dense weights (its zeros stay zeros), never as a `sparsity_config`: the
+library's 2:4 forms (sparse-24-bitmask, marlin-24) have no compressor since compressed-tensors 0.15,
+transformers reads no sparsity_config, and vLLM dropped its 2:4 kernels and now refuses a checkpoint
+that declares one. `sparsity_summary(model)` says what the model's sparsity is and how it was written.
 """
 from pathlib import Path
 
@@ -19,6 +25,7 @@ import torch
 from ..errors import WorkshopError
 
 FORMATS = {"int4": "pack-quantized", "int8": "int-quantized", "fp8": "float-quantized"}
+SPARSE_FORMATS = ("sparse-24-bitmask", "marlin-24")   # the library's names for stored 2:4 (legacy)
 
 
 def pack_int4_words(codes: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -43,8 +50,9 @@ def _scheme(layer) -> dict:
     else:
         per_tensor = layer.scales.numel() == 1
         weights = {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "tensor" if per_tensor else "channel"}
-    activations = ({"num_bits": 8, "type": "float", "symmetric": True, "strategy": "tensor", "dynamic": False}
-                   if layer.activations == "fp8_static" else None)
+    activations = {"fp8_static": {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "tensor", "dynamic": False},
+                   "int8_static": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "tensor", "dynamic": False},
+                   None: None}[layer.activations]
     return {"weights": weights | {"dynamic": False}, "input_activations": activations}
 
 
@@ -57,31 +65,80 @@ def _tensors(layer, dtype: torch.dtype) -> dict:
             tensors["weight_zero_point"] = pack_int4_words(layer.zeros.to(torch.int16) - 8, dim=0)
         return tensors
     tensors = {"weight": layer.qweight, "weight_scale": layer.scales.to(dtype if layer.fmt == "int8" else torch.float32)}
-    if layer.activations == "fp8_static":
+    if layer.activations in ("int8_static", "fp8_static"):
         tensors["input_scale"] = layer.input_scale.float()
     return tensors
 
 
-def save_compressed_tensors(model, tokenizer, out) -> Path:
+def is_2_4(weight: torch.Tensor) -> bool:
+    """At least two zeros in every group of 4 consecutive inputs of every row: what 2:4 kernels run."""
+    rows, cols = weight.shape
+    return cols % 4 == 0 and bool(((weight == 0).reshape(rows, cols // 4, 4).sum(-1) >= 2).all())
+
+
+def sparsity_summary(model) -> dict:
+    """How sparse the linear layers (lm_head aside) are, float or packed, and how they are written:
+    {"sparsity": "2:4" | "partly 2:4" | "none", "layers_2_4": "k of n", "zero_fraction", "written", "note"}."""
+    from ..quant.qlinear import QuantLinear
+    weights = [m.dequantized_weight(torch.float32) if isinstance(m, QuantLinear) else m.weight.detach()
+               for name, m in model.named_modules()
+               if isinstance(m, (torch.nn.Linear, QuantLinear)) and name.rsplit(".", 1)[-1] != "lm_head"]
+    two_four = sum(is_2_4(w) for w in weights)
+    zeros = sum(int((w == 0).sum()) for w in weights) / max(1, sum(w.numel() for w in weights))
+    sparsity = "none" if not two_four else "2:4" if two_four == len(weights) else "partly 2:4"
+    note = (f"{two_four} of {len(weights)} linear layers are 2:4 sparse, {zeros:.1%} of the weights zero; written as "
+            "dense weights" + (" (compressed-tensors no longer stores 2:4 sparsity)" if two_four else ""))
+    return {"sparsity": sparsity, "layers_2_4": f"{two_four} of {len(weights)}", "zero_fraction": zeros,
+            "written": "dense", "note": note}
+
+
+def _refuse_sparse_format(sparse_format: str, model) -> None:
+    """A checkpoint in the library's 2:4 formats cannot be read back by it: say so instead of writing one."""
+    from importlib.metadata import version
+    if sparse_format not in SPARSE_FORMATS:
+        raise WorkshopError(f"Unknown sparse format {sparse_format!r}.",
+                            f"Use one of {', '.join(SPARSE_FORMATS)}, or leave it out.")
+    # checked against 0.20.1: the format name and its config class remain, its compressor was removed in
+    # 0.15, so a loaded checkpoint leaves every sparse layer at fresh random weights (only a load warning)
+    raise WorkshopError(
+        f"compressed-tensors {version('compressed-tensors')} cannot read {sparse_format}: it keeps the name but "
+        "has no compressor for it (2:4 storage was removed in 0.15), transformers reads no sparsity_config, and "
+        "vLLM removed its 2:4 kernels and refuses a checkpoint that declares one (this model: "
+        f"{sparsity_summary(model)['layers_2_4']} linear layers 2:4 sparse).",
+        "Leave the sparse format out: the weights are then written dense, their zeros kept, and every reader "
+        "loads them.")
+
+
+def save_compressed_tensors(model, tokenizer, out, sparse_format: str | None = None) -> Path:
     """Write the packed `model` (INT4, INT8 or FP8 layers, one format) and its tokenizer to the new
-    folder `out` in the compressed-tensors format; returns the folder."""
+    folder `out` in the compressed-tensors format; returns the folder. Sparse weights are written
+    dense (see the module docstring; `sparsity_summary` says so); asking for a `sparse_format` of
+    SPARSE_FORMATS raises a WorkshopError that says why."""
     import json
 
     from safetensors.torch import save_file
 
     from ..models import written_aside
     from ..quant.qlinear import QuantLinear
+    if sparse_format is not None:
+        _refuse_sparse_format(sparse_format, model)
     layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
     if not layers:
-        raise WorkshopError("The model has no packed layers to write in the compressed-tensors format.",
-                            "Quantize and pack it first (workshop quantize --out, or pack_quantized).")
+        sparse = sparsity_summary(model)["sparsity"] != "none"
+        raise WorkshopError("The model has no packed layers to write in the compressed-tensors format" +
+                            (", and compressed-tensors stores 2:4 sparsity in no form of its own." if sparse else "."),
+                            "Quantize and pack it first (workshop quantize --out, or pack_quantized)" +
+                            ("; or save it as a plain Hugging Face folder, which vLLM loads dense." if sparse else "."))
     kinds = {m.fmt for m in layers.values()}
     if not kinds <= set(FORMATS) or len(kinds) > 1:
         raise WorkshopError(f"The packed layers are {', '.join(sorted(kinds))}; compressed-tensors is written here for "
                             "one of INT4, INT8 or FP8 at a time.", "Quantize every layer with one method.")
     if any(m.activations == "int8_per_token" for m in layers.values()):
-        raise WorkshopError("SmoothQuant's INT8 activations are quantized per token at run time, which this writer "
-                            "does not describe.", "Write its weights only, or FP8 with static scales.")
+        # the library's dynamic per-token INT8 divides max |x| by 127.5, ours by 127: a reader would
+        # compute another function (largest logit difference 0.02 on tiny-random)
+        raise WorkshopError("SmoothQuant's per-token INT8 activations are not the per-token grid compressed-tensors "
+                            "applies at run time (scale max|x| / 127.5 there, / 127 here).",
+                            "Quantize with static activation scales (--static-activations), or write the weights only.")
     schemes = {json.dumps(_scheme(m), sort_keys=True) for m in layers.values()}
     if len(schemes) > 1:
         raise WorkshopError("The packed layers use different grids (group sizes or symmetry).",
@@ -94,11 +151,11 @@ def save_compressed_tensors(model, tokenizer, out) -> Path:
     for name, tensor in model.state_dict().items():
         owner = name.rsplit(".", 1)[0]
         if owner not in layers:
-            state[name] = tensor
+            state[name] = tensor.cpu()
     for name, layer in layers.items():
-        state |= {f"{name}.{key}": value.contiguous() for key, value in _tensors(layer, dtype).items()}
+        state |= {f"{name}.{key}": value.contiguous().cpu() for key, value in _tensors(layer, dtype).items()}
         if layer.bias is not None:
-            state[f"{name}.bias"] = layer.bias
+            state[f"{name}.bias"] = layer.bias.cpu()
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)   # the tied head is the embedding, stored once
     config = model.config.to_dict()
@@ -122,10 +179,12 @@ def check_round_trip(model, path, input_ids: torch.Tensor) -> dict:
     from ..quant.qlinear import QuantLinear
     loaded = load_with_compressed_tensors(path)
     modules = dict(loaded.named_modules())
-    weight_difference = max(float((layer.dequantized_weight(torch.float32) - modules[name].weight.float()).abs().max())
+    weight_difference = max(float((layer.dequantized_weight(torch.float32).cpu() - modules[name].weight.float()).abs().max())
                             for name, layer in model.named_modules() if isinstance(layer, QuantLinear))
+    device = next(model.parameters()).device   # the library loads on the CPU
     with torch.no_grad():
-        logit_difference = float((loaded(input_ids).logits.float() - model(input_ids).logits.float()).abs().max())
+        ours = model(input_ids.to(device)).logits.float().cpu()
+        logit_difference = float((loaded(input_ids.cpu()).logits.float() - ours).abs().max())
     return {"max_abs_weight_difference": weight_difference, "max_abs_logit_difference": logit_difference}
 
 

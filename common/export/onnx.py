@@ -9,8 +9,9 @@ A packed model (`common.quant.qlinear.QuantLinear` layers) is exported in three 
      the packed layer's own, so the graph computes what the PyTorch model computes:
        INT4 weight-only: INT4 codes, zero point 0, `block_size` along the input (opset 21);
        INT8 weights: per output channel; FP8 E4M3 weights: per tensor or per channel;
-  3. FP8 layers with static activation scales also get QuantizeLinear -> DequantizeLinear on their
-     input (per tensor, as TensorRT's explicit quantization wants).
+  3. layers with static activation scales (SmoothQuant's INT8 W8A8 with activation_scales="static",
+     FP8 W8A8) also get QuantizeLinear -> DequantizeLinear on their input (per tensor, zero point 0,
+     as TensorRT's explicit quantization wants).
 TensorRT fuses DequantizeLinear -> MatMul into a low-precision GEMM; onnxruntime runs the same graph
 on a CPU (it dequantizes), which is how the numerics are checked here.
 
@@ -19,6 +20,7 @@ NF4 (no ONNX type), INT8 activations quantized per token at run time, and opsets
 """
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import torch
 from torch import nn
@@ -26,17 +28,22 @@ from torch import nn
 from ..errors import WorkshopError
 
 OPSET = 21  # DequantizeLinear's block_size and the INT4 type arrive in opset 21
+# Static activation scales become QuantizeLinear -> DequantizeLinear to this element type.
+STATIC_ACTIVATION_TYPES = {"int8_static": np.int8, "fp8_static": ml_dtypes.float8_e4m3fn}
 
 
 class Logits(nn.Module):
-    """The causal LM's logits for `input_ids` [batch, tokens], without a KV cache."""
+    """The causal LM's logits for `input_ids` [batch, tokens], without a KV cache. An all-ones attention
+    mask is passed because without one transformers looks for packed sequences with torch.diff, which
+    the TorchScript exporter (modelopt's path) cannot write; with it the graph builds the causal mask
+    from the shapes."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids):
-        return self.model(input_ids=input_ids, use_cache=False).logits
+        return self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False).logits
 
 
 def check_exportable(model, opset: int = OPSET) -> dict:
@@ -59,7 +66,8 @@ def check_exportable(model, opset: int = OPSET) -> dict:
         if layer.activations == "int8_per_token":
             raise WorkshopError(f"{name} quantizes its activations per token at run time; TensorRT's explicit "
                                 "quantization takes static per-tensor activation scales.",
-                                "Export the weights only (INT8 or INT4 weight-only), or FP8 with static scales.")
+                                "Quantize with SmoothQuantConfig(activation_scales='static') (--static-activations), "
+                                "or export INT8/INT4 weight-only or FP8.")
     return layers
 
 
@@ -80,7 +88,6 @@ def _float_copy(model, layers: dict):
 
 def _weight_codes(layer):
     """(codes [in, out] as a numpy array of the ONNX element type, float32 scale, DQ attributes)."""
-    import ml_dtypes
     if layer.fmt == "int4":
         codes = layer.int4_signed_codes().T.numpy().astype(ml_dtypes.int4)
         scale = layer.scales.float().T.contiguous().numpy()                    # [in / group, out]
@@ -95,7 +102,6 @@ def _weight_codes(layer):
 def _quantize_graph(graph, layers: dict, prefix: str) -> None:
     """Replace each layer's float weight (read through a Transpose) by codes + DequantizeLinear; add
     activation Q/DQ where the layer has a static input scale."""
-    import ml_dtypes
     from onnx import helper, numpy_helper
     initializers = {init.name: init for init in graph.initializer}
     consumers = {}
@@ -117,12 +123,13 @@ def _quantize_graph(graph, layers: dict, prefix: str) -> None:
         dq = helper.make_node("DequantizeLinear", [f"{weight}.codes", f"{weight}.scale"], [transpose.output[0]],
                               name=f"{name}.weight_dq", **attributes)
         replacement = [dq]
-        if layer.activations == "fp8_static":
+        if layer.activations in STATIC_ACTIVATION_TYPES:
             (matmul,) = consumers[transpose.output[0]]
             x = matmul.input[0]
             graph.initializer.extend([
                 numpy_helper.from_array(layer.input_scale.float().reshape(()).numpy(), f"{name}.input_scale"),
-                numpy_helper.from_array(np.zeros((), dtype=ml_dtypes.float8_e4m3fn), f"{name}.input_zero")])
+                numpy_helper.from_array(np.zeros((), dtype=STATIC_ACTIVATION_TYPES[layer.activations]),
+                                        f"{name}.input_zero")])   # the zero point's type is the codes' type
             replacement += [
                 helper.make_node("QuantizeLinear", [x, f"{name}.input_scale", f"{name}.input_zero"],
                                  [f"{name}.input_q"], name=f"{name}.input_q"),
@@ -139,7 +146,11 @@ def export_onnx(model, path, opset: int = OPSET) -> Path:
     """Write `model` (packed or plain) as ONNX with explicit quantization to `path`; returns the path.
     The graph takes input_ids [batch, tokens] (int64, both dimensions dynamic) and returns the logits
     [batch, tokens, vocab]."""
+    import copy
+
     import onnx
+    if next(model.parameters()).device.type != "cpu":   # the graph is traced, and its codes read, on the CPU
+        model = copy.deepcopy(model).cpu()
     layers = check_exportable(model, opset)
     path = Path(path)
     if path.exists() and path.is_dir():
@@ -196,3 +207,20 @@ def onnxruntime_logits(path, input_ids: torch.Tensor, fuse_quantized: bool = Fal
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run(["logits"], {"input_ids": input_ids.numpy()})[0])
+
+
+def logit_agreement(reference: torch.Tensor, candidate: torch.Tensor, input_ids: torch.Tensor) -> dict:
+    """How close an engine's logits are to the PyTorch model's on `input_ids` [batch, tokens]: the largest
+    absolute difference, the relative difference of the next-token loss, and the share of positions
+    whose most likely next token is the same. With quantized activations the first can be large (an
+    input within float rounding of a rounding boundary goes to the neighbouring code in one of the two,
+    and a whole step moves) while the other two show whether the engine computes the same model."""
+    import torch.nn.functional as F
+    reference, candidate = reference.float().cpu(), candidate.float().cpu()
+    targets = input_ids[:, 1:].reshape(-1).cpu()
+
+    def loss(logits):
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets).item()
+    return {"max_abs_logit_difference": float((candidate - reference).abs().max()),
+            "loss_relative_difference": abs(loss(candidate) / loss(reference) - 1),
+            "top1_agreement": float((candidate.argmax(-1) == reference.argmax(-1)).float().mean())}

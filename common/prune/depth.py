@@ -46,6 +46,13 @@ def remove_layers(model, indices) -> None:
         model.config.layer_types = [t for i, t in enumerate(model.config.layer_types) if i not in drop]
 
 
+def keep_first_layers(model, count: int | None):
+    """`model` with only its first `count` decoder layers (None: all of them), in place; returns it."""
+    if count is not None:
+        remove_layers(model, range(count, len(decoder_layers(model))))
+    return model
+
+
 def prune_depth(model, config: DepthPruneConfig, calib_batch, progress: bool = True):
     """Remove the `config.layers_removed` layers of lowest block importance; returns the shorter model."""
     n = len(decoder_layers(model))

@@ -14,10 +14,11 @@ SYMMETRIC_CHOICE = ("rtn", "gptq", "awq")  # integer grids with a zero point unl
 
 
 def method_and_config(method: str, bits: int | None = None, group_size: int | None = None, model=None,
-                      symmetric: bool = False):
+                      symmetric: bool = False, static_activations: bool = False):
     """(quantize function, its config) for a method name, or a WorkshopError saying what is wrong.
     `group_size` None takes the default for `model` (`default_group_size`); 0 means per channel.
-    `symmetric`: an integer grid around zero, without zero points (what TensorRT's INT4 takes)."""
+    `symmetric`: an integer grid around zero, without zero points (what TensorRT's INT4 takes).
+    `static_activations`: SmoothQuant with one calibrated activation scale per tensor (TensorRT's INT8)."""
     if method.startswith("modelopt:"):
         from .modelopt_ptq import CONFIGS
         name = method.split(":", 1)[1]
@@ -41,6 +42,10 @@ def method_and_config(method: str, bits: int | None = None, group_size: int | No
     if symmetric and method not in SYMMETRIC_CHOICE:
         raise WorkshopError(f"--symmetric applies to {', '.join(SYMMETRIC_CHOICE)}; {method} fixes its own grid.",
                             "Leave out --symmetric.")
+    if static_activations and method != "smoothquant":
+        raise WorkshopError(f"--static-activations applies to smoothquant; {method} " +
+                            ("calibrates static activation scales already." if method == "fp8" else
+                             "quantizes the weights only."), "Leave out --static-activations.")
     if group_size is not None and group_size < 0:
         raise WorkshopError(f"--group-size {group_size} is negative.", "Give 0 (per channel) or a positive size.")
     if group_size is None:
@@ -60,7 +65,8 @@ def method_and_config(method: str, bits: int | None = None, group_size: int | No
         return quantize_awq, AWQConfig(bits=bits, group_size=group, symmetric=symmetric)
     if method == "smoothquant":
         from .smoothquant import SmoothQuantConfig, quantize_smoothquant
-        return quantize_smoothquant, SmoothQuantConfig()
+        return quantize_smoothquant, (SmoothQuantConfig(activation_scales="static", smooth_down_proj=True)
+                                      if static_activations else SmoothQuantConfig())
     if method == "fp8":
         from .fp8 import FP8Config, quantize_fp8
         return quantize_fp8, FP8Config()

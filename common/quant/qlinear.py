@@ -11,7 +11,8 @@ FP8:  `qweight` float8_e4m3fn [N, K] and a float32 `scales` per tensor [1, 1] or
 NF4:  `qweight` packed as INT4 (indices into the 16 NF4 levels), `scales` [N, K // g] (absmax per block).
 
 Activations: None (weight-only, 16-bit inputs), "int8_per_token" (SmoothQuant's W8A8: a scale per
-token computed at run time) or "fp8_static" (one calibrated float32 `input_scale`).
+token computed at run time), "int8_static" (SmoothQuant with one calibrated float32 `input_scale`, the
+form TensorRT's explicit quantization takes) or "fp8_static" (one calibrated float32 `input_scale`).
 
 Everything is a buffer, so `stored_bytes`, `state_dict()` and `save_pretrained` see what is stored.
 `pack_quantized(model)` turns the fake-quantized linears of lab 02's methods into these layers.
@@ -24,11 +25,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import WorkshopError
+from .smoothquant import quantize_static_int8, static_int8_scale
 from .formats import FP8_MAX, _grouped, fake_quant_int, int_scale_zero, nearest_index, nf4_levels, quantize_int
 from .storage import stored_scale_dtype
 
 QUANT_LINEAR_FORMATS = ("int4", "int8", "fp8", "nf4")
-ACTIVATIONS = (None, "int8_per_token", "fp8_static")
+ACTIVATIONS = (None, "int8_per_token", "int8_static", "fp8_static")
+ACTIVATION_FORMAT = {"int8_per_token": "int8", "int8_static": "int8", "fp8_static": "fp8"}
 KERNEL_MAX_ROWS = 16  # above this, dequantize + cuBLAS beats the fused kernel (kernels/RESULTS.md)
 
 
@@ -65,10 +68,10 @@ class QuantLinear(nn.Module):
         if fmt in ("int4", "nf4") and (group_size is None or group_size <= 0 or in_features % group_size):
             raise WorkshopError(f"{fmt.upper()} group size {group_size} does not divide in_features={in_features}.",
                                 "Use a positive group size that divides it (e.g. 128, or 64 for 576-wide layers).")
-        if activations not in ACTIVATIONS or (activations and fmt != {"int8_per_token": "int8",
-                                                                    "fp8_static": "fp8"}[activations]):
+        if activations not in ACTIVATIONS or (activations and fmt != ACTIVATION_FORMAT[activations]):
             raise WorkshopError(f"QuantLinear cannot quantize the activations of a {fmt} layer as {activations!r}.",
-                                "Use activations='int8_per_token' with int8, 'fp8_static' with fp8, or None.")
+                                "Use activations='int8_per_token' or 'int8_static' with int8, 'fp8_static' with fp8, "
+                                "or None.")
         if fmt == "fp8" and group_size not in (-1, None):
             raise WorkshopError(f"FP8 QuantLinear scales per tensor (-1) or per channel (None), not groups of {group_size}.",
                                 "Pass group_size=-1 or group_size=None.")
@@ -85,6 +88,8 @@ class QuantLinear(nn.Module):
         elif fmt == "int8":
             self.register_buffer("qweight", torch.zeros(N, K, dtype=torch.int8, device=device))
             self.register_buffer("scales", torch.zeros(N, 1, dtype=scale_dtype, device=device))
+            if activations == "int8_static":
+                self.register_buffer("input_scale", torch.ones(1, device=device))
         else:  # FP8 scales stay float32, the type torch._scaled_mm takes
             self.register_buffer("qweight", torch.zeros(N, K, dtype=torch.float8_e4m3fn, device=device))
             self.register_buffer("scales", torch.zeros(1 if group_size == -1 else N, 1, device=device))
@@ -102,12 +107,12 @@ class QuantLinear(nn.Module):
         INT4 codes are [N, K] in 0..15 with zeros [N, K // g]; signed codes (-8..7, zeros 0, as
         `quantize_int` gives for symmetric grids) are shifted by 8. INT8 codes are signed with
         per-channel scales [N, 1]. FP8 takes the weights only (group_size -1: per tensor, None: per
-        channel), and with activations="fp8_static" the float32 `input_scale` [1].
+        channel); with activations "int8_static" or "fp8_static", the float32 `input_scale` [1].
         """
         w = linear.weight.detach()
         layer = cls(linear.in_features, linear.out_features, fmt, group_size, linear.bias is not None,
                     w.dtype, w.device, activations)
-        if activations == "fp8_static":
+        if activations in ("int8_static", "fp8_static"):
             layer.input_scale.copy_(input_scale)
         if codes is None:
             codes, scales, zeros = layer.quantize_weight(w, symmetric)
@@ -193,6 +198,8 @@ class QuantLinear(nn.Module):
             return out if bias is None else out + bias
         if self.activations == "int8_per_token":
             x = fake_quant_int(x.reshape(rows, -1), 8, None, True).reshape(x.shape)
+        elif self.activations == "int8_static":
+            x = quantize_static_int8(x, self.input_scale)
         elif self.activations == "fp8_static":  # in float32, as the tensor-core path and fp8.py's hook
             x = ((x.float() / self.input_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
                  * self.input_scale).to(x.dtype)
@@ -200,8 +207,9 @@ class QuantLinear(nn.Module):
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
     def uses_low_precision_gemm(self) -> bool:
-        """INT8 or FP8 tensor cores: on a GPU that has them, for shapes their PyTorch kernels take."""
-        if not self.qweight.is_cuda:
+        """INT8 or FP8 tensor cores: on a GPU that has them, for shapes their PyTorch kernels take.
+        Static INT8 scales are for exporting to TensorRT: here they take the reference path."""
+        if not self.qweight.is_cuda or self.activations == "int8_static":
             return False
         capability = torch.cuda.get_device_capability(self.qweight.device)
         needed = (7, 5) if self.activations == "int8_per_token" else (8, 9)
@@ -283,8 +291,9 @@ def packed_layer(linear: nn.Linear) -> QuantLinear:
                                 "Quantize again right before packing.")
         return QuantLinear.from_linear(linear, "int4", group, codes=codes, scales=scale, zeros=zero)
     if fmt.kind == "int" and fmt.bits == 8 and fmt.symmetric and fmt.group_size is None \
-            and fmt.activations in (None, "int8_per_token"):
-        return QuantLinear.from_linear(linear, "int8", activations=fmt.activations)
+            and fmt.activations in (None, "int8_per_token", "int8_static"):
+        scale = static_int8_scale(fmt.input_amax) if fmt.activations == "int8_static" else None
+        return QuantLinear.from_linear(linear, "int8", activations=fmt.activations, input_scale=scale)
     if fmt.kind == "fp8_e4m3" and fmt.group_size in (None, -1) and fmt.activations in (None, "fp8_static"):
         scale = static_input_scale(fmt.input_amax) if fmt.activations else None
         return QuantLinear.from_linear(linear, "fp8", fmt.group_size, activations=fmt.activations, input_scale=scale)

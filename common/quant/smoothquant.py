@@ -5,14 +5,23 @@ Y = (X diag(s)^-1)(diag(s) W^T) is the same product; with s_j = max|X_j|^a / max
 factors end up with similar ranges, so both quantize to INT8: weights per output channel, activations
 per token, dynamically (a scale per token computed at run time). The division of X by s is folded
 into the RMSNorm that produces X, so it costs nothing.
+
+`activation_scales="static"` instead calibrates one scale per tensor (max |X| / 127 on the calibration
+data, after smoothing): no reduction at run time, and the form TensorRT's explicit INT8 takes (lab 07).
+It is coarser than a scale per token, so it costs some accuracy that lab 07 measures.
 """
 from dataclasses import dataclass
 
 import torch
 
 from ..calibration import linear_layers, record_linear_inputs, walk_layers
+from ..errors import WorkshopError
+from .awq import fold_scales, scaling_groups
 from .formats import fake_quant_int
 from .rtn import rtn_into
+from .storage import mark_quantized
+
+ACTIVATION_SCALES = ("per_token", "static")
 
 
 @dataclass
@@ -21,12 +30,25 @@ class SmoothQuantConfig:
     smooth: bool = True          # False: plain W8A8 (no scales migrated), the baseline SmoothQuant beats
     weight_bits: int = 8
     act_bits: int = 8
+    activation_scales: str = "per_token"   # or "static": one calibrated scale per tensor (8 bits only)
+    smooth_down_proj: bool = False         # also smooth down_proj's inputs (static scales need it most)
+
+    def __post_init__(self):
+        if self.activation_scales not in ACTIVATION_SCALES:
+            raise WorkshopError(f"activation_scales={self.activation_scales!r} is not one of {ACTIVATION_SCALES}.",
+                                "Use 'per_token' (computed at run time) or 'static' (calibrated, TensorRT's form).")
+        if self.activation_scales == "static" and (self.act_bits, self.weight_bits) != (8, 8):
+            raise WorkshopError("Static activation scales are stored and exported as INT8 W8A8 only.",
+                                "Use weight_bits=8 and act_bits=8 with activation_scales='static'.")
 
 
-def smoothing_groups(layer) -> list:
-    """(the norm producing the input, [linears reading it]): the inputs SmoothQuant smooths."""
-    return [(layer.input_layernorm, ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
-            (layer.post_attention_layernorm, ["mlp.gate_proj", "mlp.up_proj"])]
+def smoothing_groups(layer, down_proj: bool = False) -> list:
+    """(the module producing the input, [linears reading it]): the inputs SmoothQuant smooths. AWQ's
+    groups: the two norms always; with `down_proj` also up_proj -> down_proj (the MLP's product
+    silu(gate) * up is scaled channel by channel with up's rows), whose inputs carry the largest
+    outliers; never v -> o (the paper smooths the norms' outputs only)."""
+    return [(producer, names) for producer, names in scaling_groups(layer)
+            if producer is not layer.self_attn.v_proj and (down_proj or producer is not layer.mlp.up_proj)]
 
 
 def channel_abs_max(x: torch.Tensor) -> torch.Tensor:
@@ -40,14 +62,6 @@ def smoothing_scale(act_absmax: torch.Tensor, weights: list, alpha: float) -> to
     return (act_absmax.clamp(min=1e-5).pow(alpha) / w_absmax.clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5)
 
 
-@torch.no_grad()
-def smooth(norm, linears, s: torch.Tensor) -> None:
-    """X / s inside the norm, W * s in the linears: the float layer computes the same function."""
-    norm.weight.div_(s.to(norm.weight.dtype))
-    for linear in linears:
-        linear.weight.mul_(s.view(1, -1).to(linear.weight.dtype))
-
-
 def quantize_activations_per_token(linear, bits: int) -> None:
     """From now on `linear` sees its input rounded to `bits`-bit integers with one scale per token."""
     def hook(module, args):
@@ -58,17 +72,43 @@ def quantize_activations_per_token(linear, bits: int) -> None:
         linear.weight_format.activations = f"int{bits}_per_token"
 
 
+def static_int8_scale(amax: float) -> torch.Tensor:
+    """The float32 scale [1] mapping the calibrated max |x| onto INT8's 127."""
+    return torch.tensor([max(amax, 1e-12) / 127], dtype=torch.float32)
+
+
+def quantize_static_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x rounded to INT8 codes with one fixed scale (zero point 0), in float32, as ONNX's
+    QuantizeLinear -> DequantizeLinear computes it: round half to even, saturate at -128 and 127."""
+    return (torch.round(x.float() / scale).clamp(-128, 127) * scale).to(x.dtype)
+
+
+def quantize_activations_static(linear, amax: float) -> None:
+    """From now on `linear` sees its input rounded to INT8 with the one scale amax / 127."""
+    scale = static_int8_scale(amax).to(linear.weight.device)
+    linear.register_forward_pre_hook(lambda module, args: (quantize_static_int8(args[0], scale),))
+    linear.weight_format.activations, linear.weight_format.input_amax = "int8_static", amax
+    mark_quantized(linear, linear.weight_format)   # the stored bytes now include the input scale
+
+
 def quantize_smoothquant(model, config: SmoothQuantConfig, calib_batch: torch.Tensor, progress: bool = True):
-    """Smooth each layer with calibration maxima, then W8 per channel and A8 per token (fake-quantized)."""
+    """Smooth each layer with calibration maxima, then W8 per channel and A8 per token, or per tensor with
+    a calibrated scale (fake-quantized)."""
     def quantize_layer(index, layer, hidden, kwargs):
         if config.smooth:
             inputs = record_linear_inputs(layer, hidden, kwargs)
-            for norm, names in smoothing_groups(layer):
+            for producer, names in smoothing_groups(layer, config.smooth_down_proj):
                 linears = [layer.get_submodule(n) for n in names]
-                smooth(norm, linears, smoothing_scale(channel_abs_max(inputs[names[0]]),
+                fold_scales(producer, linears, smoothing_scale(channel_abs_max(inputs[names[0]]),
                                                       [lin.weight for lin in linears], config.alpha))
         for linear in linear_layers(layer).values():
             rtn_into(linear, linear.weight.data, config.weight_bits, None, True)
-            quantize_activations_per_token(linear, config.act_bits)
+        if config.activation_scales == "static":  # the inputs the layer now sees: smoothed, weights quantized
+            inputs = record_linear_inputs(layer, hidden, kwargs)
+        for name, linear in linear_layers(layer).items():
+            if config.activation_scales == "static":
+                quantize_activations_static(linear, inputs[name].abs().max().item())
+            else:
+                quantize_activations_per_token(linear, config.act_bits)
 
     return walk_layers(model, calib_batch, quantize_layer, progress, desc="SmoothQuant")

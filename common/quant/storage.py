@@ -30,8 +30,8 @@ class WeightFormat:
     symmetric: bool = True
     scale: torch.Tensor | None = None    # "int": [out, groups] the scales the codes were rounded with
     zero: torch.Tensor | None = None     # "int", asymmetric: [out, groups] integer zero points
-    activations: str | None = None       # None (weight-only), "int8_per_token", "fp8_static", ...
-    input_amax: float | None = None      # "fp8_static": the calibrated max |x|
+    activations: str | None = None       # None (weight-only), "int8_per_token", "int8_static", "fp8_static"
+    input_amax: float | None = None      # static activations: the calibrated max |x|
 
     def packed_bytes(self, out_features: int, in_features: int) -> int:
         """Codes at `bits` each, one 16-bit scale per group (FP8: a float32 scale per channel, as
@@ -44,7 +44,8 @@ class WeightFormat:
         # The INT4 layout keeps a zero point even for symmetric grids (all 8): one kernel for both.
         zero_points = not self.symmetric or (self.kind == "int" and self.bits == 4)
         scale_bytes = SCALE_BYTES * (2 if zero_points else 1)
-        return -(-n * self.bits // 8) + groups * scale_bytes
+        static_input_scale = 4 if self.activations == "int8_static" else 0   # float32, as QuantLinear stores it
+        return -(-n * self.bits // 8) + groups * scale_bytes + static_input_scale
 
 
 def mark_quantized(linear: nn.Linear, fmt: WeightFormat) -> None:
