@@ -33,12 +33,9 @@ AWQ averages the smoothing scales of layers that share an input and folds AWQ's 
 is given a copy. `check_modelopt_hf` reads the files back and compares each dequantized weight with the
 weight modelopt's fake quantizer produces after that same re-smoothing.
 """
-import contextlib
 import copy
 import io
 import json
-import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,19 +43,12 @@ import torch
 from torch import nn
 
 from ..errors import WorkshopError
+from ..quant.modelopt_ptq import quiet_modelopt
 from .onnx import OPSET, Logits   # one opset for every format: blocked INT4 needs 21
 
 MIN_OPSET = {"int8": 13, "fp8": 19, "int4": 21}    # per-axis Q/DQ: 13; FP8 types: 19; INT4 and block_size: 21
 HOW_TO_QUANTIZE = ("Quantize it first: common.quant.modelopt_ptq.quantize_modelopt(model, 'FP8_DEFAULT_CFG', "
                    "calib_ids) (or INT8_SMOOTHQUANT_CFG, INT4_AWQ_CFG, INT4_BLOCKWISE_G64).")
-
-
-@contextlib.contextmanager
-def _quiet():
-    """modelopt and the exporters narrate on stdout and warn about their own deprecations: not ours to act on."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-        warnings.simplefilter("ignore")
-        yield
 
 
 def _format(quantizer) -> str | None:
@@ -247,7 +237,7 @@ def export_modelopt_onnx(model, path, opset: int = OPSET) -> Path:
         layers = quantized_linears(model)
     ids = torch.zeros(2, 16, dtype=torch.long)
     buffer = io.BytesIO()
-    with _quiet(), torch.no_grad():
+    with quiet_modelopt(), torch.no_grad():
         torch.onnx.export(Logits(model).eval(), (ids,), buffer, dynamo=False, opset_version=opset,
                           input_names=["input_ids"], output_names=["logits"],
                           dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "logits": {0: "batch", 1: "tokens"}})
@@ -301,7 +291,7 @@ def export_modelopt_hf(model, tokenizer, out_dir) -> Path:
     target = Path(out_dir).expanduser().resolve()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise WorkshopError(f"--out {target} exists and is not empty.", "Give a new folder, or remove it first.")
-    with _quiet():
+    with quiet_modelopt():
         from modelopt.torch.export import export_hf_checkpoint
         with written_aside(target) as tmp:
             try:
@@ -389,7 +379,7 @@ def check_modelopt_hf(out_dir, model, input_ids: torch.Tensor | None = None) -> 
     from modelopt.torch.export.unified_export_hf import requantize_resmooth_fused_llm_layers
     stored = read_modelopt_hf(out_dir)
     reference = _hf_ready_copy(model)
-    with _quiet(), torch.no_grad():
+    with quiet_modelopt(), torch.no_grad():
         requantize_resmooth_fused_llm_layers(reference)
     layers = quantized_linears(reference)
     if set(layers) != set(stored["layers"]):

@@ -18,6 +18,7 @@ on a CPU (it dequantizes), which is how the numerics are checked here.
 What TensorRT cannot take is refused before anything is written: INT4 with zero points (asymmetric),
 NF4 (no ONNX type), INT8 activations quantized per token at run time, and opsets below 21.
 """
+import copy
 from pathlib import Path
 
 import ml_dtypes
@@ -73,7 +74,6 @@ def check_exportable(model, opset: int = OPSET) -> dict:
 
 def _float_copy(model, layers: dict):
     """A float32 copy of `model` with every QuantLinear replaced by an nn.Linear of its dequantized weight."""
-    import copy
     plain = copy.deepcopy(model).float()
     for name, layer in layers.items():
         linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
@@ -146,8 +146,6 @@ def export_onnx(model, path, opset: int = OPSET) -> Path:
     """Write `model` (packed or plain) as ONNX with explicit quantization to `path`; returns the path.
     The graph takes input_ids [batch, tokens] (int64, both dimensions dynamic) and returns the logits
     [batch, tokens, vocab]."""
-    import copy
-
     import onnx
     if next(model.parameters()).device.type != "cpu":   # the graph is traced, and its codes read, on the CPU
         model = copy.deepcopy(model).cpu()

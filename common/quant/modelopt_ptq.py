@@ -34,6 +34,15 @@ LAB02 = ("FP8_DEFAULT_CFG", "INT8_SMOOTHQUANT_CFG", "INT4_AWQ_CFG", "W4A8_AWQ_BE
 NEEDS_CUDA = {"NVFP4_DEFAULT_CFG"}
 
 
+@contextlib.contextmanager
+def quiet_modelopt():
+    """modelopt and the exporters narrate on stdout and warn about their own deprecations: report on
+    stderr (so that --json stays parseable) and drop the warnings."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")
+        yield
+
+
 def modelopt_configs(names=LAB02) -> list:
     """The configurations among `names` (default: lab 02's) that run on this machine."""
     return [name for name in names if name not in NEEDS_CUDA or torch.cuda.is_available()]
@@ -63,8 +72,7 @@ def quantize_modelopt(model, config_name: str, calib_batch: torch.Tensor, progre
     if config_name in NEEDS_CUDA and not torch.cuda.is_available():
         raise WorkshopError(f"modelopt's {config_name} needs a CUDA GPU.", "Run it on the GPU, or pick "
                             "FP8_DEFAULT_CFG, INT8_SMOOTHQUANT_CFG, INT4_AWQ_CFG or W4A8_AWQ_BETA_CFG.")
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-        warnings.simplefilter("ignore")  # version-range and deprecation notices, not our business here
+    with quiet_modelopt():   # version-range and deprecation notices, not our business here
         import modelopt.torch.quantization as mtq
     device = next(model.parameters()).device
     batches = calib_batch.to(device).split(1 if device.type == "cpu" else 8)
@@ -73,9 +81,7 @@ def quantize_modelopt(model, config_name: str, calib_batch: torch.Tensor, progre
         for ids in batches:
             m(ids, use_cache=False)
 
-    # modelopt reports on stdout; send it to stderr, with the progress bars, so that --json stays parseable
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-        warnings.simplefilter("ignore")
+    with torch.no_grad(), quiet_modelopt():
         model = mtq.quantize(model, modelopt_config(mtq, config_name), forward_loop)
     if weights_only:
         mtq.disable_quantizer(model, "*input_quantizer")
