@@ -220,13 +220,34 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
 
 
+def _tokenizer_fingerprint(tokenizer) -> str:
+    """What decides a tokenization: the fast tokenizer's whole serialization (vocabulary, merges,
+    normalizer), else its vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.md5(f"{type(tokenizer).__name__}\n{spec}".encode()).hexdigest()[:16]
+
+
 @lru_cache(maxsize=32)
 def _token_ids(tokenizer, data: str, part: str) -> torch.Tensor:
-    return tokenize(tokenizer, load_text(data, part))
+    # Tokenizing the training texts takes tens of seconds on a CPU, in every notebook kernel and command:
+    # the ids are kept on disk under the tokenizer's and the text's fingerprints.
+    from .models import cache_root
+    text = load_text(data, part)
+    path = (cache_root() / "tokens" /
+            f"{_tokenizer_fingerprint(tokenizer)}-{hashlib.md5(text.encode()).hexdigest()[:16]}.pt")
+    if path.is_file():
+        return torch.load(path)
+    ids = tokenize(tokenizer, text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".partial", delete=False) as partial:
+        torch.save(ids, partial)
+    os.replace(partial.name, path)   # whole or absent, also when two processes write it at once
+    return ids
 
 
 def token_ids(tokenizer, data: str, part: str) -> torch.Tensor:
-    """`tokenize(load_text(data, part))`, remembered per tokenizer (a text is tokenized once per process)."""
+    """`tokenize(load_text(data, part))`, remembered per tokenizer in the process and on disk."""
     return _token_ids(tokenizer, data, part)
 
 

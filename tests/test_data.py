@@ -109,3 +109,23 @@ def test_self_calibration_is_seeded_cached_and_follows_the_weights(tiny, tmp_pat
     edited.model.layers[0].mlp.down_proj.weight.data.zero_()            # a pruned copy of the same spec
     calibration_batch(tokenizer, 3, 24, "self", model=edited)
     assert len(list(tmp_path.rglob("*.pt"))) == 2                       # samples its own text
+
+
+def test_token_ids_are_kept_on_disk_per_tokenizer_and_text(tiny, tmp_path, monkeypatch):
+    from common.data import _token_ids, token_ids, tokenize
+    _, tokenizer = tiny
+    monkeypatch.setenv("WORKSHOP_CACHE", str(tmp_path))
+    text = tmp_path / "text.txt"
+    text.write_text("The cache must follow the text. " * 50)
+    _token_ids.cache_clear()
+    first = token_ids(tokenizer, str(text), "eval")
+    assert torch.equal(first, tokenize(tokenizer, text.read_text()))
+    assert len(list((tmp_path / "tokens").glob("*.pt"))) == 1 and not list((tmp_path / "tokens").glob("*.partial"))
+    _token_ids.cache_clear()
+    assert torch.equal(token_ids(tokenizer, str(text), "eval"), first)   # read back from disk
+    text.write_text("Another text, another file. " * 50)
+    _token_ids.cache_clear()
+    changed = token_ids(tokenizer, str(text), "eval")
+    assert torch.equal(changed, tokenize(tokenizer, text.read_text())) and not torch.equal(changed[:5], first[:5])
+    assert len(list((tmp_path / "tokens").glob("*.pt"))) == 2
+    _token_ids.cache_clear()

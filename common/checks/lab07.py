@@ -38,8 +38,8 @@ def check_qdq(qdq_int8) -> None:
 def check_unpacked_codes(codes, layer) -> None:
     """Signed INT4 codes unpacked from compressed-tensors' int32 words, against the packed layer's own."""
     import torch
-    expected = layer.int4_signed_codes()
+    expected = layer.int4_signed_codes().cpu()
     check("INT4 codes unpacked from compressed-tensors' int32 words",
-          codes is not None and codes.shape == expected.shape and torch.equal(codes.to(expected.dtype), expected),
+          codes is not None and codes.shape == expected.shape and torch.equal(codes.cpu().to(expected.dtype), expected),
           "word w of row n holds codes 8w..8w+7, the first in the lowest 4 bits: (word >> 4 * i) & 0xF, minus 8; "
           "the words are int32, so shift a 64-bit copy (or mask) to avoid sign trouble.")

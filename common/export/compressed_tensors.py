@@ -36,7 +36,7 @@ def pack_int4_words(codes: torch.Tensor, dim: int = 1) -> torch.Tensor:
     if cols % 8:
         raise WorkshopError(f"{cols} codes per row do not fill int32 words of eight.", "Use a width divisible by 8.")
     nibbles = (codes.to(torch.int64) + 8).reshape(rows, cols // 8, 8)
-    words = (nibbles << (4 * torch.arange(8, dtype=torch.int64))).sum(-1)
+    words = (nibbles << (4 * torch.arange(8, dtype=torch.int64, device=codes.device))).sum(-1)
     return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)   # the int32 bit pattern
 
 

@@ -231,9 +231,9 @@ def export_modelopt_onnx(model, path, opset: int = OPSET) -> Path:
     if sum(p.numel() for p in model.parameters()) * 4 >= 2**31:
         raise WorkshopError("The float32 graph would pass protobuf's 2 GB limit before its weights are compressed.",
                             "Export a smaller model here, or use modelopt's own exporter (external data).")
-    if any(p.dtype != torch.float32 for p in model.parameters()):
-        # onnxruntime's CPU kernels are float32; TensorRT takes its precisions from the Q/DQ and its flags
-        model = copy.deepcopy(model).float()
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
+        # traced on the CPU in float32 (onnxruntime's CPU kernels); TensorRT takes its precisions from the Q/DQ
+        model = copy.deepcopy(model).float().cpu()
         layers = quantized_linears(model)
     ids = torch.zeros(2, 16, dtype=torch.long)
     buffer = io.BytesIO()
@@ -389,7 +389,7 @@ def check_modelopt_hf(out_dir, model, input_ids: torch.Tensor | None = None) -> 
     difference, differing, total = 0.0, 0, 0
     with torch.no_grad():
         for name, (module, _, _) in layers.items():
-            fake = module.weight_quantizer(module.weight.float()).float()
+            fake = module.weight_quantizer(module.weight.float()).float().cpu()   # the checkpoint is read onto the CPU
             gap = (stored["layers"][name]["weight"] - fake).abs()
             difference = max(difference, float(gap.max()))
             # float rounding moves a weight by ~1e-7 of its scale; a code one step away moves it by >= 2^-9 of it
