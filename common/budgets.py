@@ -37,6 +37,7 @@ class Budget:
     pipeline_finetune_steps: int   # steps of the short CE fine-tune that ends a pipeline's P step
     pipeline_eval_seqlen: int      # tokens per perplexity window after each step of a pipeline
     pipeline_eval_windows: int | None  # perplexity windows per text after each step of a pipeline
+    pipeline_layers: int | None    # decoder layers of lab 05's model (None: all; its fifteen pipelines are slow on a CPU)
     export_layers: int | None      # decoder layers of the model lab 07 exports (None: all; ONNX export is slow on a CPU)
 
 
@@ -46,14 +47,14 @@ QUICK = Budget(mode="quick", dtype="float32", eval_seqlen=512, eval_max_windows=
                bench_repeats=3, decode_tokens=8, decode_batches=(1, 4), prefill_shape=(1, 128),
                sweep_eval_windows=2, sweep_sparsities=(0.5,), sensitivity_layers=3, long_context=1024,
                pipeline_train_steps=2, pipeline_finetune_steps=1, pipeline_eval_seqlen=128, pipeline_eval_windows=1,
-               export_layers=2)
+               pipeline_layers=6, export_layers=2)
 FULL = Budget(mode="full", dtype="bfloat16", eval_seqlen=2048, eval_max_windows=None,
               calib_samples=32, calib_seqlen=512, train_steps=300, train_batch=32, train_seqlen=512,
               teacher_samples=512, generate_batch=256,
               bench_repeats=10, decode_tokens=64, decode_batches=(1, 4, 16, 64, 256), prefill_shape=(16, 2048),
               sweep_eval_windows=None, sweep_sparsities=(0.3, 0.5, 0.6, 0.7, 0.8), sensitivity_layers=30,
               long_context=8192, pipeline_train_steps=150, pipeline_finetune_steps=50, pipeline_eval_seqlen=2048,
-              pipeline_eval_windows=None, export_layers=None)
+              pipeline_eval_windows=None, pipeline_layers=None, export_layers=None)
 
 
 def current_mode() -> str:

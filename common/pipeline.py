@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch.nn.utils import parametrize
 
 from .errors import WorkshopError
 
@@ -335,7 +336,8 @@ def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=
     quantizer, kv = None, None   # the NF4/INT4 step that quantized the weights; the KV-cache format
 
     def record(stage, seconds, extra=None):
-        with quantized_kv_cache(model, kv):
+        # under QAT every forward pass rounds the weights again; they do not change while evaluating
+        with quantized_kv_cache(model, kv), parametrize.cached():
             ppl = {text: r.ppl for text, r in protocol.evaluate(model, tokenizer, progress=False).items()}
         kv_bits = kv_bits_per_value(kv, head_dim(model.config)) if kv else 16
         result.records.append({"stage": stage, "ppl": ppl, "stored_bytes": true_bytes(model),
