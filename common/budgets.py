@@ -33,7 +33,7 @@ class Budget:
     sweep_sparsities: tuple        # sparsity levels of pruning curves
     sensitivity_layers: int        # decoder layers scanned one at a time in sensitivity studies
     long_context: int              # tokens for KV-cache experiments at long context
-    pipeline_train_steps: int      # steps of each KD step of a pipeline (lab 05 runs fifteen: half of lab 04's, for its 20-minute target)
+    pipeline_train_steps: int      # steps of each KD step of a pipeline (lab 05 runs fifteen; full mode: lab 04's budget)
     pipeline_finetune_steps: int   # steps of the short CE fine-tune that ends a pipeline's P step
     pipeline_eval_seqlen: int      # tokens per perplexity window after each step of a pipeline
     pipeline_eval_windows: int | None  # perplexity windows per text after each step of a pipeline
@@ -53,7 +53,7 @@ FULL = Budget(mode="full", dtype="bfloat16", eval_seqlen=2048, eval_max_windows=
               teacher_samples=512, generate_batch=256,
               bench_repeats=10, decode_tokens=64, decode_batches=(1, 4, 16, 64, 256), prefill_shape=(16, 2048),
               sweep_eval_windows=None, sweep_sparsities=(0.3, 0.5, 0.6, 0.7, 0.8), sensitivity_layers=30,
-              long_context=8192, pipeline_train_steps=150, pipeline_finetune_steps=50, pipeline_eval_seqlen=2048,
+              long_context=8192, pipeline_train_steps=300, pipeline_finetune_steps=50, pipeline_eval_seqlen=2048,
               pipeline_eval_windows=None, pipeline_layers=None, export_layers=None)
 
 

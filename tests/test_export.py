@@ -11,7 +11,7 @@ from common.errors import WorkshopError
 from common.eval import stored_bytes
 from common.export.compressed_tensors import (SPARSE_FORMATS, check_round_trip, is_2_4, pack_int4_words,
                                              save_compressed_tensors, sparsity_summary)
-from common.export.onnx import export_onnx, node_counts, onnxruntime_logits
+from common.export.onnx import activation_code_check, export_onnx, node_counts, onnxruntime_logits
 from common.models import load_model
 from common.prune.magnitude import MagnitudeConfig, prune_magnitude
 from common.quant.fp8 import FP8Config, quantize_fp8
@@ -61,6 +61,42 @@ def test_onnx_computes_what_the_packed_model_computes(tiny, fmt, tmp_path):
     assert (onnxruntime_logits(path, ids) - reference).abs().max() < (1e-2 if activations else 1e-4)
 
 
+@pytest.mark.parametrize("fmt", STATIC_ACTIVATIONS)
+def test_with_the_engines_activation_codes_pytorch_computes_its_logits(tiny, fmt, tmp_path):
+    model = packed(tiny, FORMATS[fmt])
+    path = export_onnx(model, tmp_path / "w8a8.onnx")
+    ids = torch.randint(0, tiny.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
+    check = activation_code_check(model, path, ids)
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert check["activation_codes"] == sum(ids.numel() * m.in_features for m in layers)
+    assert check["max_abs_logit_difference_same_codes"] < 1e-4
+    # whatever rounds the other way is a neighbouring code, for an input next to the tie between the two
+    assert check["codes_flipped"] <= check["activation_codes"] * 1e-3
+    assert check["largest_flip_steps"] <= 1 and check["largest_flip_offset_from_tie"] < 0.05
+
+
+def test_the_code_check_sees_a_graph_that_rounds_otherwise(tiny, tmp_path):
+    """An engine whose QuantizeLinear used another scale puts most codes elsewhere: the check must say so."""
+    import numpy as np
+    from onnx import numpy_helper
+    model = packed(tiny, FORMATS["int8 static"])
+    path = export_onnx(model, tmp_path / "w8a8.onnx")
+    proto = onnx.load(path)
+    for init in proto.graph.initializer:
+        if init.name.endswith(".input_scale"):
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.5), init.name))
+    onnx.save(proto, path)
+    ids = torch.randint(0, tiny.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(3))
+    check = activation_code_check(model, path, ids)
+    assert check["codes_flipped"] > check["activation_codes"] * 0.1 and check["largest_flip_steps"] > 1
+
+
+def test_the_code_check_needs_quantized_activations(tiny, tmp_path):
+    model = packed(tiny, FORMATS["int4"])
+    with pytest.raises(WorkshopError, match="no activations"):
+        activation_code_check(model, export_onnx(model, tmp_path / "int4.onnx"), torch.zeros(1, 4, dtype=torch.long))
+
+
 def test_int4_is_stored_as_int4_blocks_and_stays_small(tiny, tmp_path):
     model = packed(tiny, FORMATS["int4"])
     path = export_onnx(model, tmp_path / "int4.onnx")
@@ -98,6 +134,15 @@ def test_cli_exports_and_checks(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert out.is_file() and result["dequantize_nodes"] == 14 and result["quantize_nodes"] == 0
     assert result["max_abs_logit_difference"] < 1e-4 and result["file_bytes"] == out.stat().st_size
+
+
+def test_cli_checks_quantized_activations_with_the_engines_codes(tmp_path, capsys):
+    out = tmp_path / "w8a8.onnx"
+    assert main(["export", "--model", "tiny-random", "--method", "smoothquant", "--static-activations",
+                 "--format", "onnx", "--out", str(out), "--seqlen", "32", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["quantize_nodes"] == 14 and result["max_abs_logit_difference_same_codes"] < 1e-4
+    assert result["activation_codes"] > 0 and result["largest_flip_steps"] <= 1
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -71,7 +71,8 @@ def run(args) -> Output:
         result["stored_bytes"] = stored_bytes(model)
     if args.format == "onnx":
         from ..export.modelopt_export import export_modelopt_onnx
-        from ..export.onnx import export_onnx, logit_agreement, node_counts, onnxruntime_logits
+        from ..export.onnx import (activation_code_check, code_check_text, export_onnx, logit_agreement, node_counts,
+                                   onnxruntime_logits)
         # both refuse what TensorRT cannot take before anything is written
         path = (export_modelopt_onnx if modelopt else export_onnx)(model, out, opset=args.opset)
         with torch.no_grad():
@@ -85,6 +86,9 @@ def run(args) -> Output:
                  f"(opset {args.opset})", f"onnxruntime vs PyTorch on {result['checked_on']}: largest logit difference "
                  f"{result['max_abs_logit_difference']:.2e}, loss {result['loss_relative_difference']:.1e} apart "
                  f"(relative), same top token at {result['top1_agreement']:.1%} of positions"]
+        if result["quantize_nodes"] and not modelopt:
+            result |= activation_code_check(model, path, window)
+            lines.append(code_check_text(result))
     elif args.format == "hf":
         from ..export.modelopt_export import check_modelopt_hf, export_modelopt_hf
         path = export_modelopt_hf(model, tokenizer, out)

@@ -18,6 +18,7 @@ library's 2:4 forms (sparse-24-bitmask, marlin-24) have no compressor since comp
 transformers reads no sparsity_config, and vLLM dropped its 2:4 kernels and now refuses a checkpoint
 that declares one. `sparsity_summary(model)` says what the model's sparsity is and how it was written.
 """
+import copy
 from pathlib import Path
 
 import torch
@@ -175,15 +176,19 @@ def save_compressed_tensors(model, tokenizer, out, sparse_format: str | None = N
 
 def check_round_trip(model, path, input_ids: torch.Tensor) -> dict:
     """Read `path` back through the compressed-tensors library and compare it with the packed `model`:
-    the largest weight difference over the quantized layers, and the largest logit difference."""
+    the largest weight difference over the quantized layers, and the largest logit difference. The
+    library loads on the CPU in float32, and the model is compared there too: on a GPU its FP8 layers
+    take the tensor-core path (another function), and any GPU sums in another order than a CPU, which
+    moves activations that lie at a rounding tie to the neighbouring code."""
     from ..quant.qlinear import QuantLinear
     loaded = load_with_compressed_tensors(path)
     modules = dict(loaded.named_modules())
     weight_difference = max(float((layer.dequantized_weight(torch.float32).cpu() - modules[name].weight.float()).abs().max())
                             for name, layer in model.named_modules() if isinstance(layer, QuantLinear))
-    device = next(model.parameters()).device   # the library loads on the CPU
+    if next(model.parameters()).device.type != "cpu":
+        model = copy.deepcopy(model).cpu()
     with torch.no_grad():
-        ours = model(input_ids.to(device)).logits.float().cpu()
+        ours = model(input_ids.cpu()).logits.float()
         logit_difference = float((loaded(input_ids.cpu()).logits.float() - ours).abs().max())
     return {"max_abs_weight_difference": weight_difference, "max_abs_logit_difference": logit_difference}
 

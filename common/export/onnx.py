@@ -207,6 +207,91 @@ def onnxruntime_logits(path, input_ids: torch.Tensor, fuse_quantized: bool = Fal
     return torch.from_numpy(session.run(["logits"], {"input_ids": input_ids.numpy()})[0])
 
 
+def activation_code_check(model, path, input_ids: torch.Tensor) -> dict:
+    """For a graph with quantized activations: how much of its difference from PyTorch is the engine's
+    arithmetic, and how much is rounding that went the other way at a tie.
+
+    onnxruntime runs `path` on `input_ids` and reports every activation it quantized (each layer's
+    input after QuantizeLinear -> DequantizeLinear). PyTorch (a float32 CPU copy of `model`) then runs
+    with onnxruntime's values at each quantized input, so both compute every later layer from the same
+    codes. At each layer PyTorch also rounds its own input and compares codes with onnxruntime's: the
+    two inputs differ only by summation order, so a code can differ only where they lie next to the
+    point half-way between two codes. Returns
+        max_abs_logit_difference_same_codes: PyTorch fed onnxruntime's codes vs onnxruntime's logits;
+        activation_codes, codes_flipped: activations quantized, and how many PyTorch rounds otherwise;
+        largest_flip_steps: the largest such difference in code steps (1: the neighbouring code);
+        largest_flip_offset_from_tie: for the flipped ones, the largest distance of the input from the
+            point half-way between the two codes, as a fraction of the step between them.
+    """
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    from ..quant.formats import FP8_MAX
+    from ..quant.qlinear import QuantLinear
+    model = copy.deepcopy(model).cpu().eval()
+    layers = {name: m for name, m in model.named_modules()
+              if isinstance(m, QuantLinear) and m.activations in STATIC_ACTIVATION_TYPES}
+    if not layers:
+        raise WorkshopError("The model quantizes no activations with static scales: there are no codes to compare.",
+                            "Use this check for INT8 SmoothQuant (static) or FP8 W8A8 exports.")
+    proto = onnx.load(path)
+    proto.graph.output.extend(helper.make_tensor_value_info(f"{name}.input_dq", TensorProto.FLOAT, None)
+                              for name in layers)
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    engine_logits, *engine_inputs = session.run(["logits"] + [f"{name}.input_dq" for name in layers],
+                                                {"input_ids": input_ids.numpy()})
+    totals = {"activation_codes": 0, "codes_flipped": 0, "largest_flip_steps": 0, "largest_flip_offset_from_tie": 0.0}
+
+    def ordinal(values, layer):
+        """Codes as integers that count steps: INT8 codes, or FP8 bit patterns signed by the value's sign."""
+        scaled = values.float() / layer.input_scale
+        if layer.activations == "int8_static":
+            return torch.round(scaled).clamp(-128, 127).to(torch.int64)
+        fp8 = scaled.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        magnitude = fp8.abs().view(torch.uint8).to(torch.int64)
+        return torch.where(fp8.float() < 0, -magnitude, magnitude)
+
+    def feed(layer, engine_values):
+        def hook(module, args):
+            x = args[0]
+            ours, theirs = ordinal(x, layer), ordinal(engine_values, layer)
+            flipped = ours != theirs
+            totals["activation_codes"] += ours.numel()
+            totals["codes_flipped"] += int(flipped.sum())
+            if flipped.any():
+                totals["largest_flip_steps"] = max(totals["largest_flip_steps"], int((ours - theirs).abs().max()))
+                # where between the two codes' values the input lies: 0 is exactly half-way
+                mine = layer.quantized_input(x.float())[flipped] / layer.input_scale
+                other = engine_values.float()[flipped] / layer.input_scale
+                offset = ((x.float()[flipped] / layer.input_scale - (mine + other) / 2).abs() / (mine - other).abs())
+                totals["largest_flip_offset_from_tie"] = max(totals["largest_flip_offset_from_tie"], float(offset.max()))
+            return (engine_values.to(x.dtype),)
+        return hook
+
+    handles = [layer.register_forward_pre_hook(feed(layer, torch.from_numpy(values)))
+               for layer, values in zip(layers.values(), engine_inputs)]
+    try:
+        with torch.no_grad():
+            logits = model(input_ids).logits.float()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {"max_abs_logit_difference_same_codes": float((logits - torch.from_numpy(engine_logits)).abs().max())} | totals
+
+
+def code_check_text(check: dict) -> str:
+    """One sentence from activation_code_check's result."""
+    return (f"PyTorch fed onnxruntime's activation codes: largest logit difference "
+            f"{check['max_abs_logit_difference_same_codes']:.2e}; PyTorch's own rounding differs at "
+            f"{check['codes_flipped']:,} of {check['activation_codes']:,} activation codes, by at most "
+            f"{check['largest_flip_steps']} step, each input within {check['largest_flip_offset_from_tie']:.1e} of a step "
+            "of the half-way point")
+
+
 def logit_agreement(reference: torch.Tensor, candidate: torch.Tensor, input_ids: torch.Tensor) -> dict:
     """How close an engine's logits are to the PyTorch model's on `input_ids` [batch, tokens]: the largest
     absolute difference, the relative difference of the next-token loss, and the share of positions
