@@ -11,7 +11,7 @@ import torch
 from common.errors import WorkshopError
 from common.export.modelopt_export import (check_modelopt_hf, export_modelopt_hf, export_modelopt_onnx,
                                            quantized_linears, read_modelopt_hf)
-from common.export.onnx import node_counts, onnxruntime_logits
+from common.export.onnx import activation_code_check, node_counts, onnxruntime_logits
 from common.models import load_model
 from common.quant.modelopt_ptq import quantize_modelopt
 
@@ -69,6 +69,17 @@ def test_onnx_computes_what_the_modelopt_model_computes(quantized, config, tmp_p
     # modelopt computes x * (1 / scale), so an input within an ulp of a rounding boundary (~1 in 10^6)
     # can land on the other code; none does for this input
     assert (onnxruntime_logits(path, ids(model)) - reference).abs().max() < (1e-2 if config in W8A8 else 1e-4)
+
+
+@pytest.mark.parametrize("config", W8A8)
+def test_with_the_engines_activation_codes_pytorch_computes_modelopts_logits(quantized, config, tmp_path):
+    model = quantized(config)
+    path = export_modelopt_onnx(model, tmp_path / "model.onnx")
+    check = activation_code_check(model, path, ids(model))
+    assert check["activation_codes"] == sum(ids(model).numel() * linear.in_features
+                                            for linear, _, _ in quantized_linears(model).values())
+    assert check["max_abs_logit_difference_same_codes"] < 1e-4
+    assert check["largest_flip_steps"] <= 1 and check["largest_flip_offset_from_tie"] < 0.05
 
 
 def test_onnx_refuses_what_it_cannot_write(tiny, quantized, tmp_path):

@@ -86,7 +86,7 @@ def run(args) -> Output:
                  f"(opset {args.opset})", f"onnxruntime vs PyTorch on {result['checked_on']}: largest logit difference "
                  f"{result['max_abs_logit_difference']:.2e}, loss {result['loss_relative_difference']:.1e} apart "
                  f"(relative), same top token at {result['top1_agreement']:.1%} of positions"]
-        if result["quantize_nodes"] and not modelopt:
+        if result["quantize_nodes"]:
             result |= activation_code_check(model, path, window)
             lines.append(code_check_text(result))
     elif args.format == "hf":

@@ -19,6 +19,7 @@ What TensorRT cannot take is refused before anything is written: INT4 with zero 
 NF4 (no ONNX type), INT8 activations quantized per token at run time, and opsets below 21.
 """
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import ml_dtypes
@@ -207,16 +208,71 @@ def onnxruntime_logits(path, input_ids: torch.Tensor, fuse_quantized: bool = Fal
     return torch.from_numpy(session.run(["logits"], {"input_ids": input_ids.numpy()})[0])
 
 
+@dataclass
+class QuantizedInput:
+    """One activation quantizer: where PyTorch rounds a linear layer's input, and the graph tensor that
+    holds onnxruntime's rounded value of the same input."""
+    module: nn.Module        # ours: the QuantLinear (its input is replaced); modelopt: its input_quantizer (output replaced)
+    tensor: str              # the DequantizeLinear output in the graph
+    scale: torch.Tensor      # one code step
+    fmt: str                 # "int8" or "fp8"
+    replaces_input: bool
+    pre_scale: torch.Tensor | None = None   # modelopt SmoothQuant: the quantizer multiplies its input first
+
+    def codes(self, values: torch.Tensor) -> torch.Tensor:
+        """Codes as integers that count steps: INT8 codes, or FP8 bit patterns signed by the value's sign."""
+        from ..quant.formats import FP8_MAX
+        scaled = values.float() / self.scale
+        if self.fmt == "int8":
+            return torch.round(scaled).clamp(-128, 127).to(torch.int64)
+        # the bit pattern, not abs(): torch's vectorized abs of float8 treats the byte as an int8
+        bits = scaled.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).view(torch.uint8).to(torch.int64)
+        return torch.where(bits >= 128, 128 - bits, bits)   # sign bit set: minus the magnitude (-0 is 0)
+
+    def rounded(self, values: torch.Tensor) -> torch.Tensor:
+        """`values` on the grid, in units of the scale."""
+        from ..quant.formats import FP8_MAX
+        scaled = values.float() / self.scale
+        if self.fmt == "int8":
+            return torch.round(scaled).clamp(-128, 127)
+        return scaled.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
+
+
+def quantized_inputs(model, graph) -> list:
+    """Every activation quantizer of `model` (our packed layers with static scales, or modelopt's
+    enabled input quantizers) with the graph tensor of its rounded value."""
+    from ..quant.qlinear import QuantLinear
+    outputs = {node.name: node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    points = []
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLinear) and module.activations in STATIC_ACTIVATION_TYPES:
+            points.append(QuantizedInput(module, f"{name}.input_dq", module.input_scale.float(),
+                                         module.activations.split("_")[0], replaces_input=True))
+        quantizer = getattr(module, "input_quantizer", None)
+        if quantizer is not None and getattr(quantizer, "is_enabled", False) and quantizer.num_bits in (8, (4, 3)):
+            # modelopt's TorchScript export names a node after its module path, dots as "/"
+            scope = f"/model/{name.replace('.', '/')}/input_quantizer/"
+            found = [out for node, out in outputs.items() if node.replace(".", "/").startswith(scope)]
+            if len(found) != 1:
+                raise WorkshopError(f"The graph has no single DequantizeLinear for {name}'s input quantizer.",
+                                    "Check the file was exported from this model (export_modelopt_onnx).")
+            pre_scale = quantizer.pre_quant_scale if getattr(quantizer, "_enable_pre_quant_scale", False) else None
+            points.append(QuantizedInput(quantizer, found[0], (quantizer.amax.float() / quantizer.maxbound),
+                                         "int8" if quantizer.num_bits == 8 else "fp8", replaces_input=False,
+                                         pre_scale=None if pre_scale is None else pre_scale.float()))
+    return points
+
+
 def activation_code_check(model, path, input_ids: torch.Tensor) -> dict:
     """For a graph with quantized activations: how much of its difference from PyTorch is the engine's
     arithmetic, and how much is rounding that went the other way at a tie.
 
     onnxruntime runs `path` on `input_ids` and reports every activation it quantized (each layer's
-    input after QuantizeLinear -> DequantizeLinear). PyTorch (a float32 CPU copy of `model`) then runs
-    with onnxruntime's values at each quantized input, so both compute every later layer from the same
-    codes. At each layer PyTorch also rounds its own input and compares codes with onnxruntime's: the
-    two inputs differ only by summation order, so a code can differ only where they lie next to the
-    point half-way between two codes. Returns
+    input after QuantizeLinear -> DequantizeLinear). PyTorch (a float32 CPU copy of `model`, ours or
+    modelopt's) then runs with onnxruntime's values in place of its own rounded inputs, so both compute
+    every later layer from the same codes. At each quantizer PyTorch also rounds its own input and
+    compares codes with onnxruntime's: the two inputs differ only by summation order, so a code can
+    differ only where they lie next to the point half-way between two codes. Returns
         max_abs_logit_difference_same_codes: PyTorch fed onnxruntime's codes vs onnxruntime's logits;
         activation_codes, codes_flipped: activations quantized, and how many PyTorch rounds otherwise;
         largest_flip_steps: the largest such difference in code steps (1: the neighbouring code);
@@ -226,54 +282,48 @@ def activation_code_check(model, path, input_ids: torch.Tensor) -> dict:
     import onnx
     import onnxruntime
     from onnx import TensorProto, helper
-
-    from ..quant.formats import FP8_MAX
-    from ..quant.qlinear import QuantLinear
     model = copy.deepcopy(model).cpu().eval()
-    layers = {name: m for name, m in model.named_modules()
-              if isinstance(m, QuantLinear) and m.activations in STATIC_ACTIVATION_TYPES}
-    if not layers:
+    proto = onnx.load(path)
+    points = quantized_inputs(model, proto.graph)
+    if not points:
         raise WorkshopError("The model quantizes no activations with static scales: there are no codes to compare.",
                             "Use this check for INT8 SmoothQuant (static) or FP8 W8A8 exports.")
-    proto = onnx.load(path)
-    proto.graph.output.extend(helper.make_tensor_value_info(f"{name}.input_dq", TensorProto.FLOAT, None)
-                              for name in layers)
+    proto.graph.output.extend(helper.make_tensor_value_info(point.tensor, TensorProto.FLOAT, None) for point in points)
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
     session = onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    engine_logits, *engine_inputs = session.run(["logits"] + [f"{name}.input_dq" for name in layers],
+    engine_logits, *engine_inputs = session.run(["logits"] + [point.tensor for point in points],
                                                 {"input_ids": input_ids.numpy()})
     totals = {"activation_codes": 0, "codes_flipped": 0, "largest_flip_steps": 0, "largest_flip_offset_from_tie": 0.0}
 
-    def ordinal(values, layer):
-        """Codes as integers that count steps: INT8 codes, or FP8 bit patterns signed by the value's sign."""
-        scaled = values.float() / layer.input_scale
-        if layer.activations == "int8_static":
-            return torch.round(scaled).clamp(-128, 127).to(torch.int64)
-        fp8 = scaled.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        magnitude = fp8.abs().view(torch.uint8).to(torch.int64)
-        return torch.where(fp8.float() < 0, -magnitude, magnitude)
+    def compare(point, x, engine_values):
+        """Count the codes PyTorch's rounding of x puts elsewhere than onnxruntime's."""
+        if point.pre_scale is not None:
+            x = x.float() * point.pre_scale
+        ours, theirs = point.codes(x), point.codes(engine_values)
+        flipped = ours != theirs
+        totals["activation_codes"] += ours.numel()
+        totals["codes_flipped"] += int(flipped.sum())
+        if flipped.any():
+            totals["largest_flip_steps"] = max(totals["largest_flip_steps"], int((ours - theirs).abs().max()))
+            mine, other = point.rounded(x)[flipped], point.rounded(engine_values)[flipped]
+            offset = (x.float()[flipped] / point.scale - (mine + other) / 2).abs() / (mine - other).abs()
+            totals["largest_flip_offset_from_tie"] = max(totals["largest_flip_offset_from_tie"], float(offset.max()))
 
-    def feed(layer, engine_values):
-        def hook(module, args):
-            x = args[0]
-            ours, theirs = ordinal(x, layer), ordinal(engine_values, layer)
-            flipped = ours != theirs
-            totals["activation_codes"] += ours.numel()
-            totals["codes_flipped"] += int(flipped.sum())
-            if flipped.any():
-                totals["largest_flip_steps"] = max(totals["largest_flip_steps"], int((ours - theirs).abs().max()))
-                # where between the two codes' values the input lies: 0 is exactly half-way
-                mine = layer.quantized_input(x.float())[flipped] / layer.input_scale
-                other = engine_values.float()[flipped] / layer.input_scale
-                offset = ((x.float()[flipped] / layer.input_scale - (mine + other) / 2).abs() / (mine - other).abs())
-                totals["largest_flip_offset_from_tie"] = max(totals["largest_flip_offset_from_tie"], float(offset.max()))
-            return (engine_values.to(x.dtype),)
-        return hook
+    def hook(point, engine_values):
+        if point.replaces_input:   # QuantLinear rounds the substituted input again: it is on the grid already
+            def replace_input(module, args):
+                compare(point, args[0], engine_values)
+                return (engine_values.to(args[0].dtype),)
+            return point.module.register_forward_pre_hook(replace_input)
 
-    handles = [layer.register_forward_pre_hook(feed(layer, torch.from_numpy(values)))
-               for layer, values in zip(layers.values(), engine_inputs)]
+        def replace_output(module, args, output):
+            compare(point, args[0], engine_values)
+            return engine_values.to(output.dtype)
+        return point.module.register_forward_hook(replace_output)
+
+    handles = [hook(point, torch.from_numpy(values)) for point, values in zip(points, engine_inputs)]
     try:
         with torch.no_grad():
             logits = model(input_ids).logits.float()
