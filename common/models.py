@@ -201,22 +201,45 @@ def _load_directory(path: Path, dtype: torch.dtype):
     return model, tokenizer
 
 
+def _hub_host_answers(timeout: float = 2.0) -> bool:
+    """Whether the Hub's host accepts a TCP connection within `timeout` seconds (nothing is requested).
+    Behind an HTTPS proxy the host is not reached directly, so the hub client is left to try."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return True
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except Exception:   # no route, no name, a timeout, or the course's own network guard
+        return False
+
+
 def _load_hub(repo_id: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False)
+    why = "the Hub could not provide it"
     for local_only in (True, False):  # the cache first: offline use must not wait on the network
-        if not local_only and os.environ.get("HF_HUB_OFFLINE") == "1":
-            break
+        if not local_only:
+            # decided up front: otherwise the hub client retries for about a minute, logging each retry
+            if os.environ.get("HF_HUB_OFFLINE") == "1":
+                why = "HF_HUB_OFFLINE=1 forbids the Hub"
+                break
+            if not _hub_host_answers():
+                why = "the Hub cannot be reached from here (no network)"
+                break
         try:
             model = AutoModelForCausalLM.from_pretrained(repo_id, local_files_only=local_only, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(repo_id, local_files_only=local_only)
             return model, tokenizer
         except Exception as e:  # transformers raises OSError, network errors, or our guard's
-            reason = e
-    raise WorkshopError(f"Could not load {repo_id!r}: it is not in the local Hugging Face cache and "
-                        f"the Hub could not provide it ({type(reason).__name__}).",
-                        f"On a machine with network run `huggingface-cli download {repo_id}` (the cache "
-                        "is then used offline), check the id's spelling, or use --model embedded.")
+            why = f"the Hub could not provide it ({type(e).__name__})"
+    raise WorkshopError(f"Could not load {repo_id!r}: it is not in the local Hugging Face cache, and {why}.",
+                        f"On a machine with network run `hf download {repo_id}` (the cache is then used offline), "
+                        "check the id's spelling, or use --model embedded.")
 
 
 def load_model(spec: str = "embedded", dtype: str | torch.dtype = "auto",

@@ -77,6 +77,26 @@ def test_bad_specs(spec, message):
         load_model(spec, device="cpu")
 
 
+def test_a_hub_id_without_network_fails_at_once_with_the_working_command(monkeypatch):
+    import time
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    began = time.perf_counter()
+    with pytest.raises(WorkshopError, match="cannot be reached") as info:   # the tests block the network
+        load_model("someone/not-cached-anywhere", device="cpu")
+    assert time.perf_counter() - began < 5
+    assert "hf download someone/not-cached-anywhere" in info.value.fix and "huggingface-cli" not in info.value.fix
+
+
+def test_hf_hub_offline_is_honoured_without_trying_the_network(monkeypatch):
+    import common.models
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(common.models, "_hub_host_answers", lambda: pytest.fail("the network was tried"))
+    with pytest.raises(WorkshopError, match="HF_HUB_OFFLINE=1"):
+        load_model("someone/not-cached-anywhere", device="cpu")
+
+
 def test_directory_checks(tmp_path, tiny):
     with pytest.raises(WorkshopError, match="no config.json"):
         load_model(str(tmp_path), device="cpu")
