@@ -2,10 +2,15 @@
 
 Notebooks, `make reproduce` and the slides read the same file, so a figure is typed nowhere: it is
 computed in a lab, recorded here with the device, versions, mode and date, and shown from here.
+Each lab's entry is its latest run; the runs before it stay under "earlier" (newest first), so a
+run never silently replaces another. SUMMARY.md and index.html are rebuilt from the file whenever it
+changes, and say which run they show.
 """
 import datetime
+import html
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,17 +28,69 @@ def results_path() -> Path:
 
 def write_json_atomic(path: Path, data) -> None:
     """Write aside, then rename: a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for everyone who reads the folder
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def load_results() -> dict:
     path = results_path()
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def with_run(results: dict, lab: str, run: dict) -> dict:
+    """`results` with `run` as `lab`'s latest run, the one it replaces (and that one's earlier runs)
+    kept under "earlier", newest first."""
+    previous = results.get(lab)
+    earlier = [] if previous is None else [{k: v for k, v in previous.items() if k != "earlier"},
+                                           *previous.get("earlier", [])]
+    return results | {lab: {k: v for k, v in run.items() if k != "earlier"} | {"earlier": earlier}}
+
+
+def run_lines(folder: Path) -> dict:
+    """{lab: how its shown run went} from the "Run:" lines of `folder`/SUMMARY.md."""
+    summary = folder / "SUMMARY.md"
+    found = re.findall(r"^## (\S+)\n\nRun: ([^;]*);", summary.read_text(), re.M) if summary.is_file() else []
+    return {lab: line for lab, line in found if line != "not run this time"}
+
+
+def write_summary(status: dict) -> None:
+    """SUMMARY.md and index.html of the reports folder, from results.json: each lab's latest run, with
+    `status[lab]` (how that run went) or the line the summary already had for it."""
+    results = load_results()
+    status = run_lines(reports_dir()) | status
+    md = ["# Measured results", ""]
+    page = ["<html><head><meta charset='utf-8'><title>Compressing LLMs: measured results</title>",
+            "<style>body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body><h1>Measured results</h1>"]
+    for lab in sorted(set(results) | set(status)):
+        entry = results.get(lab, {})
+        earlier = len(entry.get("earlier", []))
+        meta = (f"{entry.get('device', '?')}, {entry.get('mode', '?')} mode, {entry.get('date', '?')}" +
+                (f" (the latest of {earlier + 1} runs in results.json)" if earlier else ""))
+        md += [f"## {lab}", "", f"Run: {status.get(lab, 'not run this time')}; {meta}", "",
+               "| what | value | unit | note |", "|---|---|---|---|"]
+        page += [f"<h2><a href='{lab}.html'>{html.escape(lab)}</a></h2>",
+                 f"<p>Run: {html.escape(status.get(lab, 'not run this time'))}; {html.escape(meta)}</p>",
+                 "<table><tr><th>what</th><th>value</th><th>unit</th><th>note</th></tr>"]
+        for r in entry.get("rows", []):
+            value = f"{r['value']:.4g}" if isinstance(r["value"], float) else str(r["value"])
+            md.append(f"| {r['what']} | {value} | {r['unit']} | {r['note']} |")
+            page.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>"
+                                         for c in (r["what"], value, r["unit"], r["note"])) + "</tr>")
+        md.append("")
+        page.append("</table>")
+    page.append("</body></html>")
+    for name, text in (("SUMMARY.md", "\n".join(md)), ("index.html", "\n".join(page))):
+        write_text_atomic(reports_dir() / name, text)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write aside, then rename, readable by everyone (mkstemp makes the file private)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -49,12 +106,11 @@ class LabResults:
     def save(self) -> Path:
         from .budgets import current_mode
         from .hardware import device_description, package_versions
-        everything = load_results()
-        everything[self.lab] = {
-            "mode": current_mode(), "device": device_description(), "versions": package_versions(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "rows": self.rows}
-        write_json_atomic(results_path(), everything)
+        date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        run = {"mode": current_mode(), "device": device_description(), "versions": package_versions(),
+               "date": date, "rows": self.rows}
+        write_json_atomic(results_path(), with_run(load_results(), self.lab, run))
+        write_summary({self.lab: f"saved by the notebook at {date}"})
         return results_path()
 
     def markdown(self) -> str:

@@ -3,7 +3,6 @@
 reports/ then holds each executed notebook (.ipynb and .html), results.json with every lab's
 measured table, and a summary page (index.html and SUMMARY.md) built from results.json.
 """
-import html
 import os
 import sys
 import time
@@ -13,7 +12,7 @@ import nbformat
 from .budgets import current_mode
 from .errors import WorkshopError
 from .notebooks import SOLUTIONS, execute_notebook
-from .reports import load_results, reports_dir
+from .reports import reports_dir, write_summary
 
 
 def select_solutions(labs: list | None) -> list:
@@ -51,54 +50,25 @@ def reproduce(labs: list | None = None, mode: str | None = None, timeout: int = 
     return status
 
 
-def write_summary(status: dict) -> None:
-    results = load_results()
-    md = ["# Measured results", ""]
-    page = ["<html><head><meta charset='utf-8'><title>Compressing LLMs: measured results</title>",
-            "<style>body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body><h1>Measured results</h1>"]
-    for lab in sorted(set(results) | set(status)):
-        entry = results.get(lab, {})
-        meta = f"{entry.get('device', '?')}, {entry.get('mode', '?')} mode, {entry.get('date', '?')}"
-        md += [f"## {lab}", "", f"Run: {status.get(lab, 'not run this time')}; {meta}", "",
-               "| what | value | unit | note |", "|---|---|---|---|"]
-        page += [f"<h2><a href='{lab}.html'>{html.escape(lab)}</a></h2>",
-                 f"<p>Run: {html.escape(status.get(lab, 'not run this time'))}; {html.escape(meta)}</p>",
-                 "<table><tr><th>what</th><th>value</th><th>unit</th><th>note</th></tr>"]
-        for r in entry.get("rows", []):
-            value = f"{r['value']:.4g}" if isinstance(r["value"], float) else str(r["value"])
-            md.append(f"| {r['what']} | {value} | {r['unit']} | {r['note']} |")
-            page.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>"
-                                         for c in (r["what"], value, r["unit"], r["note"])) + "</tr>")
-        md.append("")
-        page.append("</table>")
-    page.append("</body></html>")
-    (reports_dir() / "SUMMARY.md").write_text("\n".join(md))
-    (reports_dir() / "index.html").write_text("\n".join(page))
-
-
 def merge_reports(src, dst) -> list:
     """Fold the reports of a run elsewhere (e.g. copied back from a GPU machine) into a kept folder
-    such as reports/h100: its labs' results and HTML replace theirs, the other labs keep theirs, and
-    the summary is rebuilt with each lab's last "Run:" line. Returns the labs merged."""
+    such as reports/h100: its labs' runs become their latest (the runs they follow stay under
+    "earlier"), their HTML replaces the old, the other labs keep theirs, and the summary is rebuilt
+    with each lab's last "Run:" line. Returns the labs merged."""
     import json
-    import re
     import shutil
     from pathlib import Path
 
-    from .reports import write_json_atomic
+    from .reports import run_lines, with_run, write_json_atomic
     src, dst = Path(src), Path(dst)
     incoming = json.loads((src / "results.json").read_text())
-    kept = json.loads((dst / "results.json").read_text()) if (dst / "results.json").is_file() else {}
-    runs = {}
-    for folder in (dst, src):  # the incoming run's lines win
-        if (folder / "SUMMARY.md").is_file():
-            found = re.findall(r"^## (\S+)\n\nRun: ([^;]*);", (folder / "SUMMARY.md").read_text(), re.M)
-            runs |= {lab: line for lab, line in found if line != "not run this time"}
-    for lab in incoming:
+    merged = json.loads((dst / "results.json").read_text()) if (dst / "results.json").is_file() else {}
+    runs = run_lines(dst) | run_lines(src)   # the incoming run's lines win
+    for lab, run in incoming.items():
+        merged = with_run(merged, lab, run)
         if (src / f"{lab}.html").is_file():
             shutil.copyfile(src / f"{lab}.html", dst / f"{lab}.html")
-    write_json_atomic(dst / "results.json", kept | incoming)
+    write_json_atomic(dst / "results.json", merged)
     previous = os.environ.get("WORKSHOP_REPORTS")
     os.environ["WORKSHOP_REPORTS"] = str(dst)
     try:

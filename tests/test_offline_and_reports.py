@@ -34,6 +34,23 @@ def test_results_are_merged_and_written_whole(reports_tmp):
     assert "| ppl | 13 |" in a.markdown()
 
 
+def test_a_new_run_keeps_the_old_one_and_the_summary_follows(reports_tmp):
+    import stat
+    LabResults("00_test", [{"what": "ppl", "value": 13.0, "unit": "", "note": ""}]).save()
+    LabResults("00_test", [{"what": "ppl", "value": 12.0, "unit": "", "note": ""}]).save()
+    LabResults("00_test", [{"what": "ppl", "value": 11.0, "unit": "", "note": ""}]).save()
+    entry = json.loads(results_path().read_text())["00_test"]
+    assert entry["rows"][0]["value"] == 11.0
+    assert [run["rows"][0]["value"] for run in entry["earlier"]] == [12.0, 13.0]
+    assert all("earlier" not in run and run["date"] for run in entry["earlier"])
+    summary = (reports_tmp / "SUMMARY.md").read_text()
+    assert "| ppl | 11 |" in summary and "| ppl | 12 |" not in summary and "the latest of 3 runs" in summary
+    page = (reports_tmp / "index.html").read_text()
+    assert "saved by the notebook at" in summary and "<td>11</td>" in page and "<td>12</td>" not in page
+    for name in ("results.json", "SUMMARY.md", "index.html"):
+        assert stat.S_IMODE((reports_tmp / name).stat().st_mode) == 0o644
+
+
 def test_merge_reports_replaces_only_the_incoming_labs(tmp_path):
     import json
 
@@ -49,6 +66,7 @@ def test_merge_reports_replaces_only_the_incoming_labs(tmp_path):
     assert merge_reports(incoming, kept) == ["02_b"]
     merged = json.loads((kept / "results.json").read_text())
     assert merged["00_a"]["rows"][0]["value"] == 1.0 and merged["02_b"]["rows"][0]["value"] == 3.0
+    assert [run["rows"][0]["value"] for run in merged["02_b"]["earlier"]] == [2.0] and merged["00_a"].get("earlier") in (None, [])
     summary = (kept / "SUMMARY.md").read_text()
     assert "Run: ok in 5 s;" in summary and "Run: ok in 7 s;" in summary and "ok in 9 s" not in summary
     assert (kept / "02_b.html").read_text() == "<html>new</html>"
