@@ -79,3 +79,12 @@ def test_reports_are_readable_by_everyone(tmp_path):
     path = tmp_path / "results.json"
     write_json_atomic(path, {"a": 1})
     assert stat.S_IMODE(path.stat().st_mode) == 0o644 and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_failed_check_shows_counts_as_counts_and_its_tolerance():
+    from common.checks import ExerciseFailed, check_close
+    with pytest.raises(ExerciseFailed, match=r"got 53,084,160, expected 53,084,161 \(exactly\)"):
+        check_close("parameters", 53084160, 53084161, 0.0, "count them")
+    with pytest.raises(ExerciseFailed, match=r"got 1.23457, expected 2.5 \(within 0.01%\)"):
+        check_close("ratio", 1.234567, 2.5, 1e-4, "divide")
+    check_close("ratio", 2.50001, 2.5, 1e-4, "divide")

@@ -21,5 +21,11 @@ def check_close(name: str, answer, expected: float, rel_tol: float, hint: str) -
     if answer is None or isinstance(answer, type(Ellipsis)):
         raise ExerciseFailed(f"{name}: no answer yet. Hint: {hint}")
     ok = math.isclose(float(answer), float(expected), rel_tol=rel_tol)
-    check(name if ok else f"{name}: got {float(answer):.6g}, expected {float(expected):.6g} "
-          f"(within {rel_tol:.1%})", ok, hint)
+    tolerance = "exactly" if rel_tol == 0 else f"within {100 * rel_tol:.3g}%"
+    check(name if ok else f"{name}: got {_shown(answer)}, expected {_shown(expected)} ({tolerance})", ok, hint)
+
+
+def _shown(value) -> str:
+    """A count as a count (53,084,160), anything else to six significant digits."""
+    value = float(value)
+    return f"{int(value):,}" if value.is_integer() and abs(value) < 2 ** 53 else f"{value:.6g}"
