@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import WorkshopError
+from ..quant.formats import FP8_MAX
 
 OPSET = 21  # DequantizeLinear's block_size and the INT4 type arrive in opset 21
 # Static activation scales become QuantizeLinear -> DequantizeLinear to this element type.
@@ -219,23 +220,25 @@ class QuantizedInput:
     replaces_input: bool
     pre_scale: torch.Tensor | None = None   # modelopt SmoothQuant: the quantizer multiplies its input first
 
-    def codes(self, values: torch.Tensor) -> torch.Tensor:
-        """Codes as integers that count steps: INT8 codes, or FP8 bit patterns signed by the value's sign."""
-        from ..quant.formats import FP8_MAX
+    def _on_grid(self, values: torch.Tensor) -> torch.Tensor:
+        """values / scale rounded as the quantizer rounds: integer-valued floats (INT8) or float8 (FP8)."""
         scaled = values.float() / self.scale
         if self.fmt == "int8":
-            return torch.round(scaled).clamp(-128, 127).to(torch.int64)
+            return torch.round(scaled).clamp(-128, 127)
+        return scaled.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+    def codes(self, values: torch.Tensor) -> torch.Tensor:
+        """Codes as integers that count steps: INT8 codes, or FP8 bit patterns signed by the value's sign."""
+        grid = self._on_grid(values)
+        if self.fmt == "int8":
+            return grid.to(torch.int64)
         # the bit pattern, not abs(): torch's vectorized abs of float8 treats the byte as an int8
-        bits = scaled.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).view(torch.uint8).to(torch.int64)
+        bits = grid.view(torch.uint8).to(torch.int64)
         return torch.where(bits >= 128, 128 - bits, bits)   # sign bit set: minus the magnitude (-0 is 0)
 
     def rounded(self, values: torch.Tensor) -> torch.Tensor:
         """`values` on the grid, in units of the scale."""
-        from ..quant.formats import FP8_MAX
-        scaled = values.float() / self.scale
-        if self.fmt == "int8":
-            return torch.round(scaled).clamp(-128, 127)
-        return scaled.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
+        return self._on_grid(values).float()
 
 
 def quantized_inputs(model, graph) -> list:

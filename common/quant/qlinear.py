@@ -196,19 +196,15 @@ class QuantLinear(nn.Module):
         if self.activations and self.uses_low_precision_gemm():
             out = self.low_precision_gemm(x.reshape(rows, -1)).reshape(*x.shape[:-1], -1).to(x.dtype)
             return out if bias is None else out + bias
-        # Reference path, and many rows (prefill): dequantize once, then a dense tensor-core matmul.
-        return F.linear(self.quantized_input(x), self.dequantized_weight(x.dtype), bias)
-
-    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
-        """x as the reference path's GEMM sees it: rounded to the activation format (unchanged if none)."""
         if self.activations == "int8_per_token":
-            return fake_quant_int(x.reshape(-1, x.shape[-1]), 8, None, True).reshape(x.shape)
-        if self.activations == "int8_static":
-            return quantize_static_int8(x, self.input_scale)
-        if self.activations == "fp8_static":  # in float32, as the tensor-core path and fp8.py's hook
-            return ((x.float() / self.input_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
-                    * self.input_scale).to(x.dtype)
-        return x
+            x = fake_quant_int(x.reshape(rows, -1), 8, None, True).reshape(x.shape)
+        elif self.activations == "int8_static":
+            x = quantize_static_int8(x, self.input_scale)
+        elif self.activations == "fp8_static":  # in float32, as the tensor-core path and fp8.py's hook
+            x = ((x.float() / self.input_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
+                 * self.input_scale).to(x.dtype)
+        # Reference path, and many rows (prefill): dequantize once, then a dense tensor-core matmul.
+        return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
     def uses_low_precision_gemm(self) -> bool:
         """INT8 or FP8 tensor cores: on a GPU that has them, for shapes their PyTorch kernels take.
