@@ -311,15 +311,19 @@ class PipelineResult:
 
 
 def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=None, progress: bool = True,
-                 start: dict | None = None):
+                 start: dict | None = None, prefixes: dict | None = None):
     """Run `recipe` on a copy of `model`; returns (compressed model, PipelineResult). The last step's
     model is packed where it is quantized (QAT weights are put on the grid and packed at the end).
     Stored bytes count quantized weights at their packed size (modelopt's too: those of its export).
-    `start`: the "start" record of another pipeline on the same model and protocol, reused."""
+    `start`: the "start" record of another pipeline on the same model and protocol, reused.
+    `prefixes`: a dict shared by pipelines on the same model, teacher, protocol and budget. The model
+    after every proper prefix of the recipe is kept there, and a recipe that begins with steps already
+    run starts after the longest such prefix: the same steps with the same seeds and data would compute
+    the same model again (P-KD-Q and P-Q-KD share their P). Records taken over are marked "shared"."""
     from .budgets import get_budget
     from .quant.kv_cache import KVQuantConfig, head_dim, kv_bits_per_value, quantized_kv_cache
     from .quant.modelopt_ptq import quantize_modelopt
-    from .quant.qat import finish_qat, is_qat
+    from .quant.qat import copy_model, finish_qat, is_qat
     from .quant.qlinear import pack_quantized
     from .quant.storage import true_bytes
     if not recipe:
@@ -328,12 +332,19 @@ def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=
         raise WorkshopError("The recipe has a KD step and no teacher was given.",
                             "Pass teacher=... (the uncompressed model), or --teacher SPEC on the command line.")
     budget = budget or get_budget()
-    model = copy.deepcopy(model)
-    calib = protocol.calibration(tokenizer, model=model)
-    trains = any(isinstance(s, Distill) or (isinstance(s, WidthPrune) and s.steps(budget)) for s in recipe)
-    train_ids = protocol.training(tokenizer) if trains else None
+    prefixes = {} if prefixes is None else prefixes
+    done = next((k for k in range(len(recipe) - 1, 0, -1) if tuple(recipe[:k]) in prefixes), 0)
     result = PipelineResult(recipe=recipe_label(recipe))
     quantizer, kv = None, None   # the NF4/INT4 step that quantized the weights; the KV-cache format
+    if done:
+        model, quantizer, kv, records = prefixes[tuple(recipe[:done])]
+        model = copy_model(model)
+        result.records = [r | {"shared": True} if r["stage"] != "start" else r for r in copy.deepcopy(records)]
+    else:
+        model = copy.deepcopy(model)
+    calib = protocol.calibration(tokenizer, model=model)
+    trains = any(isinstance(s, Distill) or (isinstance(s, WidthPrune) and s.steps(budget)) for s in recipe[done:])
+    train_ids = protocol.training(tokenizer) if trains else None
 
     def record(stage, seconds, extra=None):
         # under QAT every forward pass rounds the weights again; they do not change while evaluating
@@ -344,11 +355,11 @@ def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=
                                "parameters": weight_count(model), "kv_bits_per_value": kv_bits,
                                "seconds": seconds} | (extra or {}))
 
-    if start is None:
-        record("start", 0.0)
-    else:
+    if not done and start is not None:
         result.records.append(copy.deepcopy(start))
-    for step in recipe:
+    elif not done:
+        record("start", 0.0)
+    for k, step in enumerate(recipe[done:], start=done + 1):
         began = time.perf_counter()
         extra = None
         if isinstance(step, WidthPrune):
@@ -364,21 +375,25 @@ def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=
             kv = KVQuantConfig(fmt=step.fmt, token_group=step.token_group)
         else:
             model, extra = _distill(model, step, teacher, train_ids, budget, progress)
-        if step is recipe[-1] and is_qat(model):  # the end: the trained weights go on the grid, packed
+        if k == len(recipe) and is_qat(model):  # the end: the trained weights go on the grid, packed
             model = pack_quantized(finish_qat(model), progress=False)
         record(step_label(step), time.perf_counter() - began, extra)
+        if k < len(recipe):
+            prefixes[tuple(recipe[:k])] = (copy_model(model), quantizer, kv, copy.deepcopy(result.records))
     return model.eval(), result
 
 
 def run_orders(model, tokenizer, protocol, teacher, orders=ORDERS, qat: bool = False, budget=None,
-               progress: bool = True, start: dict | None = None) -> list:
+               progress: bool = True, start: dict | None = None, prefixes: dict | None = None) -> list:
     """Every order of P, KD and Q (lab 05's table): [PipelineResult], in the order of `orders`. The
-    uncompressed model is evaluated once (or `start` is reused) and shared by all."""
+    uncompressed model is evaluated once (or `start` is reused), and orders that begin with the same
+    step run it once (`prefixes`, as in run_pipeline)."""
     from tqdm.auto import tqdm
     results = []
+    prefixes = {} if prefixes is None else prefixes
     for order in tqdm(orders, desc="orders", disable=not progress):
         _, result = run_pipeline(model, tokenizer, recipe_from_order(order, qat), protocol, teacher=teacher,
-                                 budget=budget, progress=False, start=start)
+                                 budget=budget, progress=False, start=start, prefixes=prefixes)
         start = result.records[0]
         results.append(result)
     return results
@@ -399,7 +414,7 @@ def pipeline_text(results: list) -> str:
             reach = r.get("weights_reached_by_gradient")
             lines.append(f"  {r['stage']:8s} " + "  ".join(f"{t} {p:9.2f}" for t, p in r["ppl"].items()) +
                          f"  {r['stored_bytes'] / 1e6:7.1f} MB ({start['stored_bytes'] / r['stored_bytes']:.2f}x smaller)"
-                         f"  {r['seconds']:6.1f} s" + (f"  KV cache {r['kv_bits_per_value']:.2f} bits/value"
+                         f"  {r['seconds']:6.1f} s" + (" (shared)" if r.get("shared") else "") + (f"  KV cache {r['kv_bits_per_value']:.2f} bits/value"
                                                        if r["kv_bits_per_value"] != 16 else "")
                          + (f"  gradient reached {reach:.1%} of the weights" if reach is not None else ""))
     if len(results) > 1:

@@ -182,6 +182,36 @@ def test_orders_evaluate_the_uncompressed_model_once(pair, monkeypatch):
     assert results[0].records[0] == results[1].records[0] and results[0].records[0] is not results[1].records[0]
 
 
+@pytest.mark.parametrize("orders, qat", [(["P,KD,Q", "P,Q,KD"], False), (["Q,P,KD", "Q,KD,P"], True)])
+def test_orders_that_begin_alike_run_their_first_step_once_and_end_where_they_would_alone(pair, monkeypatch,
+                                                                                         orders, qat):
+    model, tokenizer, teacher = pair
+    alone = run_pipeline(model, tokenizer, recipe_from_order(orders[1], qat), protocol(), teacher=teacher,
+                         budget=BUDGET, progress=False)[1]
+    calls = []
+    evaluate = DataProtocol.evaluate
+    monkeypatch.setattr(DataProtocol, "evaluate", lambda self, *a, **k: calls.append(1) or evaluate(self, *a, **k))
+    prefixes = {}
+    first, second = run_orders(model, tokenizer, protocol(), teacher, orders=orders, qat=qat, budget=BUDGET,
+                               progress=False, prefixes=prefixes)
+    assert len(calls) == 1 + 3 + 2                    # the first step ran (and was evaluated) once
+    assert second.records[1] == first.records[1] | {"shared": True} and "shared" not in second.records[2]
+    assert [r["ppl"] for r in second.records] == [r["ppl"] for r in alone.records]
+    assert set(prefixes) == {tuple(recipe_from_order(order, qat)[:k]) for order in orders for k in (1, 2)}
+
+
+def test_a_copy_of_a_qat_model_survives_the_original_leaving_qat(pair):
+    from common.quant.nf4 import NF4Config
+    from common.quant.qat import copy_model, finish_qat, is_qat, prepare_qat
+    model = prepare_qat(copy.deepcopy(pair[0]), NF4Config())
+    ids = torch.randint(0, model.config.vocab_size, (1, 8))
+    copied = copy_model(model)
+    before = copied(ids).logits
+    finish_qat(model)
+    assert is_qat(copied) and not is_qat(model)
+    assert torch.equal(copied(ids).logits, before)
+
+
 def test_gradient_reach_counts_every_weight(pair):
     model, tokenizer, _ = pair
     ids = torch.randint(0, model.config.vocab_size, (1, 16))

@@ -11,6 +11,8 @@ Contrast with packed weights (`pack_quantized` after `quantize_nf4`), where the 
 as in bitsandbytes: no gradient reaches them, and training after quantization moves only the layers
 that stayed float (norms, embeddings).
 """
+import copy
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -67,6 +69,19 @@ def qat_config(model):
 
 def is_qat(model) -> bool:
     return qat_config(model) is not None
+
+
+def copy_model(model):
+    """copy.deepcopy, also for a model under QAT: torch's copy of a parametrized module shares the
+    class that parametrize generated for it, and removing the parametrization from either copy strips
+    the weight from that shared class, breaking the other. So the parametrizations come off for the
+    copy (the float weights stay exactly as they are) and go back on both."""
+    config = qat_config(model)
+    if config is None:
+        return copy.deepcopy(model)
+    copied = copy.deepcopy(finish_qat(model, round_weights=False))
+    prepare_qat(model, config)
+    return prepare_qat(copied, config)
 
 
 @torch.no_grad()
