@@ -13,7 +13,7 @@ TEST_ENV := WORKSHOP_MODE=quick WORKSHOP_BLOCK_NETWORK=1 HF_HUB_OFFLINE=1 HF_DAT
 PORT ?= 8888
 IP ?= localhost
 
-.PHONY: setup test reproduce lab labs refresh clean
+.PHONY: setup test test-labs reproduce lab labs refresh clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ $(STAMP): requirements.txt requirements.lock pyproject.toml
 test: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest tests --nbval-lax --nbval-cell-timeout=1800 \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg solutions
+
+# Every generated lab run top to bottom with its exercises unsolved (make test runs the short ones).
+test-labs: $(STAMP)
+	$(TEST_ENV) WORKSHOP_TEST_ALL_LABS=1 $(BIN)/python -m pytest tests/test_labs_unsolved.py -v
 
 reproduce: $(STAMP)
 	$(BIN)/workshop reproduce

@@ -1,9 +1,13 @@
 """The notebook workflow: solutions/ is the source, labs/ is generated from it.
 
 In a solution's code cells, the lines between `### BEGIN SOLUTION` and `### END SOLUTION` are the
-answer. The exercise notebook keeps everything else, replaces each answer by a TODO and
-`raise NotImplementedError`, and carries no outputs.
+answer. The exercise notebook keeps everything else and carries no outputs. An answer inside a
+function's body becomes a TODO and `raise NotImplementedError`; an answer at the top of a cell
+becomes a TODO and `name = ...` for each name it binds that the rest of the notebook reads. The
+check under it gives back the reference answer while the `...` or the NotImplementedError is still
+there, so a lab runs top to bottom with every exercise unsolved.
 """
+import ast
 import copy
 import os
 import sys
@@ -17,33 +21,91 @@ from .reports import REPO_ROOT
 SOLUTIONS = REPO_ROOT / "solutions"
 LABS = REPO_ROOT / "labs"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+TODO = "# TODO: your code here"
 
 
-def strip_solutions(source: str) -> str:
-    out, inside = [], False
-    for line in source.splitlines():
-        stripped = line.strip()
-        if stripped.startswith(BEGIN):
-            inside = True
-            indent = line[: len(line) - len(line.lstrip())]
-            out.append(f"{indent}# TODO: your code here")
-            out.append(f'{indent}raise NotImplementedError("Exercise: replace this line with your solution")')
-        elif stripped.startswith(END):
-            inside = False
-        elif not inside:
-            out.append(line)
-    if inside:
+def _python(source: str) -> str:
+    """A cell's source without IPython's magics and shell lines, for ast."""
+    return "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+
+
+def bound_names(code: str) -> list:
+    """The names a block of top-level code binds, in order (not those local to its functions, lambdas
+    or comprehensions)."""
+    names = []
+
+    def visit(node):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.append(node.id)
+        elif not isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            for child in ast.iter_child_nodes(node):
+                visit(child)
+
+    for statement in ast.parse(code).body:
+        visit(statement)
+    return list(dict.fromkeys(names))
+
+
+def read_names(source: str) -> set:
+    return {node.id for node in ast.walk(ast.parse(_python(source)))
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+
+
+def _regions(source: str):
+    """(first line, last line, indent) of each solution region of a cell."""
+    regions, begin = [], None
+    lines = source.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith(BEGIN):
+            begin = i
+        elif line.strip().startswith(END):
+            if begin is None:
+                raise ValueError("a solution region is closed and never opened")
+            regions.append((begin, i, lines[begin][: len(lines[begin]) - len(lines[begin].lstrip())]))
+            begin = None
+    if begin is not None:
         raise ValueError("a solution region is opened and never closed")
-    return "\n".join(out)
+    return regions
+
+
+def strip_solutions(source: str, read_elsewhere: set = frozenset()) -> str:
+    """The cell with each answer replaced: `raise NotImplementedError` inside a function's body, and
+    `name = ...` for every name in `read_elsewhere` that an answer at the top of the cell binds."""
+    lines = source.splitlines()
+    out, done = [], 0
+    for begin, end, indent in _regions(source):
+        out += lines[done:begin]
+        if indent:
+            out += [f"{indent}{TODO}",
+                    f'{indent}raise NotImplementedError("Exercise: replace this line with your solution")']
+        else:
+            names = [n for n in bound_names("\n".join(lines[begin + 1:end])) if n in read_elsewhere]
+            if not names:
+                raise ValueError(f"the solution at line {begin + 1} binds nothing the notebook reads elsewhere")
+            out += [f"{TODO}; until then the check below goes on with the reference answer"]
+            out += [f"{name} = ..." for name in names]
+        done = end + 1
+    return "\n".join(out + lines[done:])
+
+
+def _without_solutions(source: str) -> str:
+    lines = source.splitlines()
+    for begin, end, indent in reversed(_regions(source)):
+        lines[begin:end + 1] = [f"{indent}pass"] if indent else []
+    return "\n".join(lines)
 
 
 def make_lab(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
     lab = copy.deepcopy(solution)
+    code = [cell for cell in lab.cells if cell.cell_type == "code"]
+    read_elsewhere = set().union(*(read_names(_without_solutions(cell.source)) for cell in code))
+    for cell in code:
+        cell.source = strip_solutions(cell.source, read_elsewhere)
+        cell.outputs = []
+        cell.execution_count = None
     for cell in lab.cells:
-        if cell.cell_type == "code":
-            cell.source = strip_solutions(cell.source)
-            cell.outputs = []
-            cell.execution_count = None
         cell.metadata.pop("execution", None)
     return lab
 

@@ -1,7 +1,7 @@
 import nbformat
 import pytest
 
-from common.notebooks import BEGIN, LABS, SOLUTIONS, stale_labs, strip_solutions
+from common.notebooks import BEGIN, LABS, SOLUTIONS, bound_names, stale_labs, strip_solutions
 
 SOLUTION_FILES = sorted(SOLUTIONS.glob("*.ipynb"))
 
@@ -18,6 +18,15 @@ def test_strip_solutions_keeps_indentation():
                                     "print(y)")
     with pytest.raises(ValueError):
         strip_solutions("### BEGIN SOLUTION\nx = 1")
+
+
+def test_an_answer_at_the_top_of_a_cell_becomes_a_placeholder_for_what_the_notebook_reads():
+    src = "### BEGIN SOLUTION\nparts = [n * 2 for n in range(3)]\ntotal = sum(parts)\n### END SOLUTION\ncheck(total)"
+    assert strip_solutions(src, read_elsewhere={"total", "n", "check"}).splitlines()[1:] == ["total = ...", "check(total)"]
+    with pytest.raises(ValueError, match="binds nothing"):
+        strip_solutions(src, read_elsewhere={"check"})
+    assert bound_names("def f(x):\n    y = x\n    return y\na, (b, c) = 1, (2, 3)\nfor i in [a]:\n    d = i") == [
+        "f", "a", "b", "c", "i", "d"]
 
 
 @pytest.mark.parametrize("path", SOLUTION_FILES, ids=lambda p: p.name)
