@@ -54,4 +54,4 @@ labs: $(STAMP)
 	$(BIN)/python -m common.notebooks
 
 clean:
-	rm -rf $(VENV) reports/*.html reports/*.ipynb reports/SUMMARY.md reports/results.json reports/*.png
+	rm -rf $(VENV) reports/*.html reports/*.ipynb reports/SUMMARY.md reports/results.json reports/machine.json reports/*.png

@@ -1,10 +1,14 @@
 """What this machine is and what it can do: versions, GPU features, and the two ceilings
 (memory bandwidth and matmul rate) that every speed number in the course is compared with."""
 import importlib.metadata
+import json
+import os
 import platform
 import statistics
 import sys
 import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 
 import torch
 
@@ -54,7 +58,7 @@ def device_description() -> str:
     return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
-def _time_median(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
+def _timings(fn, device: torch.device, repeats: int, warmup: int = 2) -> list:
     for _ in range(warmup):
         fn()
     times = []
@@ -70,27 +74,77 @@ def _time_median(fn, device: torch.device, repeats: int, warmup: int = 2) -> flo
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
 
 
-def measure_memory_bandwidth(device: str | torch.device = "cuda", megabytes: int = 1024, repeats: int = 10) -> float:
-    """Bytes per second of a large copy, counting bytes read plus bytes written."""
-    device = torch.device(device)
-    n = megabytes * 2**20 // 4
-    src = torch.rand(n, device=device)
+def _rates(work: float, times: list) -> tuple:
+    """(median, slowest, fastest) of work / time."""
+    return work / statistics.median(times), work / max(times), work / min(times)
+
+
+def _bandwidth_rates(device: torch.device, megabytes: int, repeats: int) -> tuple:
+    src = torch.rand(megabytes * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
-    seconds = _time_median(lambda: dst.copy_(src), device, repeats)
-    return 2 * src.numel() * src.element_size() / seconds
+    return _rates(2 * src.numel() * src.element_size(), _timings(lambda: dst.copy_(src), device, repeats))
 
 
-def measure_matmul_flops(device: str | torch.device = "cuda", dtype=torch.bfloat16, n: int = 8192,
-                         repeats: int = 10) -> float:
-    """FLOP/s of an n x n x n matrix product on random data."""
-    device = torch.device(device)
+def _matmul_rates(device: torch.device, dtype, n: int, repeats: int) -> tuple:
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = _time_median(lambda: a @ b, device, repeats)
-    return 2 * n**3 / seconds
+    return _rates(2 * n**3, _timings(lambda: a @ b, device, repeats))
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """The two ceilings every speed figure is compared with, measured once: a large copy's bandwidth
+    (bytes read + written per second) and a square matmul's rate, each the median of `repeats`
+    timings with the slowest and fastest beside it, and how loaded the CPUs were at the time."""
+    device: str
+    dtype: str
+    repeats: int
+    bandwidth: float
+    bandwidth_range: tuple
+    matmul_flops: float
+    matmul_range: tuple
+    load_per_core: float | None   # the 1-minute load average over the CPU count, when measured
+    measured_at: str
+
+    def describe(self) -> str:
+        load = "" if self.load_per_core is None else f"; CPU load {self.load_per_core:.2f} per core when measured"
+        return (f"copy bandwidth {self.bandwidth / 1e9:.1f} GB/s ({self.bandwidth_range[0] / 1e9:.1f} to "
+                f"{self.bandwidth_range[1] / 1e9:.1f} over {self.repeats} copies); {self.dtype} matmul "
+                f"{self.matmul_flops / 1e12:.3g} TFLOP/s ({self.matmul_range[0] / 1e12:.3g} to "
+                f"{self.matmul_range[1] / 1e12:.3g}) on {self.device}{load}")
+
+
+_CEILINGS: dict = {}
+MACHINE_FILE = "machine.json"
+
+
+def machine_ceilings(device: str | torch.device = "cuda", dtype=torch.bfloat16, repeats: int = 10) -> Ceilings:
+    """The machine's ceilings for `dtype` on `device`, measured once per process, and once per run of
+    `workshop reproduce` (which sets WORKSHOP_RUN_ID; the first lab stores them in the reports
+    folder's machine.json and the others read them), so every lab's bound uses the same numbers."""
+    from .reports import reports_dir, write_json_atomic
+    device = torch.device(device)
+    key = f"{device.type}|{str(dtype).removeprefix('torch.')}"
+    run = os.environ.get("WORKSHOP_RUN_ID")
+    path = reports_dir() / MACHINE_FILE
+    stored = json.loads(path.read_text()) if run and path.is_file() else {}
+    if key not in _CEILINGS and stored.get("run") == run and key in stored.get("ceilings", {}):
+        _CEILINGS[key] = Ceilings(**{k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in stored["ceilings"][key].items()})
+    if key not in _CEILINGS:
+        big = device.type == "cuda"
+        bandwidth = _bandwidth_rates(device, 1024 if big else 256, repeats)
+        matmul = _matmul_rates(device, dtype, 8192 if big else 1024, repeats)
+        load = os.getloadavg()[0] / (os.cpu_count() or 1) if hasattr(os, "getloadavg") else None
+        _CEILINGS[key] = Ceilings(device_description(), key.split("|")[1], repeats, bandwidth[0], bandwidth[1:],
+                                  matmul[0], matmul[1:], load, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        if run:
+            ceilings = stored.get("ceilings", {}) if stored.get("run") == run else {}
+            write_json_atomic(path, {"run": run, "ceilings": ceilings | {key: asdict(_CEILINGS[key])}})
+    return _CEILINGS[key]
 
 
 def doctor_report() -> dict:

@@ -11,6 +11,7 @@ import ast
 import copy
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -138,17 +139,24 @@ def execute_notebook(path: Path, mode: str, timeout: int = 3600):
 
     Returns (notebook, None) when every cell ran, or (the notebook as far as it got, the error).
     """
+    from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
     nb = nbformat.read(path, as_version=4)
     os.environ["WORKSHOP_MODE"] = mode  # the kernel inherits this process's environment
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
-    try:
-        client.execute()
-        return nb, None
-    except CellExecutionError as error:
-        return nb, error
+    with tempfile.TemporaryDirectory(prefix="workshop-kernel-") as sockets:
+        # Unix sockets in a private folder rather than TCP ports on localhost: nothing else can
+        # connect, and ipykernel has no cause to warn about unencrypted TCP.
+        kernel = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "kernel"))
+        client = NotebookClient(nb, km=kernel, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
+        try:
+            client.execute()
+            return nb, None
+        except CellExecutionError as error:
+            return nb, error
+        finally:
+            if kernel.has_kernel:   # nbclient shuts down only the kernels it created itself
+                kernel.shutdown_kernel()
 
 
 def refresh_solutions(names=None, mode: str = "quick") -> None:

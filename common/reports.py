@@ -61,6 +61,14 @@ def write_summary(status: dict) -> None:
     page = ["<html><head><meta charset='utf-8'><title>Compressing LLMs: measured results</title>",
             "<style>body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body><h1>Measured results</h1>"]
+    machine = reports_dir() / "machine.json"
+    if machine.is_file():
+        from .hardware import Ceilings
+        measured = json.loads(machine.read_text())
+        for ceilings in measured["ceilings"].values():
+            line = f"Machine, measured once for the run started {measured['run']}: {Ceilings(**ceilings).describe()}"
+            md += [line, ""]
+            page.append(f"<p>{html.escape(line)}</p>")
     for lab in sorted(set(results) | set(status)):
         entry = results.get(lab, {})
         earlier = len(entry.get("earlier", []))

@@ -3,6 +3,7 @@
 reports/ then holds each executed notebook (.ipynb and .html), results.json with every lab's
 measured table, and a summary page (index.html and SUMMARY.md) built from results.json.
 """
+import datetime
 import os
 import sys
 import time
@@ -32,6 +33,8 @@ def reproduce(labs: list | None = None, mode: str | None = None, timeout: int = 
     out = reports_dir()
     out.mkdir(parents=True, exist_ok=True)
     status = {}
+    # one measurement of the machine's ceilings for the whole run (common.hardware.machine_ceilings)
+    os.environ["WORKSHOP_RUN_ID"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     for path in select_solutions(labs):
         t0 = time.time()
         print(f"[reproduce] {path.name} ({mode} mode)...", file=sys.stderr, flush=True)

@@ -88,3 +88,30 @@ def test_a_failed_check_shows_counts_as_counts_and_its_tolerance():
     with pytest.raises(ExerciseFailed, match=r"got 1.23457, expected 2.5 \(within 0.01%\)"):
         check_close("ratio", 1.234567, 2.5, 1e-4, "divide")
     check_close("ratio", 2.50001, 2.5, 1e-4, "divide")
+
+
+def test_the_machine_is_measured_once_per_process_and_once_per_reproduce_run(reports_tmp, monkeypatch):
+    import torch
+
+    from common import hardware
+    from common.reports import write_summary
+    calls = []
+    monkeypatch.setattr(hardware, "_bandwidth_rates", lambda *a: calls.append("copy") or (2e9, 1e9, 3e9))
+    monkeypatch.setattr(hardware, "_matmul_rates", lambda *a: calls.append("matmul") or (5e10, 4e10, 6e10))
+    monkeypatch.setattr(hardware, "_CEILINGS", {})
+    monkeypatch.delenv("WORKSHOP_RUN_ID", raising=False)
+    first = hardware.machine_ceilings("cpu", torch.float32)
+    assert hardware.machine_ceilings("cpu", torch.float32) is first and calls == ["copy", "matmul"]
+    assert "2.0 GB/s (1.0 to 3.0 over 10 copies)" in first.describe()
+    assert not (reports_tmp / "machine.json").exists()      # outside a reproduce run nothing is stored
+    monkeypatch.setenv("WORKSHOP_RUN_ID", "run-1")
+    hardware._CEILINGS.clear()                               # a new notebook kernel of the same run
+    stored = hardware.machine_ceilings("cpu", torch.float32)
+    hardware._CEILINGS.clear()
+    assert hardware.machine_ceilings("cpu", torch.float32) == stored and len(calls) == 4
+    write_summary({})
+    assert "measured once for the run started run-1: copy bandwidth 2.0 GB/s" in (reports_tmp / "SUMMARY.md").read_text()
+    monkeypatch.setenv("WORKSHOP_RUN_ID", "run-2")
+    hardware._CEILINGS.clear()
+    hardware.machine_ceilings("cpu", torch.float32)
+    assert len(calls) == 6                                   # a new run measures again

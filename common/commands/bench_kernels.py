@@ -17,15 +17,15 @@ def add_arguments(p) -> None:
 def run(args) -> Output:
     import torch
     from kernels import bench
-    from ..hardware import measure_matmul_flops, measure_memory_bandwidth
+    from ..hardware import machine_ceilings
     from ..reports import write_json_atomic
     result = bench.run(shapes=args.shapes.split(",") if args.shapes else None)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else None
     write_json_atomic(out.with_suffix(".json"), result)
-    bench.plot_roofline(result, out.with_suffix(".png"), measure_memory_bandwidth("cuda"),
-                        measure_matmul_flops("cuda", torch.bfloat16))
+    ceilings = machine_ceilings("cuda", torch.bfloat16)
+    bench.plot_roofline(result, out.with_suffix(".png"), ceilings.bandwidth, ceilings.matmul_flops)
     text = bench.markdown(result) + (f"\n{bench.agreement(previous, result)}" if previous else "") + \
         f"\n![roofline]({out.with_suffix('.png').name})\n"
     tmp = out.with_name(f".{out.name}.tmp")
