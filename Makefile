@@ -43,8 +43,10 @@ reproduce: $(STAMP)
 	$(BIN)/workshop reproduce
 
 # make lab PORT=8890 IP=0.0.0.0: another port, or every interface (a container); defaults as jupyter's.
+# Warnings and errors only, so that the URL with its token is the last thing printed.
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=labs --ip=$(IP) --port=$(PORT) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+	$(BIN)/jupyter lab --notebook-dir=labs --ip=$(IP) --port=$(PORT) --ServerApp.log_level=WARN \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 # After editing a solution: store its quick-mode outputs (what nbval compares) and regenerate labs/.
 refresh: $(STAMP)
