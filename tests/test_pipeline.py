@@ -238,6 +238,19 @@ def test_cli_order_writes_a_packed_model(tmp_path, capsys, monkeypatch):
     assert out.stat().st_mode & 0o777 == 0o755 and {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}
 
 
+def test_cli_all_orders_runs_the_six_and_shares_their_first_steps(capsys, monkeypatch):
+    import common.budgets
+    monkeypatch.setattr(common.budgets, "get_budget", lambda *a, **k: BUDGET)
+    assert main(["pipeline", "--model", "tiny-random", "--device", "cpu", "--all-orders", *SMALL, "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [r["recipe"] for r in results] == [order.replace(",", "-") for order in ORDERS]
+    first_step = {}
+    for r in results:
+        first_step.setdefault(r["recipe"].split("-")[0], []).append(r["records"][1])
+    for step, (ran, reused) in first_step.items():       # each first step ran once, for the first order with it
+        assert "shared" not in ran and reused == ran | {"shared": True}, step
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--order", "P,KD,Z"], "unknown step Z"),
     (["--order", "P,KD"], "exactly once"),

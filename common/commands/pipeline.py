@@ -43,10 +43,10 @@ def run(args) -> Output:
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     needs_teacher = any(step.name == "KD" for recipe in recipes for step in recipe)
     teacher = load_model(args.teacher or args.model, dtype=args.dtype, device=args.device)[0] if needs_teacher else None
-    results, final = [], None
+    results, final, prefixes = [], None, {}
     for recipe in recipes:
         final, result = run_pipeline(model, tokenizer, recipe, protocol, teacher=teacher,
-                                     start=results[0].records[0] if results else None)
+                                     start=results[0].records[0] if results else None, prefixes=prefixes)
         results.append(result)
     out = {"mode": get_budget().mode, "model": args.model, "teacher": (args.teacher or args.model) if needs_teacher else None,
            "protocol": protocol.to_dict(), "results": [r.to_dict() for r in results]}
