@@ -126,8 +126,8 @@ def machine_ceilings(device: str | torch.device = "cuda", dtype=torch.bfloat16, 
     `workshop reproduce` (which sets WORKSHOP_RUN_ID; the first lab stores them in the reports
     folder's machine.json and the others read them), so every lab's bound uses the same numbers."""
     from .reports import reports_dir, write_json_atomic
-    device = torch.device(device)
-    key = f"{device.type}|{str(dtype).removeprefix('torch.')}"
+    device, dtype_name = torch.device(device), str(dtype).removeprefix("torch.")
+    key = f"{device.type}|{dtype_name}"
     run = os.environ.get("WORKSHOP_RUN_ID")
     path = reports_dir() / MACHINE_FILE
     stored = json.loads(path.read_text()) if run and path.is_file() else {}
@@ -139,7 +139,7 @@ def machine_ceilings(device: str | torch.device = "cuda", dtype=torch.bfloat16, 
         bandwidth = _bandwidth_rates(device, 1024 if big else 256, repeats)
         matmul = _matmul_rates(device, dtype, 8192 if big else 1024, repeats)
         load = os.getloadavg()[0] / (os.cpu_count() or 1) if hasattr(os, "getloadavg") else None
-        _CEILINGS[key] = Ceilings(device_description(), key.split("|")[1], repeats, bandwidth[0], bandwidth[1:],
+        _CEILINGS[key] = Ceilings(device_description(), dtype_name, repeats, bandwidth[0], bandwidth[1:],
                                   matmul[0], matmul[1:], load, datetime.now(timezone.utc).isoformat(timespec="seconds"))
         if run:
             ceilings = stored.get("ceilings", {}) if stored.get("run") == run else {}

@@ -33,22 +33,25 @@ def reproduce(labs: list | None = None, mode: str | None = None, timeout: int = 
     out = reports_dir()
     out.mkdir(parents=True, exist_ok=True)
     status = {}
-    # one measurement of the machine's ceilings for the whole run (common.hardware.machine_ceilings)
+    # one measurement of the machine for the whole run (machine_ceilings); the kernels inherit it
     os.environ["WORKSHOP_RUN_ID"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    for path in select_solutions(labs):
-        t0 = time.time()
-        print(f"[reproduce] {path.name} ({mode} mode)...", file=sys.stderr, flush=True)
-        nb, error = execute_notebook(path, mode, timeout=timeout)
-        status[path.stem] = (f"ok in {time.time() - t0:.0f} s" if error is None else
-                             f"FAILED after {time.time() - t0:.0f} s: {str(error).strip().splitlines()[-1]}")
-        nbformat.write(nb, out / path.name)
-        try:
-            body, _ = HTMLExporter().from_notebook_node(nb)
-            (out / f"{path.stem}.html").write_text(body)
-        except ValueError as e:  # nbconvert without its templates (a --target install): keep the .ipynb
-            print(f"[reproduce] {path.name}: no HTML ({e}); the executed .ipynb is in reports/",
-                  file=sys.stderr)
-        print(f"[reproduce] {path.name}: {status[path.stem]}", file=sys.stderr, flush=True)
+    try:
+        for path in select_solutions(labs):
+            t0 = time.time()
+            print(f"[reproduce] {path.name} ({mode} mode)...", file=sys.stderr, flush=True)
+            nb, error = execute_notebook(path, mode, timeout=timeout)
+            status[path.stem] = (f"ok in {time.time() - t0:.0f} s" if error is None else
+                                 f"FAILED after {time.time() - t0:.0f} s: {str(error).strip().splitlines()[-1]}")
+            nbformat.write(nb, out / path.name)
+            try:
+                body, _ = HTMLExporter().from_notebook_node(nb)
+                (out / f"{path.stem}.html").write_text(body)
+            except ValueError as e:  # nbconvert without its templates (a --target install): keep the .ipynb
+                print(f"[reproduce] {path.name}: no HTML ({e}); the executed .ipynb is in reports/",
+                      file=sys.stderr)
+            print(f"[reproduce] {path.name}: {status[path.stem]}", file=sys.stderr, flush=True)
+    finally:
+        os.environ.pop("WORKSHOP_RUN_ID")
     write_summary(status)
     return status
 

@@ -50,11 +50,14 @@ def check_gap_closed(gap_closed_fn, ppl_teacher: float, ppl_pruned: float, ppl_r
 def check_easy_to_hard(ordered_windows, windows, teacher):
     from ..eval import window_nll
     device = next(teacher.parameters()).device
+
+    def teacher_nll(rows):
+        return torch.cat([window_nll(teacher, w[None].to(device)).cpu() for w in rows])
+
     name = "windows ordered from easy to hard by the teacher's loss"
     if unsolved(ordered_windows):
-        nll = torch.cat([window_nll(teacher, w[None].to(device)).cpu() for w in windows])
-        return not_solved(name, windows[nll.argsort()])
-    nll = torch.cat([window_nll(teacher, w[None].to(device)).cpu() for w in ordered_windows])
+        return not_solved(name, windows[teacher_nll(windows).argsort()])
+    nll = teacher_nll(ordered_windows)
     same_set = sorted(map(tuple, ordered_windows.tolist())) == sorted(map(tuple, windows.tolist()))
     check(name, same_set and bool((nll[1:] >= nll[:-1] - 1e-4).all()),
           "score every window with window_nll(teacher, ...) and reorder them with argsort (ascending).")
