@@ -17,4 +17,5 @@ RUN pip install --no-cache-dir --no-deps -e . \
  && python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (compress-llm-workshop)" \
  && python -c "from common.models import load_model; load_model('embedded', device='cpu')"
 EXPOSE 8888
-CMD ["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser", "--allow-root", "--notebook-dir=/workspace/labs"]
+CMD ["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser", "--allow-root", "--notebook-dir=/workspace/labs", \
+     "--KernelManager.transport=ipc", "--KernelManager.ip=/tmp/jupyter-kernel-ipc"]

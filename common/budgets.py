@@ -2,14 +2,17 @@
 
 quick: a laptop or CI CPU; small windows, few samples, few steps, but the same code paths.
 full:  a GPU; the protocol of the papers (2048-token windows over the whole evaluation text).
-`WORKSHOP_MODE=quick|full` overrides the choice made from the hardware.
+smoke: CI's check that every lab runs to its end with its exercises unsolved: quick's code paths on
+       the embedded model cut to its first few decoder layers, with one or two short windows. Its
+       numbers mean nothing; it is never chosen from the hardware.
+`WORKSHOP_MODE=quick|full|smoke` overrides the choice made from the hardware.
 """
 import os
 from dataclasses import dataclass, replace
 
 from .errors import WorkshopError
 
-MODES = ("quick", "full")
+MODES = ("quick", "full", "smoke")
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,10 @@ class Budget:
     pipeline_eval_windows: int | None  # perplexity windows per text after each step of a pipeline
     pipeline_layers: int | None    # decoder layers of lab 05's model (None: all; its fifteen pipelines are slow on a CPU)
     export_layers: int | None      # decoder layers of the model lab 07 exports (None: all; ONNX export is slow on a CPU)
+    model_layers: int | None = None  # decoder layers load_model keeps of the embedded model (None: all; smoke mode)
 
 
-QUICK = Budget(mode="quick", dtype="float32", eval_seqlen=512, eval_max_windows=6,
+QUICK = Budget(mode="quick", dtype="float32", eval_seqlen=512, eval_max_windows=3,
                calib_samples=8, calib_seqlen=256, train_steps=8, train_batch=2, train_seqlen=64,
                teacher_samples=4, generate_batch=4,
                bench_repeats=3, decode_tokens=8, decode_batches=(1, 4), prefill_shape=(1, 128),
@@ -55,6 +59,11 @@ FULL = Budget(mode="full", dtype="bfloat16", eval_seqlen=2048, eval_max_windows=
               sweep_eval_windows=None, sweep_sparsities=(0.3, 0.5, 0.6, 0.7, 0.8), sensitivity_layers=30,
               long_context=8192, pipeline_train_steps=300, pipeline_finetune_steps=50, pipeline_eval_seqlen=2048,
               pipeline_eval_windows=None, pipeline_layers=None, export_layers=None)
+SMOKE = replace(QUICK, mode="smoke", model_layers=4, eval_seqlen=256, eval_max_windows=1, calib_samples=4,
+                calib_seqlen=128, train_steps=2, teacher_samples=2, generate_batch=2, bench_repeats=1,
+                decode_tokens=4, sweep_eval_windows=1, sensitivity_layers=2, long_context=512,
+                pipeline_train_steps=1, pipeline_eval_seqlen=64, pipeline_layers=4)
+BUDGETS = {"quick": QUICK, "full": FULL, "smoke": SMOKE}
 
 
 def current_mode() -> str:
@@ -74,4 +83,4 @@ def get_budget(mode: str | None = None, **overrides) -> Budget:
     mode = mode or current_mode()
     if mode not in MODES:
         raise WorkshopError(f"Unknown mode {mode!r}.", f"Use one of {', '.join(MODES)}.")
-    return replace(QUICK if mode == "quick" else FULL, **overrides)
+    return replace(BUDGETS[mode], **overrides)

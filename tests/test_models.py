@@ -121,3 +121,15 @@ def test_cuda_requested_without_gpu():
 def test_md5_constant_matches_installed_wheel():
     digest = hashlib.md5(find_embedded_gguf().read_bytes()).hexdigest()
     assert digest == EMBEDDED_GGUF_MD5
+
+
+def test_smoke_mode_cuts_the_embedded_model_and_only_in_smoke_mode(monkeypatch, embedded):
+    from common.budgets import get_budget
+    monkeypatch.setenv("WORKSHOP_MODE", "smoke")
+    layers = get_budget().model_layers
+    model, _ = load_model("embedded", device="cpu", progress=False)
+    assert len(model.model.layers) == model.config.num_hidden_layers == layers < embedded[0].config.num_hidden_layers
+    with torch.no_grad():
+        assert model(torch.tensor([[1, 2, 3]])).logits.shape[-1] == model.config.vocab_size
+    monkeypatch.setenv("WORKSHOP_MODE", "quick")
+    assert get_budget().model_layers is None

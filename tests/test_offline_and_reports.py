@@ -18,6 +18,9 @@ def test_budgets_come_from_one_place(monkeypatch):
     assert get_budget() == FULL and get_budget("quick") == QUICK
     assert get_budget(eval_seqlen=128).eval_seqlen == 128
     assert QUICK.eval_seqlen < FULL.eval_seqlen and QUICK.train_steps < FULL.train_steps
+    smoke = get_budget("smoke")   # CI's unsolved-lab run: quick's code paths, smaller everywhere
+    assert smoke.mode == "smoke" and smoke.eval_seqlen * smoke.eval_max_windows < QUICK.eval_seqlen * QUICK.eval_max_windows
+    assert smoke.model_layers and QUICK.model_layers is None and FULL.model_layers is None
 
 
 def test_results_are_merged_and_written_whole(reports_tmp):

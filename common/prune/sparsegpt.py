@@ -74,10 +74,9 @@ def sparsegpt_weight(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, 
                 group_cost = block[:, j: j + nm[1]].pow(2) / u_block.diagonal()[j: j + nm[1]].pow(2)[None, :]
                 drop = group_cost.topk(nm[1] - nm[0], dim=1, largest=False).indices
                 pruned[:, j: j + nm[1]].scatter_(1, drop, True)
-            column = block[:, j]
-            error = torch.where(pruned[:, j], column, torch.zeros_like(column)) / u_block[j, j]
-            block[:, j:] -= error[:, None] * u_block[j, j:][None, :]
-            block[:, j] = torch.where(pruned[:, j], torch.zeros_like(column), block[:, j])
+            error = block[:, j] * pruned[:, j] / u_block[j, j]
+            block[:, j:].addr_(error, u_block[j, j:], alpha=-1)  # in place: this loop runs once per column
+            block[:, j].masked_fill_(pruned[:, j], 0)
             errors[:, j] = error
         w[:, start:end] = block
         w[:, end:] -= errors @ u[start:end, end:]

@@ -1,0 +1,184 @@
+"""Marlin-style W4A16 GEMM in CUDA C++ (kernels/marlin/w4a16.cu): the offline weight repacking, its
+exact inverse, a pure-PyTorch model of what the kernel computes, and the loader of the extension.
+
+Not wired into QuantLinear: the kernel has been compiled for sm_90 but not yet run on a GPU (NOTES.md).
+
+Repacked layout, for the weight of a QuantLinear (N = out_features, K = in_features, groups of g along K):
+  qweight  int32 [K // 64, 8 * N]: per K tile of 64 and per block of 16 output columns, 32 lanes x 4
+           words; word `step` of lane l holds the 8 codes of that lane's mma.m16n8k16 B fragments for
+           k16 step `step` of the tile and both n8 halves of the 16 columns. With r = l // 4, c = l % 4,
+           k0 = 16 * step + 2c (tile-relative), nibble i of the word (bits 4i..4i+3) is the code of
+               i = 0: (n = r, k0)      i = 1: (n = r, k0 + 8)      i = 2: (r + 8, k0)      i = 3: (r + 8, k0 + 8)
+               i = 4..7: the same with k + 1
+           so (word >> 4j) & 0x000F000F holds nibbles j and j + 4 in its two 16-bit halves: the register
+           b0 (j = 0, 2) or b1 (j = 1, 3) of n8 tile j // 2, low half first.
+  scales, zeros  [K // g, N] (transposed, same dtype): the 64 columns of a block are 128 contiguous bytes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from common.errors import WorkshopError
+from common.quant.qlinear import pack_int4, unpack_int4
+
+TILE_K = 64       # K per pipeline stage of the kernel
+TILE_N = 64       # output columns per thread block
+MAX_ROWS = 64     # M the kernel takes (4 MMA tiles of 16 rows)
+MAGIC = {torch.float16: (0x6400, 1024.0), torch.bfloat16: (0x4300, 128.0)}  # exponent bits, value
+_HERE = Path(__file__).resolve().parent
+SOURCES = (_HERE / "binding.cpp", _HERE / "w4a16.cu")
+
+
+class MarlinWeight(NamedTuple):
+    qweight: torch.Tensor   # int32 [K // 64, 8 N], fragment order
+    scales: torch.Tensor    # [K // g, N]
+    zeros: torch.Tensor     # [K // g, N]
+    group_size: int         # g (K for per channel)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(N, K) of the weight."""
+        return self.qweight.shape[1] // 8, self.qweight.shape[0] * TILE_K
+
+
+# The codes of one K tile x 16 columns, [N, K] viewed as
+#   (n16 block j, half h, row r, tile t, step s, k half kh, lane column c, pair p)
+# with n = 16 j + 8 h + r and k = 64 t + 16 s + 8 kh + 2 c + p, permuted to the stored order
+#   (t, j, r, c, s, p, h, kh): lane = 4 r + c, word = s, nibble = 4 p + 2 h + kh.
+_TO_FRAGMENTS = (3, 0, 2, 6, 4, 7, 1, 5)
+_FROM_FRAGMENTS = tuple(_TO_FRAGMENTS.index(i) for i in range(8))
+
+
+def _group(group_size: int | None, K: int) -> int:
+    return K if group_size in (None, -1) else group_size
+
+
+def check_shapes(N: int, K: int, group_size: int) -> None:
+    """Raise a WorkshopError for shapes the kernel does not take (same rules as the binding's checks)."""
+    if K % TILE_K or N % TILE_N:
+        raise WorkshopError(f"The Marlin W4A16 kernel needs in_features % {TILE_K} == 0 and out_features % {TILE_N} "
+                            f"== 0; this layer is {N}x{K}.", "Keep the Triton kernel (kernels.w4a16) for this layer.")
+    if not (group_size == 32 or (group_size > 0 and group_size % TILE_K == 0)) or K % group_size:
+        raise WorkshopError(f"Group size {group_size} is not supported by the Marlin W4A16 kernel (K = {K}).",
+                            "Quantize with group size 32, 64, 128 (a multiple of 64 dividing K) or per channel.")
+
+
+def repack(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int | None) -> MarlinWeight:
+    """QuantLinear's INT4 tensors (qweight uint8 [N, K // 2], scales/zeros [N, K // g]) -> the kernel's
+    fragment-ordered tensors. A pure permutation of codes and of scales/zeros: `unpack` inverts it exactly.
+    `group_size` None or -1 means per channel (g = K). Runs on any device."""
+    N, K = qweight.shape[0], qweight.shape[1] * 2
+    g = _group(group_size, K)
+    check_shapes(N, K, g)
+    if tuple(scales.shape) != (N, K // g) or tuple(zeros.shape) != (N, K // g):
+        raise WorkshopError(f"scales/zeros have shapes {tuple(scales.shape)}/{tuple(zeros.shape)}, expected "
+                            f"{(N, K // g)} for group size {g}.", "Pass the layer's own scales and zeros.")
+    codes = unpack_int4(qweight)                                   # uint8 [N, K]
+    codes = codes.reshape(N // 16, 2, 8, K // TILE_K, 4, 2, 4, 2).permute(*_TO_FRAGMENTS)
+    nibbles = codes.reshape(-1, 8)                                 # one row per word, nibble order
+    words = (nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)).contiguous()  # 4 bytes, nibble 2b low in byte b
+    qw = words.view(torch.int32).reshape(K // TILE_K, 8 * N)       # little-endian: byte b = bits 8b..8b+7
+    return MarlinWeight(qw, scales.t().contiguous(), zeros.t().contiguous(), g)
+
+
+def unpack(packed: MarlinWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The exact inverse of `repack`: (qweight uint8 [N, K // 2], scales [N, K // g], zeros [N, K // g], g)."""
+    N, K = packed.shape
+    nibbles = _word_nibbles(packed.qweight)                        # [K/64 * 8N, 8]
+    codes = nibbles.reshape(K // TILE_K, N // 16, 8, 4, 4, 2, 2, 2).permute(*_FROM_FRAGMENTS).reshape(N, K)
+    return pack_int4(codes), packed.scales.t().contiguous(), packed.zeros.t().contiguous(), packed.group_size
+
+
+def _word_nibbles(qweight: torch.Tensor) -> torch.Tensor:
+    """int32 words -> their 8 nibbles, nibble i = bits 4i..4i+3, as uint8 [words, 8]."""
+    b = qweight.contiguous().view(torch.uint8).reshape(-1, 4)
+    return torch.stack([b & 0xF, b >> 4], dim=-1).reshape(-1, 8)
+
+
+def dequantize_repacked(packed: MarlinWeight, dtype: torch.dtype) -> torch.Tensor:
+    """What the kernel's registers hold, modelled in PyTorch from the repacked tensors alone: [N, K] in `dtype`.
+
+    Follows w4a16.cu step by step: per lane and word, register j = (word >> 4j) & 0x000F000F | MAGIC (two
+    16-bit floats MAGIC + code), then (v - (MAGIC + zero)) * scale in `dtype`, with the lane -> (n, k)
+    mapping of the mma.m16n8k16 B fragment. Each 16-bit operation rounds once, like the GPU's HSUB2/HMUL2.
+    For integer zeros this equals QuantLinear.dequantized_weight(dtype) exactly (tests/test_marlin.py)."""
+    if dtype not in MAGIC:
+        raise WorkshopError(f"The kernel computes in float16 or bfloat16, not {dtype}.", "Pass one of those.")
+    N, K = packed.shape
+    bits, value = MAGIC[dtype]
+    words = packed.qweight.reshape(K // TILE_K, N // 16, 32, 4).to(torch.int64) & 0xFFFFFFFF  # [t, j, lane, step]
+    dev = packed.qweight.device
+    lane = torch.arange(32, device=dev)
+    r, c = lane // 4, lane % 4
+    step = torch.arange(4, device=dev)
+    t, j = torch.arange(K // TILE_K, device=dev), torch.arange(N // 16, device=dev)
+    out = torch.empty(N, K, dtype=dtype, device=packed.qweight.device)
+    scales, zeros = packed.scales.to(dtype), packed.zeros.to(dtype)
+    for reg in range(4):                                           # the four B registers of a word
+        v = ((words >> (4 * reg)) & 0x000F000F) | (bits | (bits << 16))
+        tile, kh = reg // 2, reg % 2                               # n8 tile (h) and k half of this register
+        n = (16 * j[None, :, None, None] + 8 * tile + r[None, None, :, None]).expand(K // TILE_K, -1, -1, 4)
+        for pair, half in ((0, v & 0xFFFF), (1, v >> 16)):          # low half: k0, high half: k0 + 1
+            k = (TILE_K * t[:, None, None, None] + 16 * step[None, None, None, :] + 8 * kh
+                 + 2 * c[None, None, :, None] + pair).expand(-1, N // 16, -1, -1)
+            q_magic = half.to(torch.int16).view(dtype)             # MAGIC + code (< 0x8000: no sign bit)
+            grp = k // packed.group_size
+            z_magic = zeros[grp, n] + torch.tensor(value, dtype=dtype)  # MAGIC + zero, in dtype (exact)
+            out[n, k] = (q_magic - z_magic) * scales[grp, n]         # one rounding each, in dtype
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------
+# The CUDA extension, built at first use.
+_extension = None
+
+
+def load_extension(verbose: bool = False):
+    """Build (once, cached by torch under ~/.cache/torch_extensions) and import the extension. torch compiles
+    for the visible GPUs' architectures unless TORCH_CUDA_ARCH_LIST says otherwise (e.g. "9.0")."""
+    global _extension
+    if _extension is not None:
+        return _extension
+    if not torch.cuda.is_available():
+        raise WorkshopError("The Marlin W4A16 kernel needs a CUDA GPU; none is visible.",
+                            "On a CPU, use QuantLinear's dequantize-then-matmul path.")
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
+        raise WorkshopError(f"The Marlin W4A16 kernel needs compute capability 8.0+ (cp.async, bf16 mma.sync); "
+                            f"this GPU is {major}.{minor}.", "Use the Triton kernel (kernels.w4a16) on this GPU.")
+    from torch.utils.cpp_extension import load
+    _extension = load(name="workshop_marlin_w4a16", sources=[str(s) for s in SOURCES],
+                      extra_cflags=["-O3"], extra_cuda_cflags=["-O3", "-lineinfo"], verbose=verbose)
+    return _extension
+
+
+def choose_splits(N: int, K: int, device: torch.device | None = None) -> int:
+    """K slices per output block: enough blocks for ~2 per SM, each slice at least 8 K tiles (512 K)
+    so the 4-stage pipeline has something to overlap. A first guess, not tuned (no GPU run yet)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    blocks_n = N // TILE_N
+    tiles = K // TILE_K
+    want = -(-2 * sms // blocks_n)
+    return max(1, min(want, tiles // 8))
+
+
+def w4a16_marlin(x: torch.Tensor, packed: MarlinWeight, splits: int | None = None) -> torch.Tensor:
+    """out[..., N] = x[..., K] @ W^T on the GPU, W given by `repack`; x fp16 or bf16 with at most 64 rows
+    (leading dimensions flattened); scales/zeros are cast to x's dtype if needed."""
+    ext = load_extension()
+    N, K = packed.shape
+    if x.shape[-1] != K:
+        raise WorkshopError(f"x has {x.shape[-1]} features, the weight takes {K}.", "Pass the layer's input.")
+    x2 = x.reshape(-1, K).contiguous()
+    scales, zeros = packed.scales, packed.zeros
+    if x.dtype in MAGIC:  # (other dtypes are refused by the binding, with advice)
+        scales, zeros = scales.to(x.dtype), zeros.to(x.dtype)
+    if splits is None:
+        splits = choose_splits(N, K, x.device)
+    with torch.cuda.device(x.device):
+        out = ext.w4a16_gemm(x2, packed.qweight, scales, zeros, packed.group_size, splits,
+                             torch.cuda.current_stream(x.device).cuda_stream)
+    return out.reshape(*x.shape[:-1], N)

@@ -1,0 +1,75 @@
+// PyTorch binding of the Marlin-style W4A16 kernel: argument checks (with what to do instead) and the
+// launch. The device code is in w4a16.cu, which includes no torch header; this file includes no torch CUDA
+// header either (the caller passes the stream and has made x's device current), so both halves compile
+// on a machine whose torch is a CPU build (tests/test_marlin.py checks that with nvcc and g++).
+#include <torch/extension.h>
+
+#include "w4a16.h"
+
+namespace {
+
+constexpr int64_t kTileN = 64, kTileK = 64, kMaxRows = 64;
+
+bool aligned16(const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+torch::Tensor w4a16_gemm(const torch::Tensor& x, const torch::Tensor& qweight, const torch::Tensor& scales,
+                         const torch::Tensor& zeros, int64_t group_size, int64_t splits, int64_t stream) {
+  TORCH_CHECK(x.is_cuda() && qweight.is_cuda() && scales.is_cuda() && zeros.is_cuda(),
+              "w4a16_marlin: all tensors must be on the GPU (move them with .cuda(); on a CPU use the "
+              "dequantize-then-matmul reference, QuantLinear's own forward)");
+  TORCH_CHECK(x.device() == qweight.device() && x.device() == scales.device() && x.device() == zeros.device(),
+              "w4a16_marlin: x, qweight, scales and zeros are on different GPUs; move them to one");
+  TORCH_CHECK(x.scalar_type() == torch::kHalf || x.scalar_type() == torch::kBFloat16,
+              "w4a16_marlin: activations must be float16 or bfloat16, got ", x.scalar_type(),
+              "; cast them (x.to(torch.bfloat16)) or use the dequantize-then-matmul path for float32");
+  TORCH_CHECK(scales.scalar_type() == x.scalar_type() && zeros.scalar_type() == x.scalar_type(),
+              "w4a16_marlin: scales and zeros must have the activations' dtype (", x.scalar_type(), "), got ",
+              scales.scalar_type(), " and ", zeros.scalar_type(), "; repack with scales.to(x.dtype)");
+  TORCH_CHECK(qweight.scalar_type() == torch::kInt32 && qweight.dim() == 2,
+              "w4a16_marlin: qweight must be the int32 [K/64, 8N] tensor that kernels.marlin.repack returns");
+  TORCH_CHECK(x.dim() == 2, "w4a16_marlin: x must be 2-D [M, K]; flatten the leading dimensions first");
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(M >= 1 && M <= kMaxRows, "w4a16_marlin: takes 1..", kMaxRows, " rows, got ", M,
+              "; for more rows (prefill) dequantize once and use a dense matmul, or call it per 64-row chunk");
+  TORCH_CHECK(K % kTileK == 0, "w4a16_marlin: K = ", K, " is not a multiple of ", kTileK,
+              "; this kernel needs K % 64 == 0 (use the Triton kernel kernels.w4a16 for this layer)");
+  TORCH_CHECK(qweight.size(0) == K / kTileK && qweight.size(1) % (8 * kTileN) == 0,
+              "w4a16_marlin: qweight has shape ", qweight.sizes(), ", which does not match K = ", K,
+              " (expected [K/64, 8N] with N % 64 == 0); repack the layer with kernels.marlin.repack");
+  const int64_t N = qweight.size(1) / 8;
+  TORCH_CHECK(group_size == 32 || (group_size > 0 && group_size % kTileK == 0),
+              "w4a16_marlin: group size ", group_size, " is not supported; use 32, 64, 128 (any multiple of 64) "
+              "or per channel (group size = K)");
+  TORCH_CHECK(K % group_size == 0, "w4a16_marlin: group size ", group_size, " does not divide K = ", K,
+              "; quantize with a group size that divides the layer's input width");
+  TORCH_CHECK(scales.dim() == 2 && scales.size(0) == K / group_size && scales.size(1) == N &&
+                  zeros.sizes() == scales.sizes(),
+              "w4a16_marlin: scales/zeros must be [K/group, N] = [", K / group_size, ", ", N, "], got ",
+              scales.sizes(), " and ", zeros.sizes(), "; use the tensors kernels.marlin.repack returns");
+  TORCH_CHECK(x.is_contiguous() && qweight.is_contiguous() && scales.is_contiguous() && zeros.is_contiguous(),
+              "w4a16_marlin: tensors must be contiguous (call .contiguous())");
+  TORCH_CHECK(aligned16(x) && aligned16(qweight) && aligned16(scales) && aligned16(zeros),
+              "w4a16_marlin: tensors must start on 16-byte boundaries (cp.async copies 16 bytes); "
+              "a sliced view can break this: pass x.clone()");
+  TORCH_CHECK(splits >= 1, "w4a16_marlin: splits must be >= 1");
+
+  auto out = torch::empty({M, N}, x.options());
+  torch::Tensor workspace;
+  if (splits > 1) workspace = torch::zeros({M, N}, x.options().dtype(torch::kFloat32));
+  const cudaError_t err = marlin_w4a16::launch_w4a16(
+      x.data_ptr(), qweight.data_ptr(), scales.data_ptr(), zeros.data_ptr(), out.data_ptr(),
+      splits > 1 ? workspace.data_ptr<float>() : nullptr, static_cast<int>(M), static_cast<int>(N),
+      static_cast<int>(K), static_cast<int>(group_size), static_cast<int>(splits),
+      x.scalar_type() == torch::kBFloat16, reinterpret_cast<cudaStream_t>(stream));
+  TORCH_CHECK(err == cudaSuccess, "w4a16_marlin: kernel launch failed: ", cudaGetErrorString(err));
+  if (splits > 1) out.copy_(workspace);  // fp32 partial sums of all K slices -> the output dtype
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("w4a16_gemm", &w4a16_gemm, "out[M, N] = x[M, K] @ W^T, W the repacked INT4 weight (kernels/marlin)",
+        pybind11::arg("x"), pybind11::arg("qweight"), pybind11::arg("scales"), pybind11::arg("zeros"),
+        pybind11::arg("group_size"), pybind11::arg("splits"), pybind11::arg("stream"));
+}

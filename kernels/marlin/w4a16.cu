@@ -1,0 +1,347 @@
+// W4A16 GEMM for few activation rows (M <= 64), Marlin-style, for sm_80+ (written for Hopper, sm_90).
+//
+//   out[M, N] = x[M, K] @ W^T,   W[n, k] = (q[n, k] - zero[g, n]) * scale[g, n],   g = k / group
+//
+// Why this shape of kernel (kernels/NOTES.md has the measurements that led here): for decode-sized M the
+// time is the time to read the 4-bit weight, so everything below serves one aim, keep many weight bytes
+// in flight and spend ~2 instructions per weight once they arrive.
+//   1. The weight is repacked offline (kernels/marlin/__init__.py, `repack`) so that the 32-bit word a
+//      thread reads holds exactly the 8 codes of its mma.sync B fragments for one k16 step and 16
+//      columns: no shuffles, no shared-memory transposes, no ldmatrix for the weight.
+//   2. Global -> shared copies are cp.async (16 bytes per instruction, no registers, asynchronous) into a
+//      kStages-deep ring, so kStages - 1 K tiles are being fetched while one is computed.
+//   3. Codes become 16-bit floats by one LOP3 per pair: (word & 0x000F000F) | MAGIC puts a code under the
+//      exponent of 1024 (fp16 0x6400) or 128 (bf16 0x4300), which reads as MAGIC + code, exactly.
+//      (MAGIC + code) - (MAGIC + zero) = code - zero is exact for integer zeros, and one multiply by the
+//      scale rounds once, so the weight equals QuantLinear.dequantized_weight(dtype) bit for bit.
+//   4. mma.sync.m16n8k16 with fp32 accumulators: activations are operand A (ldmatrix from a swizzled
+//      shared tile), the dequantized weight operand B straight from registers.
+//   5. K can be split over gridDim.y for parallelism when N / 64 blocks would leave SMs idle; the slices
+//      then add fp32 partial sums atomically into a workspace.
+//
+// Thread block: 4 warps, 64 output columns (16 per warp), all M rows (M_TILES x 16, padded with zero
+// rows), K in tiles of 64. Each warp computes its own 16 columns over the block's whole K slice, so warps
+// never exchange partial sums.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "w4a16.h"
+
+namespace marlin_w4a16 {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kTileN = 16 * kWarps;   // 64 output columns per block, 16 per warp (two n8 MMA tiles)
+constexpr int kTileK = 64;            // K per pipeline stage: four k16 MMA steps
+// cp.async ring depth: kStages - 1 tiles in flight while one is computed. Decode is bound by bytes in
+// flight, so the few-row kernels, whose activation tiles are small, take a deeper ring; all fit in the
+// 48 KB of static shared memory (see SharedStorage).
+template <int M_TILES> __host__ __device__ constexpr int stages_for() { return M_TILES <= 2 ? 6 : 4; }
+constexpr int kWordsPerTile = kTileN * kTileK / 8;  // 512 int32 words = 2 KB of codes per stage
+
+// ---------------------------------------------------------------------------------------------------
+// Per-dtype constants: the exponent pattern that turns a 4-bit code into MAGIC + code (two per register),
+// and the conversions the epilogue needs.
+template <typename T> struct Dtype;
+template <> struct Dtype<half> {
+  using T2 = half2;
+  static constexpr uint32_t kMagic2 = 0x64006400u;  // fp16 1024.0 in both halves: ulp 1 up to 2048
+  static __device__ __forceinline__ T2 pack(float a, float b) { return __floats2half2_rn(a, b); }
+  static __device__ __forceinline__ T2 broadcast(half v) { return __half2half2(v); }
+};
+template <> struct Dtype<__nv_bfloat16> {
+  using T2 = __nv_bfloat162;
+  static constexpr uint32_t kMagic2 = 0x43004300u;  // bf16 128.0 in both halves: ulp 1 up to 256
+  static __device__ __forceinline__ T2 pack(float a, float b) { return __floats2bfloat162_rn(a, b); }
+  static __device__ __forceinline__ T2 broadcast(__nv_bfloat16 v) { return __bfloat162bfloat162(v); }
+};
+
+template <typename T2> __device__ __forceinline__ uint32_t as_u32(T2 v) { return *reinterpret_cast<uint32_t*>(&v); }
+template <typename T2> __device__ __forceinline__ T2 as_t2(uint32_t v) { return *reinterpret_cast<T2*>(&v); }
+
+// ---------------------------------------------------------------------------------------------------
+// PTX wrappers. Each is one instruction; inline asm because CUDA C++ has no intrinsic for them (cp.async
+// with zero-fill, ldmatrix) or because the compiler would otherwise split them (lop3 with two constants).
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, bypassing L1 (.cg): the weight is read once, caching it in L1 only evicts
+// the activations and scales that every block re-reads.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// (a & b) | c in one instruction; 0xEA is the truth table of that expression for LOP3.
+__device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+// Four 8x8 b16 matrices from shared memory: the A fragment of one m16k16 MMA step. Lane l gives the
+// address of row (l % 16), 8-column half (l / 16): lanes 0-7 matrix 0 (rows 0-7, k 0-7), 8-15 matrix 1
+// (rows 8-15, k 0-7), 16-23 matrix 2 (rows 0-7, k 8-15), 24-31 matrix 3 (rows 8-15, k 8-15): exactly
+// the a0..a7 order of mma.m16n8k16.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&a)[4], const void* smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+               : "r"(smem_addr(smem)));
+}
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
+template <>
+__device__ __forceinline__ void mma_16816<half>(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4],
+                                                         const uint32_t (&b)[2]) {
+  asm(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Dequantization of one word = the B fragments of one k16 step for the warp's two n8 tiles.
+// Nibble layout of the word (written by `repack`), lane l, r = l / 4, c = l % 4, k0 = 2c:
+//   nibble 0: (n = r,     k0)    nibble 4: (n = r,     k0 + 1)   -> tile 0, register b0
+//   nibble 1: (n = r,     k0+8)  nibble 5: (n = r,     k0 + 9)   -> tile 0, register b1
+//   nibble 2: (n = r + 8, k0)    nibble 6: (n = r + 8, k0 + 1)   -> tile 1, register b0
+//   nibble 3: (n = r + 8, k0+8)  nibble 7: (n = r + 8, k0 + 9)   -> tile 1, register b1
+// so (word >> 4j) & 0x000F000F holds nibbles j and j + 4 in the low and high halves: one shift and one
+// LOP3 give the register pair, then (MAGIC + q) - (MAGIC + z) and * s, two paired 16-bit operations.
+template <typename T>
+__device__ __forceinline__ void dequant_word(uint32_t word, typename Dtype<T>::T2 zm0, typename Dtype<T>::T2 s0,
+                                             typename Dtype<T>::T2 zm1, typename Dtype<T>::T2 s1,
+                                             uint32_t (&b)[2][2]) {
+  using T2 = typename Dtype<T>::T2;
+  constexpr uint32_t kMask = 0x000F000Fu;
+  const uint32_t magic = Dtype<T>::kMagic2;
+  const T2 v0 = as_t2<T2>(lop3_and_or(word, kMask, magic));
+  const T2 v1 = as_t2<T2>(lop3_and_or(word >> 4, kMask, magic));
+  const T2 v2 = as_t2<T2>(lop3_and_or(word >> 8, kMask, magic));
+  const T2 v3 = as_t2<T2>(lop3_and_or(word >> 12, kMask, magic));
+  b[0][0] = as_u32(__hmul2(__hsub2(v0, zm0), s0));
+  b[0][1] = as_u32(__hmul2(__hsub2(v1, zm0), s0));
+  b[1][0] = as_u32(__hmul2(__hsub2(v2, zm1), s1));
+  b[1][1] = as_u32(__hmul2(__hsub2(v3, zm1), s1));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Shared memory of one block. The activation tile is swizzled: row r's 16-byte chunk c is stored at chunk
+// c ^ (r % 8). Rows are 128 bytes, so without it the 8 row addresses of one ldmatrix matrix would all
+// hit the same banks (an 8-way conflict); with it they cover all 32 banks.
+template <typename T, int M_TILES, int kStages = stages_for<M_TILES>()>
+struct __align__(16) SharedStorage {
+  uint32_t w[kStages][kWordsPerTile];          // codes, fragment order: thread t's 4 words at 4t
+  T x[kStages][M_TILES * 16][kTileK];          // activations (zero rows beyond M), swizzled
+  T s[kStages][2][kTileN];                     // scales of the (up to 2) groups this K tile touches
+  T z[kStages][2][kTileN];                     // zero points, same
+};
+
+template <typename T, int M_TILES>
+__global__ void __launch_bounds__(kThreads)
+w4a16_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, const T* __restrict__ scales,
+             const T* __restrict__ zeros, T* __restrict__ out, float* __restrict__ workspace, int M, int N, int K,
+             int group, int tiles_per_split) {
+  using T2 = typename Dtype<T>::T2;
+  constexpr int kStages = stages_for<M_TILES>();
+  __shared__ SharedStorage<T, M_TILES> sm;
+
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int n_block = blockIdx.x * kTileN;
+  const int tiles_k = K / kTileK;
+  const int tile_begin = blockIdx.y * tiles_per_split;
+  const int tile_end = min(tile_begin + tiles_per_split, tiles_k);
+  const int n_tiles = tile_end - tile_begin;
+  if (n_tiles <= 0) return;
+  // group 32: a K tile holds two groups (MMA steps 0-1 and 2-3); any group >= 64 covers the whole tile.
+  const int groups_per_tile = group == 32 ? 2 : 1;
+
+  // Padding rows M..16*M_TILES-1 of every stage are zeroed once and never written again (the loads
+  // below skip them), so padded rows contribute 0 and cost no global traffic.
+  if (M < M_TILES * 16) {
+    for (int i = threadIdx.x; i < kStages * M_TILES * 16 * kTileK; i += kThreads) {
+      const int row = (i / kTileK) % (M_TILES * 16);
+      if (row >= M) reinterpret_cast<uint16_t*>(&sm.x[0][0][0])[i] = 0;  // +0.0 in fp16 and bf16
+    }
+  }
+
+  // Group row of the next tile to load, kept incrementally (one division per block, not one per tile).
+  const int tiles_per_group = group >= kTileK ? group / kTileK : 1;
+  int load_group = group == 32 ? 2 * tile_begin : tile_begin / tiles_per_group;
+  int load_pos = group == 32 ? 0 : tile_begin % tiles_per_group;
+
+  // Issue the cp.async copies of K tile `tile` into ring slot `stage`. Every thread issues its own
+  // copies; the caller commits them as one group.
+  auto load_tile = [&](int stage, int tile) {
+    // (a) codes: thread t copies its own 16 bytes = its 4 fragment words for the 4 MMA steps.
+    //     Global layout [K/64][N/16][32 lanes][4 words]: the block's 2 KB for one tile are contiguous.
+    cp_async16(&sm.w[stage][threadIdx.x * 4],
+               qweight + (size_t)tile * (8 * (size_t)N) + (size_t)blockIdx.x * kWordsPerTile + threadIdx.x * 4);
+    // (b) activations: 8 chunks of 16 bytes per row, only the M real rows.
+    for (int i = threadIdx.x; i < M * (kTileK / 8); i += kThreads) {
+      const int row = i / (kTileK / 8), chunk = i % (kTileK / 8);
+      cp_async16(&sm.x[stage][row][(chunk ^ (row % 8)) * 8], x + (size_t)row * K + (size_t)tile * kTileK + chunk * 8);
+    }
+    // (c) scales and zeros, transposed offline to [groups, N] so the block's 64 columns are 128
+    //     contiguous bytes: 8 chunks per group row and tensor. They are tiny and stay in L2.
+    const int g0 = load_group;
+    const int chunks = groups_per_tile * (kTileN / 8);
+    if (threadIdx.x < 2 * chunks) {
+      const bool is_zero = threadIdx.x >= chunks;
+      const int i = threadIdx.x % chunks, r = i / (kTileN / 8), chunk = i % (kTileN / 8);
+      const T* src = (is_zero ? zeros : scales) + (size_t)(g0 + r) * N + n_block + chunk * 8;
+      cp_async16(is_zero ? &sm.z[stage][r][chunk * 8] : &sm.s[stage][r][chunk * 8], src);
+    }
+    // advance to the next tile's first group (tiles are loaded strictly in order)
+    if (groups_per_tile == 2) {
+      load_group += 2;
+    } else if (++load_pos == tiles_per_group) {
+      load_pos = 0;
+      ++load_group;
+    }
+  };
+
+  float acc[M_TILES][2][4];
+#pragma unroll
+  for (int mt = 0; mt < M_TILES; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.f;
+
+  // Prologue: fill kStages - 1 slots. A group is committed even when there is no tile left to load, so
+  // that the group count, and hence the wait below, stays uniform.
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < n_tiles) load_tile(s, tile_begin + s);
+    cp_async_commit();
+  }
+
+  const T2 magic = as_t2<T2>(Dtype<T>::kMagic2);
+  const int col = warp * 16 + lane / 4;  // this lane's column in tile 0 (tile 1: col + 8), block-relative
+
+  for (int t = 0; t < n_tiles; ++t) {
+    const int stage = t % kStages;
+    // Wait for this thread's copies of tile t (at most kStages - 2 newer groups may still be in flight),
+    // then a barrier so every thread's copies are visible and every warp is done with slot
+    // (t - 1) % kStages, which the prefetch below overwrites.
+    cp_async_wait<kStages - 2>();
+    __syncthreads();
+    if (t + kStages - 1 < n_tiles) load_tile((t + kStages - 1) % kStages, tile_begin + t + kStages - 1);
+    cp_async_commit();
+
+    // This tile's codes (one 16-byte shared load, conflict-free: consecutive lanes, consecutive chunks)
+    // and the scale and MAGIC + zero of the lane's two columns for each group of the tile.
+    const uint4 words = *reinterpret_cast<const uint4*>(&sm.w[stage][threadIdx.x * 4]);
+    const uint32_t word[4] = {words.x, words.y, words.z, words.w};
+    T2 s2[2][2], zm2[2][2];  // [group slot][n8 tile]
+#pragma unroll
+    for (int g = 0; g < 2; ++g) {
+      if (g < groups_per_tile) {
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          s2[g][nt] = Dtype<T>::broadcast(sm.s[stage][g][col + 8 * nt]);
+          zm2[g][nt] = __hadd2(Dtype<T>::broadcast(sm.z[stage][g][col + 8 * nt]), magic);  // exact: integer z
+        }
+      } else {
+        s2[g][0] = s2[0][0]; s2[g][1] = s2[0][1]; zm2[g][0] = zm2[0][0]; zm2[g][1] = zm2[0][1];
+      }
+    }
+
+#pragma unroll
+    for (int step = 0; step < kTileK / 16; ++step) {
+      const int g = step / 2;  // compile-time index: slot 1 is a copy of slot 0 when the tile has one group
+      uint32_t b[2][2];
+      dequant_word<T>(word[step], zm2[g][0], s2[g][0], zm2[g][1], s2[g][1], b);
+#pragma unroll
+      for (int mt = 0; mt < M_TILES; ++mt) {
+        const int row = mt * 16 + lane % 16;
+        const int chunk = step * 2 + lane / 16;
+        uint32_t a[4];
+        ldmatrix_x4(a, &sm.x[stage][row][(chunk ^ (row % 8)) * 8]);
+        mma_16816<T>(acc[mt][0], a, b[0]);
+        mma_16816<T>(acc[mt][1], a, b[1]);
+      }
+    }
+  }
+  cp_async_wait<0>();  // nothing useful is pending, but leave no copy in flight at exit
+
+  // Epilogue. Accumulator layout of m16n8: c0, c1 at (row lane/4, cols 2(lane%4) + 0/1), c2, c3 at row + 8.
+#pragma unroll
+  for (int mt = 0; mt < M_TILES; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const int n = n_block + warp * 16 + nt * 8 + 2 * (lane % 4);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = mt * 16 + lane / 4 + 8 * h;
+        if (row >= M) continue;
+        const float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
+        if (workspace != nullptr) {
+          atomicAdd(workspace + (size_t)row * N + n, v0);
+          atomicAdd(workspace + (size_t)row * N + n + 1, v1);
+        } else {
+          *reinterpret_cast<T2*>(out + (size_t)row * N + n) = Dtype<T>::pack(v0, v1);
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+template <typename T, int M_TILES>
+static cudaError_t launch_typed(const void* x, const void* qweight, const void* scales, const void* zeros, void* out,
+                                float* workspace, int M, int N, int K, int group, int splits, cudaStream_t stream) {
+  const int tiles_k = K / kTileK;
+  const int tiles_per_split = (tiles_k + splits - 1) / splits;
+  const dim3 grid(N / kTileN, (tiles_k + tiles_per_split - 1) / tiles_per_split);
+  w4a16_kernel<T, M_TILES><<<grid, kThreads, 0, stream>>>(
+      static_cast<const T*>(x), static_cast<const uint32_t*>(qweight), static_cast<const T*>(scales),
+      static_cast<const T*>(zeros), static_cast<T*>(out), workspace, M, N, K, group, tiles_per_split);
+  return cudaGetLastError();
+}
+
+template <typename T>
+static cudaError_t launch_rows(const void* x, const void* qweight, const void* scales, const void* zeros, void* out,
+                               float* workspace, int M, int N, int K, int group, int splits, cudaStream_t stream) {
+  switch ((M + 15) / 16) {  // one instantiation per 16-row MMA tile count: accumulators stay in registers
+    case 1: return launch_typed<T, 1>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
+    case 2: return launch_typed<T, 2>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
+    case 3: return launch_typed<T, 3>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
+    case 4: return launch_typed<T, 4>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t launch_w4a16(const void* x, const void* qweight, const void* scales, const void* zeros, void* out,
+                         float* workspace, int M, int N, int K, int group, int splits, bool bf16,
+                         cudaStream_t stream) {
+  // The binding checks all of this with readable messages; this is the last line of defence for
+  // other callers.
+  const bool group_ok = group == 32 || (group > 0 && group % kTileK == 0);
+  if (M < 1 || M > 64 || N <= 0 || N % kTileN || K <= 0 || K % kTileK || !group_ok || K % group || splits < 1 ||
+      (splits > 1 && workspace == nullptr))
+    return cudaErrorInvalidValue;
+  if (bf16)
+    return launch_rows<__nv_bfloat16>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
+  return launch_rows<half>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
+}
+
+}  // namespace marlin_w4a16

@@ -1,0 +1,22 @@
+// Host entry point of the W4A16 Marlin-style kernel (kernels/marlin/w4a16.cu).
+// Header-free on purpose: it names no torch type, so w4a16.cu compiles with nvcc alone (tests/test_marlin.py
+// does that on a machine without a GPU) and binding.cpp, which includes torch, only forwards pointers.
+#pragma once
+#include <cuda_runtime.h>
+
+namespace marlin_w4a16 {
+
+// out[M, N] = x[M, K] @ W^T with W given by the repacked tensors of kernels/marlin/__init__.py:
+//   x        [M, K] fp16 or bf16, row-major, 16-byte aligned, 1 <= M <= 64, K % 64 == 0
+//   qweight  int32 [K / 64, 8 * N]  codes in mma.sync B-fragment order (see NOTES.md), N % 64 == 0
+//   scales   [K / group, N] same dtype as x;  zeros [K / group, N] same dtype (integer-valued)
+//   group    32, or a multiple of 64 that divides K (K itself = per channel)
+//   out      [M, N] same dtype as x; written directly when splits == 1
+//   workspace float32 [M, N], zero-filled, when splits > 1: every K slice adds into it atomically and the
+//            caller casts it to the output dtype.
+// Returns the launch's cudaError_t (cudaErrorInvalidValue for arguments the kernel cannot take).
+cudaError_t launch_w4a16(const void* x, const void* qweight, const void* scales, const void* zeros, void* out,
+                         float* workspace, int M, int N, int K, int group, int splits, bool bf16,
+                         cudaStream_t stream);
+
+}  // namespace marlin_w4a16

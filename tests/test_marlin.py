@@ -1,0 +1,177 @@
+"""The Marlin-style W4A16 CUDA kernel (kernels/marlin): the offline repacking and its inverse, a PyTorch
+model of the kernel's registers against QuantLinear's dequantization, an nvcc compile for sm_90 (no GPU
+needed), and the numerics on a GPU (skipped without one)."""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+import torch
+
+from common.errors import WorkshopError
+from common.quant.qlinear import QuantLinear, pack_int4
+from kernels.marlin import SOURCES, dequantize_repacked, repack, unpack
+
+HAS_CUDA = torch.cuda.is_available()
+# (N, K, group size); None = per channel. 576 = 9 x 64 is SmolLM2's width; 256 x 2048 with group 32 has
+# 64 groups, two per K tile.
+SHAPES = [(64, 64, 32), (64, 64, None), (128, 256, 64), (192, 576, 64), (64, 2048, 32), (128, 512, 128),
+          (64, 576, None), (256, 1024, 128)]
+
+
+def random_layer(n, k, group, dtype, seed=0) -> QuantLinear:
+    """A QuantLinear with random codes 0..15, integer zeros 0..15 and positive scales (its own dtype)."""
+    g = torch.Generator().manual_seed(seed)
+    group = k if group is None else group
+    layer = QuantLinear(k, n, "int4", group_size=group, dtype=dtype)
+    codes = torch.randint(0, 16, (n, k), generator=g)
+    scales = (torch.rand(n, k // group, generator=g) * 0.02 + 0.001)
+    zeros = torch.randint(0, 16, (n, k // group), generator=g).float()
+    layer.store(codes, scales, zeros)
+    return layer
+
+
+@pytest.mark.parametrize("n, k, group", SHAPES)
+def test_repack_then_unpack_is_the_identity(n, k, group):
+    layer = random_layer(n, k, group, torch.bfloat16, seed=n + k)
+    packed = repack(layer.qweight, layer.scales, layer.zeros, group)
+    assert packed.qweight.dtype == torch.int32 and tuple(packed.qweight.shape) == (k // 64, 8 * n)
+    assert packed.qweight.numel() * 4 == layer.qweight.numel()  # a permutation: same bytes
+    assert packed.shape == (n, k) and packed.group_size == (k if group is None else group)
+    qweight, scales, zeros, g = unpack(packed)
+    assert torch.equal(qweight, layer.qweight) and torch.equal(scales, layer.scales) and torch.equal(zeros, layer.zeros)
+    assert g == packed.group_size
+
+
+def test_repack_puts_each_code_in_its_fragment_slot():
+    # One code set to 15 at a time, all others 0: the word, lane and nibble it lands in follow the
+    # mma.m16n8k16 B fragment (lane = 4 * (n % 8) + (k % 8) // 2, word = (k % 64) // 16, nibble per NOTES.md).
+    n, k = 64, 128
+    for (row, col) in [(0, 0), (0, 1), (0, 8), (9, 9), (8, 0), (15, 17), (37, 70), (63, 127)]:
+        codes = torch.zeros(n, k, dtype=torch.uint8)
+        codes[row, col] = 15
+        packed = repack(pack_int4(codes), torch.ones(n, 2), torch.zeros(n, 2), 64).qweight
+        words = packed.reshape(k // 64, n // 16, 32, 4)
+        t, j, lane, word = [int(i) for i in words.nonzero()[0]]
+        nibble = (int(words[t, j, lane, word]) & 0xFFFFFFFF).bit_length() // 4 - 1
+        kk, nn = col % 64, row % 16
+        assert (t, j, word) == (col // 64, row // 16, kk // 16)
+        assert lane == 4 * (nn % 8) + (kk % 8) // 2
+        assert nibble == 4 * (kk % 2) + 2 * (nn // 8) + (kk % 16) // 8
+
+
+@pytest.mark.parametrize("n, k, group", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_kernels_dequantization_is_quantlinears_exactly(n, k, group, dtype):
+    layer = random_layer(n, k, group, dtype, seed=n * k)
+    packed = repack(layer.qweight, layer.scales, layer.zeros, group)
+    assert torch.equal(dequantize_repacked(packed, dtype), layer.dequantized_weight(dtype))
+
+
+def test_rtn_quantized_layer_dequantizes_exactly():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 128).to(torch.float16)
+    layer = QuantLinear.from_linear(linear, "int4", group_size=64)  # RTN: integer zero points
+    packed = repack(layer.qweight, layer.scales, layer.zeros, 64)
+    assert torch.equal(dequantize_repacked(packed, torch.float16), layer.dequantized_weight(torch.float16))
+
+
+def test_unsupported_shapes_are_refused_with_advice():
+    layer = random_layer(64, 96, 32, torch.float16)
+    with pytest.raises(WorkshopError, match="in_features % 64"):
+        repack(layer.qweight, layer.scales, layer.zeros, 32)
+    layer = random_layer(64, 192, 96, torch.float16)
+    with pytest.raises(WorkshopError, match="Group size 96"):
+        repack(layer.qweight, layer.scales, layer.zeros, 96)
+    layer = random_layer(40, 128, 64, torch.float16)
+    with pytest.raises(WorkshopError, match="out_features % 64"):
+        repack(layer.qweight, layer.scales, layer.zeros, 64)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Compilation for sm_90 on a machine without a GPU: the device code includes no torch header.
+NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+def test_the_kernel_compiles_for_sm90(tmp_path):
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS  # the -D__CUDA_NO_HALF_*__ flags load() adds
+    cu = str(SOURCES[1])
+    result = subprocess.run([NVCC, "-arch=sm_90", "-O3", "-std=c++20", *COMMON_NVCC_FLAGS, "-Xptxas", "-v", "-c", cu,
+                             "-o", str(tmp_path / "w4a16.o")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    # ptxas reports one entry per instantiation (2 dtypes x 4 row tiles): no spills, under 255 registers
+    assert result.stderr.count("Compiling entry function") == 8, result.stderr[-2000:]
+    assert " 0 bytes spill stores" in result.stderr
+    spills = [line for line in result.stderr.splitlines()
+              if "spill stores" in line and " 0 bytes spill stores" not in line]
+    assert not spills, spills
+
+
+@pytest.mark.skipif(os.environ.get("MARLIN_CHECK_BINDING") != "1" or shutil.which("g++") is None,
+                    reason="parsing torch/extension.h takes ~1 min on 2 cores: set MARLIN_CHECK_BINDING=1")
+def test_the_binding_parses_against_the_torch_headers():
+    from torch.utils.cpp_extension import CUDA_HOME, include_paths
+    cuda_includes = [p for p in {os.path.join(CUDA_HOME or "/usr/local/cuda", "include"), "/usr/local/cuda/include"}
+                     if os.path.exists(os.path.join(p, "cuda_runtime.h"))]
+    flags = [f"-I{p}" for p in [*include_paths(), sysconfig.get_paths()["include"], *cuda_includes]]
+    result = subprocess.run(["g++", "-std=c++20", "-fsyntax-only", "-DTORCH_EXTENSION_NAME=marlin_check", *flags,
+                             str(SOURCES[0])], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Numerics on a GPU. The kernel multiplies 16-bit weights that equal dequantized_weight(dtype) bit for bit
+# (tested above) with fp32 accumulation, so against the float32 product of the same 16-bit operands it can
+# differ only by (1) the final rounding to the 16-bit output, at most half an ulp: |ref| * 2^-11 (fp16) or
+# 2^-8 (bf16), and (2) fp32 summation in another order (and split-K atomics), at most K * 2^-24 * sum|x||w|
+# (the standard gamma_K bound). The tolerance is one ulp-sized term plus that bound: `bound` below.
+GPU_SHAPES = [(256, 1024, 32), (128, 512, 64), (192, 576, 64), (512, 2048, 128), (128, 1024, None)]
+
+
+def _bound(x, w, ref, dtype):
+    eps = 2.0 ** -10 if dtype == torch.float16 else 2.0 ** -7  # one ulp at 1.0: twice the rounding error
+    k = x.shape[-1]
+    return eps * ref.abs() + k * 2.0 ** -24 * (x.float().abs() @ w.float().abs().T) + 1e-6
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")
+@pytest.mark.parametrize("m", [1, 2, 7, 16, 33, 64])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n, k, group", GPU_SHAPES)
+@pytest.mark.parametrize("splits", [1, 3])  # one K slice (direct 16-bit stores); 3 uneven slices (fp32 atomics)
+def test_kernel_matches_the_dequantized_matmul(m, dtype, n, k, group, splits):
+    from kernels.marlin import w4a16_marlin
+    layer = random_layer(n, k, group, dtype, seed=m + n + k).cuda()
+    packed = repack(layer.qweight, layer.scales, layer.zeros, group)  # on the GPU, as the layer
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(dtype).cuda()
+    w = layer.dequantized_weight(dtype)
+    ref = (x.double() @ w.double().T).float()  # float64: no TF32, no summation error of its own
+    out = w4a16_marlin(x, packed, splits=splits)
+    assert out.dtype == dtype and out.shape == (m, n)
+    assert torch.isfinite(out).all()
+    excess = (out.float() - ref).abs() - _bound(x, w, ref, dtype)
+    assert (excess <= 0).all(), f"max excess {excess.max().item():.3g} at {divmod(int(excess.argmax()), n)}"
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")
+def test_kernel_refuses_what_it_cannot_compute():
+    from kernels.marlin import load_extension, w4a16_marlin
+    if torch.cuda.get_device_capability() < (8, 0):
+        with pytest.raises(WorkshopError, match="8.0"):
+            load_extension()
+        return
+    layer = random_layer(64, 128, 64, torch.float16).cuda()
+    packed = repack(layer.qweight, layer.scales, layer.zeros, 64)
+    with pytest.raises(RuntimeError, match="float16 or bfloat16"):
+        w4a16_marlin(torch.randn(1, 128, device="cuda"), packed)
+    with pytest.raises(RuntimeError, match="1..64 rows"):
+        w4a16_marlin(torch.randn(65, 128, device="cuda").half(), packed)
+    with pytest.raises(RuntimeError, match="16-byte"):
+        w4a16_marlin(torch.randn(1, 129, device="cuda").half()[:, 1:], packed, splits=1)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
