@@ -143,14 +143,15 @@ def execute_notebook(path: Path, mode: str, timeout: int = 3600):
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
     nb = nbformat.read(path, as_version=4)
-    os.environ["WORKSHOP_MODE"] = mode  # the kernel inherits this process's environment
     with tempfile.TemporaryDirectory(prefix="workshop-kernel-") as sockets:
         # Unix sockets in a private folder rather than TCP ports on localhost: nothing else can
         # connect, and ipykernel has no cause to warn about unencrypted TCP.
         kernel = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "kernel"))
         client = NotebookClient(nb, km=kernel, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
         try:
-            client.execute()
+            # The mode goes to the kernel alone: this process's environment (and so the kernels that
+            # nbval or a later call starts) keeps its own.
+            client.execute(env=dict(os.environ, WORKSHOP_MODE=mode))
             return nb, None
         except CellExecutionError as error:
             return nb, error

@@ -1,8 +1,10 @@
 """The generated labs run top to bottom with every exercise unsolved: each check says so once and the
 lab goes on with the reference answer, up to its results table.
 
-`make test` runs all eight in smoke mode (the embedded model cut to a few layers: the lab's flow, not
-its numbers); `make test-labs` runs them in quick mode (WORKSHOP_TEST_LABS_MODE=quick).
+In smoke mode (the embedded model cut to a few layers: the lab's flow, not its numbers) by default.
+`make test` runs labs 00, 01 and 06 (all eight take about 9 minutes on 2 cores, which CI's 40-minute
+budget does not hold yet); `make test-labs` runs all eight (WORKSHOP_TEST_ALL_LABS=1), in quick mode
+with WORKSHOP_TEST_LABS_MODE=quick.
 """
 import os
 
@@ -12,12 +14,18 @@ import pytest
 from common.notebooks import BEGIN, LABS, SOLUTIONS, execute_notebook
 
 MODE = os.environ.get("WORKSHOP_TEST_LABS_MODE", "smoke")
+IN_MAKE_TEST = ("00_", "01_", "06_")
+ALL = os.environ.get("WORKSHOP_TEST_ALL_LABS") == "1"
 
 
 @pytest.mark.parametrize("path", sorted(LABS.glob("*.ipynb")), ids=lambda p: p.name)
 def test_a_lab_with_every_exercise_unsolved_runs_to_its_results_table(path, tmp_path, monkeypatch):
+    if not (ALL or path.name.startswith(IN_MAKE_TEST)):
+        pytest.skip("WORKSHOP_TEST_ALL_LABS=1 (make test-labs) runs every lab")
     monkeypatch.setenv("WORKSHOP_REPORTS", str(tmp_path))   # its results table must not touch reports/
+    mode_here = os.environ.get("WORKSHOP_MODE")
     nb, error = execute_notebook(path, MODE)
+    assert os.environ.get("WORKSHOP_MODE") == mode_here   # nbval's kernels, started later, inherit it
     assert error is None, f"{path.name} stopped: {str(error).strip().splitlines()[-1]}"
     outputs = ["".join(o.get("text", "")) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     solution = nbformat.read(SOLUTIONS / path.name, as_version=4)
