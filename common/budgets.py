@@ -2,9 +2,9 @@
 
 quick: a laptop or CI CPU; small windows, few samples, few steps, but the same code paths.
 full:  a GPU; the protocol of the papers (2048-token windows over the whole evaluation text).
-smoke: CI's check that every lab runs to its end with its exercises unsolved: quick's code paths on
-       the embedded model cut to its first few decoder layers, with one or two short windows. Its
-       numbers mean nothing; it is never chosen from the hardware.
+smoke: the check that every lab runs to its end with its exercises unsolved (make test-labs; make
+       test runs three labs): quick's code paths on the embedded model cut to its first few decoder
+       layers, with one short window. Its numbers mean nothing; it is never chosen from the hardware.
 `WORKSHOP_MODE=quick|full|smoke` overrides the choice made from the hardware.
 """
 import os
@@ -62,7 +62,7 @@ FULL = Budget(mode="full", dtype="bfloat16", eval_seqlen=2048, eval_max_windows=
 SMOKE = replace(QUICK, mode="smoke", model_layers=4, eval_seqlen=256, eval_max_windows=1, calib_samples=4,
                 calib_seqlen=128, train_steps=2, teacher_samples=2, generate_batch=2, bench_repeats=1,
                 decode_tokens=4, sweep_eval_windows=1, sensitivity_layers=2, long_context=512,
-                pipeline_train_steps=1, pipeline_eval_seqlen=64, pipeline_layers=4)
+                pipeline_train_steps=1, pipeline_eval_seqlen=64, pipeline_layers=None)  # model_layers cuts already
 BUDGETS = {"quick": QUICK, "full": FULL, "smoke": SMOKE}
 
 

@@ -265,7 +265,7 @@ def load_model(spec: str = "embedded", dtype: str | torch.dtype = "auto",
 
 
 def _cut_for_smoke_mode(model) -> None:
-    """Smoke mode (CI's run of every lab with its exercises unsolved) works on the first few layers."""
+    """Smoke mode (the labs run with their exercises unsolved, to check their flow) works on the first few layers."""
     from .budgets import get_budget
     from .prune.depth import keep_first_layers
     layers = get_budget().model_layers
