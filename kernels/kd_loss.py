@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-NEGATIVE = -1.0e30  # "minus infinity" that stays finite under subtraction
+NEGATIVE = tl.constexpr(-1.0e30)  # "minus infinity" that stays finite under subtraction
 
 
 @triton.jit
