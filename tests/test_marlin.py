@@ -165,11 +165,11 @@ def test_kernel_refuses_what_it_cannot_compute():
         return
     layer = random_layer(64, 128, 64, torch.float16).cuda()
     packed = repack(layer.qweight, layer.scales, layer.zeros, 64)
-    with pytest.raises(RuntimeError, match="float16 or bfloat16"):
+    with pytest.raises(WorkshopError, match="float16 or bfloat16"):
         w4a16_marlin(torch.randn(1, 128, device="cuda"), packed)
-    with pytest.raises(RuntimeError, match="1..64 rows"):
+    with pytest.raises(WorkshopError, match="1..64 rows"):
         w4a16_marlin(torch.randn(65, 128, device="cuda").half(), packed)
-    with pytest.raises(RuntimeError, match="16-byte"):
+    with pytest.raises(WorkshopError, match="16-byte"):
         w4a16_marlin(torch.randn(1, 129, device="cuda").half()[:, 1:], packed, splits=1)
 
 

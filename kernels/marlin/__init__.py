@@ -170,12 +170,21 @@ def w4a16_marlin(x: torch.Tensor, packed: MarlinWeight, splits: int | None = Non
     (leading dimensions flattened); scales/zeros are cast to x's dtype if needed."""
     ext = load_extension()
     N, K = packed.shape
+    # Checked here as well as in the binding: on the H200 image an error thrown by the compiled
+    # extension crashed the process (segmentation fault) instead of reaching Python.
     if x.shape[-1] != K:
         raise WorkshopError(f"x has {x.shape[-1]} features, the weight takes {K}.", "Pass the layer's input.")
+    if x.dtype not in MAGIC:
+        raise WorkshopError(f"The Marlin W4A16 kernel takes float16 or bfloat16 activations, got {x.dtype}.",
+                            "Cast them (x.to(torch.bfloat16)) or use the dequantize-then-matmul path for float32.")
     x2 = x.reshape(-1, K).contiguous()
-    scales, zeros = packed.scales, packed.zeros
-    if x.dtype in MAGIC:  # (other dtypes are refused by the binding, with advice)
-        scales, zeros = scales.to(x.dtype), zeros.to(x.dtype)
+    if not 1 <= x2.shape[0] <= MAX_ROWS:
+        raise WorkshopError(f"The Marlin W4A16 kernel takes 1..{MAX_ROWS} rows, got {x2.shape[0]}.",
+                            "For prefill, dequantize once and use a dense matmul, or call it per 64-row chunk.")
+    if x2.data_ptr() % 16:
+        raise WorkshopError("x does not start on a 16-byte boundary (cp.async copies 16 bytes).",
+                            "A sliced view can do this: pass x.clone().")
+    scales, zeros = packed.scales.to(x.dtype), packed.zeros.to(x.dtype)
     if splits is None:
         splits = choose_splits(N, K, x.device)
     with torch.cuda.device(x.device):
