@@ -1,7 +1,7 @@
 """Marlin-style W4A16 GEMM in CUDA C++ (kernels/marlin/w4a16.cu): the offline weight repacking, its
 exact inverse, a pure-PyTorch model of what the kernel computes, and the loader of the extension.
 
-Not wired into QuantLinear: the kernel has been compiled for sm_90 but not yet run on a GPU (NOTES.md).
+Not wired into QuantLinear: on an H200 it computes the right numbers (tests/test_marlin.py) but reads the weight at about a quarter of the bandwidth (NOTES.md); `python -m kernels.marlin.bench` times it.
 
 Repacked layout, for the weight of a QuantLinear (N = out_features, K = in_features, groups of g along K):
   qweight  int32 [K // 64, 8 * N]: per K tile of 64 and per block of 16 output columns, 32 lanes x 4
@@ -157,7 +157,7 @@ def load_extension(verbose: bool = False):
 
 def choose_splits(N: int, K: int, device: torch.device | None = None) -> int:
     """K slices per output block: enough blocks for ~2 per SM, each slice at least 8 K tiles (512 K)
-    so the 4-stage pipeline has something to overlap. A first guess, not tuned (no GPU run yet)."""
+    so the 4-stage pipeline has something to overlap. A first guess, not tuned."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     blocks_n = N // TILE_N
     tiles = K // TILE_K
