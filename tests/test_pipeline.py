@@ -10,7 +10,7 @@ from common.cli import main
 from common.errors import WorkshopError
 from common.models import load_model
 from common.pipeline import (INT4, NF4, ORDERS, Distill, KVCache, ModeloptQuantize, WidthPrune, recipe_from_file,
-                             recipe_from_order, run_orders, run_pipeline, weights_reached_by_gradient)
+                             recipe_from_order, run_orders, run_pipeline, weight_count, weights_reached_by_gradient)
 from common.protocol import DataProtocol
 from common.quant.kv_cache import KVQuantConfig, head_dim, kv_bits_per_value
 from common.quant.qlinear import QuantLinear
@@ -251,6 +251,19 @@ def test_cli_all_orders_runs_the_six_and_shares_their_first_steps(capsys, monkey
         assert "shared" not in ran and reused == ran | {"shared": True}, step
 
 
+def test_cli_layers_cuts_the_model_and_the_teacher(capsys, monkeypatch):
+    import common.budgets
+    monkeypatch.setattr(common.budgets, "get_budget", lambda *a, **k: BUDGET)
+    assert main(["pipeline", "--model", "tiny-random", "--device", "cpu", "--order", "KD,P,Q", "--layers", "1",
+                 *SMALL, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    start, *_ = out["results"][0]["records"]
+    assert out["layers"] == 1
+    full, _ = load_model("tiny-random", device="cpu")
+    per_layer = sum(p.numel() for p in full.model.layers[0].parameters())
+    assert start["parameters"] == weight_count(full) - per_layer  # one of its two layers left
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--order", "P,KD,Z"], "unknown step Z"),
     (["--order", "P,KD"], "exactly once"),
@@ -260,6 +273,8 @@ def test_cli_all_orders_runs_the_six_and_shares_their_first_steps(capsys, monkey
     (["--recipe", "/no/such.json"], "is not a file"),
     (["--order", "P,KD,Q", "--train-data", "self"], "no train part"),
     (["--recipe", "{recipe_mq}", "--out", "{out}"], "modelopt's own export"),
+    (["--order", "P,KD,Q", "--layers", "0"], "at least one decoder layer"),
+    (["--order", "P,KD,Q", "--layers", "3", "--out", "{out}"], "has only 2 decoder layers"),
 ])
 def test_cli_bad_input(argv, message, capsys, tmp_path):
     recipe_mq = tmp_path / "mq.json"

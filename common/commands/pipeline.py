@@ -1,4 +1,6 @@
 """`workshop pipeline`: prune, distill and quantize in a given order (lab 05), or all six orders."""
+from dataclasses import replace
+
 from . import Output, add_data_options, protocol_from
 from ..errors import WorkshopError
 
@@ -17,12 +19,15 @@ def add_arguments(p) -> None:
                    "that keep training) instead of packed, frozen NF4")
     p.add_argument("--teacher", help="the teacher of the KD step (default: --model, uncompressed)")
     p.add_argument("--out", help="write the final model here (packed where it is quantized; with --order or --recipe)")
+    p.add_argument("--layers", type=int, help="keep the first N decoder layers of the model and the teacher "
+                   "(default: the mode's pipeline budget, as lab 05: 6 in quick mode, all in full mode)")
     add_data_options(p, train=True)
 
 
 def run(args) -> Output:
     from ..budgets import get_budget
     from ..models import load_model, save_pretrained_atomic
+    from ..prune.depth import keep_first_layers
     from ..pipeline import ORDERS, ModeloptQuantize, pipeline_text, recipe_from_file, recipe_from_order, run_pipeline
     chosen = [flag for flag, value in (("--order", args.order), ("--recipe", args.recipe),
                                        ("--all-orders", args.all_orders)) if value]
@@ -34,21 +39,33 @@ def run(args) -> Output:
     if args.qat and args.recipe:
         raise WorkshopError("--qat applies to --order and --all-orders.", "Write {\"step\": \"Q\", \"qat\": true} "
                             "in the recipe instead.")
-    protocol = protocol_from(args)
+    if args.layers is not None and args.layers < 1:
+        raise WorkshopError(f"--layers {args.layers}: a model needs at least one decoder layer.",
+                            "Give --layers 1 or more, or leave it out for the mode's budget.")
+    budget = get_budget()
+    # lab 05's budget: shorter evaluations after every step, and in quick mode a shorter model
+    protocol = replace(protocol_from(args), seqlen=args.seqlen or budget.pipeline_eval_seqlen,
+                       max_windows=budget.pipeline_eval_windows if args.max_windows is None else args.max_windows)
+    layers = budget.pipeline_layers if args.layers is None else args.layers
     recipes = ([recipe_from_order(order, args.qat) for order in ORDERS] if args.all_orders else
                [recipe_from_order(args.order, args.qat)] if args.order else [recipe_from_file(args.recipe)])
     if args.out and any(isinstance(step, ModeloptQuantize) for step in recipes[0]):
         raise WorkshopError("--out writes our packed layers; a modelopt-quantized model is written by modelopt's own "
                             "export.", "Leave out --out, or quantize with Q (NF4) or INT4 in the recipe.")
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    if args.layers is not None and args.layers > model.config.num_hidden_layers:
+        raise WorkshopError(f"--layers {args.layers}: {args.model} has only {model.config.num_hidden_layers} decoder layers.",
+                            f"Give --layers between 1 and {model.config.num_hidden_layers}.")
+    model = keep_first_layers(model, layers)
     needs_teacher = any(step.name == "KD" for recipe in recipes for step in recipe)
-    teacher = load_model(args.teacher or args.model, dtype=args.dtype, device=args.device)[0] if needs_teacher else None
+    teacher = keep_first_layers(load_model(args.teacher or args.model, dtype=args.dtype, device=args.device)[0],
+                                layers) if needs_teacher else None
     results, final, prefixes = [], None, {}
     for recipe in recipes:
         final, result = run_pipeline(model, tokenizer, recipe, protocol, teacher=teacher,
                                      start=results[0].records[0] if results else None, prefixes=prefixes)
         results.append(result)
-    out = {"mode": get_budget().mode, "model": args.model, "teacher": (args.teacher or args.model) if needs_teacher else None,
+    out = {"mode": budget.mode, "model": args.model, "layers": model.config.num_hidden_layers, "teacher": (args.teacher or args.model) if needs_teacher else None,
            "protocol": protocol.to_dict(), "results": [r.to_dict() for r in results]}
     text = pipeline_text(results) + f"\n[{protocol.describe()}]"
     if args.out:
