@@ -2,8 +2,8 @@
 
 quick: a laptop or CI CPU; small windows, few samples, few steps, but the same code paths.
 full:  a GPU; the protocol of the papers (2048-token windows over the whole evaluation text).
-smoke: the check that every lab runs to its end with its exercises unsolved (make test-labs; make
-       test runs three labs): quick's code paths on the embedded model cut to its first few decoder
+smoke: the check that every lab runs to its end with its exercises unsolved (make test, make
+       test-labs): quick's code paths on the embedded model cut to its first few decoder
        layers, with one short window. Its numbers mean nothing; it is never chosen from the hardware.
 `WORKSHOP_MODE=quick|full|smoke` overrides the choice made from the hardware.
 """
