@@ -13,7 +13,7 @@ TEST_ENV := WORKSHOP_MODE=quick WORKSHOP_BLOCK_NETWORK=1 HF_HUB_OFFLINE=1 HF_DAT
 PORT ?= 8888
 IP ?= localhost
 
-.PHONY: setup test test-labs reproduce lab labs refresh clean
+.PHONY: setup test test-labs reproduce lab labs refresh slides clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,14 @@ test-labs: $(STAMP)
 reproduce: $(STAMP)
 	$(BIN)/workshop reproduce
 
+# The decks in slides/, filled from a reports folder (SOURCE=reports after make reproduce) and rendered
+# to HTML and PDF by the Marp CLI, installed once from the npm registry as slides/package-lock.json
+# pins it. PDF needs a Chromium (Debian: apt-get install chromium); without one, HTML only.
+SOURCE ?= reports/h200
+slides: $(STAMP)
+	test -x slides/node_modules/.bin/marp || (cd slides && npm ci --no-audit --no-fund --loglevel=error)
+	$(BIN)/workshop slides --source $(SOURCE)
+
 # make lab PORT=8890 IP=0.0.0.0: another port, or every interface (a container); defaults as jupyter's.
 # Warnings and errors only, so that the URL with its token is the last thing printed. Kernels talk to
 # the server over Unix sockets in the user's private runtime folder, not unencrypted TCP on localhost.
@@ -60,4 +68,4 @@ labs: $(STAMP)
 	$(BIN)/python -m common.notebooks
 
 clean:
-	rm -rf $(VENV) reports/*.html reports/*.ipynb reports/SUMMARY.md reports/results.json reports/machine.json reports/*.png
+	rm -rf $(VENV) reports/*.html reports/*.ipynb reports/SUMMARY.md reports/results.json reports/machine.json reports/*.png reports/figures slides/build

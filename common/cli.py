@@ -10,14 +10,14 @@ import json
 import sys
 
 from .commands import (add_model_options, bench_kernels, distill, doctor, eval as eval_command, export, pipeline, prune,
-                       quantize, reproduce)
+                       quantize, reproduce, slides)
 from .errors import WorkshopError
 
 # (name, module, takes --model): the order of `workshop --help`
 COMMANDS = [("doctor", doctor, False), ("eval", eval_command, True), ("quantize", quantize, True),
             ("prune", prune, True), ("distill", distill, True), ("pipeline", pipeline, True),
             ("export", export, True), ("bench-kernels", bench_kernels, False),
-            ("reproduce", reproduce, False)]
+            ("reproduce", reproduce, False), ("slides", slides, False)]
 
 
 def build_parser() -> argparse.ArgumentParser:

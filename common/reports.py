@@ -6,6 +6,7 @@ Each lab's entry is its latest run; the runs before it stay under "earlier" (new
 run never silently replaces another. SUMMARY.md and index.html are rebuilt from the file whenever it
 changes, and say which run they show.
 """
+import base64
 import datetime
 import html
 import json
@@ -50,6 +51,24 @@ def run_lines(folder: Path) -> dict:
     summary = folder / "SUMMARY.md"
     found = re.findall(r"^## (\S+)\n\nRun: ([^;]*);", summary.read_text(), re.M) if summary.is_file() else []
     return {lab: line for lab, line in found if line != "not run this time"}
+
+
+def figure_path(source: Path, lab: str, k: int) -> Path:
+    return source / "figures" / f"{lab}-{k}.png"
+
+
+def save_figures(page_html: str, folder: Path, lab: str) -> list:
+    """Every PNG figure of a lab's HTML page, in page order, as `folder`/figures/LAB-K.png (K from 1), for the slides;
+    the figures of an earlier run of the lab are removed first. Returns the paths written."""
+    out = folder / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob(f"{lab}-*.png"):
+        old.unlink()
+    paths = []
+    for k, data in enumerate(re.findall(r'src="data:image/png;base64,([^"]+)"', page_html), start=1):
+        paths.append(out / f"{lab}-{k}.png")
+        paths[-1].write_bytes(base64.b64decode(data))
+    return paths
 
 
 def write_summary(status: dict) -> None:

@@ -13,7 +13,7 @@ import nbformat
 from .budgets import current_mode
 from .errors import WorkshopError
 from .notebooks import SOLUTIONS, execute_notebook
-from .reports import reports_dir, write_summary
+from .reports import reports_dir, save_figures, write_summary
 
 
 def select_solutions(labs: list | None) -> list:
@@ -46,6 +46,7 @@ def reproduce(labs: list | None = None, mode: str | None = None, timeout: int = 
             try:
                 body, _ = HTMLExporter().from_notebook_node(nb)
                 (out / f"{path.stem}.html").write_text(body)
+                save_figures(body, out, path.stem)
             except ValueError as e:  # nbconvert without its templates (a --target install): keep the .ipynb
                 print(f"[reproduce] {path.name}: no HTML ({e}); the executed .ipynb is in reports/",
                       file=sys.stderr)
@@ -65,7 +66,7 @@ def merge_reports(src, dst) -> list:
     import shutil
     from pathlib import Path
 
-    from .reports import run_lines, with_run, write_json_atomic
+    from .reports import run_lines, save_figures, with_run, write_json_atomic
     src, dst = Path(src), Path(dst)
     incoming = json.loads((src / "results.json").read_text())
     merged = json.loads((dst / "results.json").read_text()) if (dst / "results.json").is_file() else {}
@@ -74,6 +75,7 @@ def merge_reports(src, dst) -> list:
         merged = with_run(merged, lab, run)
         if (src / f"{lab}.html").is_file():
             shutil.copyfile(src / f"{lab}.html", dst / f"{lab}.html")
+            save_figures((dst / f"{lab}.html").read_text(), dst, lab)
     write_json_atomic(dst / "results.json", merged)
     previous = os.environ.get("WORKSHOP_REPORTS")
     os.environ["WORKSHOP_REPORTS"] = str(dst)
