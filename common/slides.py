@@ -150,12 +150,13 @@ def render(paths: list, pdf: bool = True) -> list:
     env = dict(os.environ, CHROME_PATH=chromium() or "")
     outputs = []
     for path in paths:
-        kinds = [("--html", path.with_suffix(".html"))] + ([("--pdf", path.with_suffix(".pdf"))] if pdf else [])
-        for flag, target in kinds:
-            args = [str(marp), str(path), flag if flag == "--pdf" else "--html", "--allow-local-files", "-o", str(target)]
-            run = subprocess.run(args, capture_output=True, text=True, env=env)
+        # HTML: the bespoke template (presenter view shows the notes); PDF: the notes as annotations
+        kinds = [(path.with_suffix(".html"), [])] + ([(path.with_suffix(".pdf"), ["--pdf", "--pdf-notes"])] if pdf else [])
+        for target, flags in kinds:
+            run = subprocess.run([str(marp), str(path), "--theme-set", str(SLIDES / "workshop.css"), *flags,
+                                  "-o", str(target)], capture_output=True, text=True, env=env)
             if run.returncode != 0:
-                raise WorkshopError(f"marp could not render {path.name} ({flag[2:]}): {run.stderr.strip()[-500:]}",
+                raise WorkshopError(f"marp could not render {path.name} to {target.suffix}: {run.stderr.strip()[-500:]}",
                                     "Check the deck's Markdown; for PDF, a Chromium (CHROME_PATH).")
             outputs.append(target)
     return outputs
