@@ -59,7 +59,7 @@ FULL = Budget(mode="full", dtype="bfloat16", eval_seqlen=2048, eval_max_windows=
               sweep_eval_windows=None, sweep_sparsities=(0.3, 0.5, 0.6, 0.7, 0.8), sensitivity_layers=30,
               long_context=8192, pipeline_train_steps=300, pipeline_finetune_steps=50, pipeline_eval_seqlen=2048,
               pipeline_eval_windows=None, pipeline_layers=None, export_layers=None)
-SMOKE = replace(QUICK, mode="smoke", model_layers=4, eval_seqlen=256, eval_max_windows=1, calib_samples=4,
+SMOKE = replace(QUICK, mode="smoke", model_layers=2, eval_seqlen=256, eval_max_windows=1, calib_samples=4,
                 calib_seqlen=128, train_steps=2, teacher_samples=2, generate_batch=2, bench_repeats=1,
                 decode_tokens=4, sweep_eval_windows=1, sensitivity_layers=2, long_context=512,
                 pipeline_train_steps=1, pipeline_eval_seqlen=64, pipeline_layers=None)  # model_layers cuts already
