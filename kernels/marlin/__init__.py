@@ -1,7 +1,8 @@
 """Marlin-style W4A16 GEMM in CUDA C++ (kernels/marlin/w4a16.cu): the offline weight repacking, its
 exact inverse, a pure-PyTorch model of what the kernel computes, and the loader of the extension.
 
-Not wired into QuantLinear: on an H200 it computes the right numbers (tests/test_marlin.py) but reads the weight at about a quarter of the bandwidth (NOTES.md); `python -m kernels.marlin.bench` times it.
+Not wired into QuantLinear: on an H200 it computes the right numbers (tests/test_marlin.py) but reads
+the weight at about a quarter of the bandwidth (NOTES.md); `python -m kernels.marlin.bench` times it.
 
 Repacked layout, for the weight of a QuantLinear (N = out_features, K = in_features, groups of g along K):
   qweight  int32 [K // 64, 8 * N]: per K tile of 64 and per block of 16 output columns, 32 lanes x 4
