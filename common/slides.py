@@ -57,10 +57,14 @@ def _format(value, spec: str | None) -> str:
 COMPARISONS = {"<": lambda a, b: a < b, ">": lambda a, b: a > b}
 
 
-def _row_value(results: dict, source: Path, lab: str, what: str):
+def _run(results: dict, source: Path, lab: str) -> dict:
     if lab not in results:
         raise KeyError(f"lab {lab}: not in {source / 'results.json'} (it has {', '.join(results) or 'none'})")
-    rows = {row["what"]: row for row in results[lab]["rows"]}
+    return results[lab]
+
+
+def _row_value(results: dict, source: Path, lab: str, what: str):
+    rows = {row["what"]: row for row in _run(results, source, lab)["rows"]}
     if what not in rows:
         near = difflib.get_close_matches(what, list(rows), n=3, cutoff=0.6)
         raise KeyError(f"{lab} | {what}: no such row" + (f" (did you mean {near}?)" if near else ""))
@@ -81,9 +85,7 @@ def _value(results: dict, source: Path, fields: list) -> str:
         return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
     lab, what, spec = fields[0], fields[1], (fields[2] if len(fields) > 2 else None)
     if what.startswith("@"):
-        if lab not in results:
-            raise KeyError(f"lab {lab}: not in {source / 'results.json'} (it has {', '.join(results) or 'none'})")
-        run = results[lab]
+        run = _run(results, source, lab)
         meta = {"@device": run.get("device"), "@mode": run.get("mode"), "@date": str(run.get("date", ""))[:10]}
         if what not in meta:
             raise KeyError(f"{lab} | {what}: use @device, @date or @mode")

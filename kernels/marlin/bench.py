@@ -2,34 +2,17 @@
 
     python -m kernels.marlin.bench
 
-Each call is captured 20 times in a CUDA graph and the graph replayed 10 times (launch overhead out),
-after 10 warm-up calls; the time is the mean per call. The weight is a random bf16 linear quantized by
-QuantLinear (INT4, group 128) and repacked; "TB/s of codes" counts only the 4-bit codes read.
+Timed as `workshop bench-kernels` times its rows (kernels.bench.time_rotating: calls captured in a
+CUDA graph, the median of the graph's replays, launch overhead out). The weight is a random bf16
+linear quantized by QuantLinear (INT4, group 128) and repacked; "TB/s of codes" counts only the 4-bit codes read.
 """
 import torch
 
 from common.quant.qlinear import QuantLinear
+from kernels.bench import time_rotating
 from kernels.marlin import repack, w4a16_marlin
 
 SHAPES = ((14336, 4096), (4096, 14336))  # Llama-3-8B gate/up and down: (out_features, in_features)
-
-
-def microseconds(call, calls: int = 200) -> float:
-    for _ in range(10):
-        call()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(20):
-            call()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(calls // 20):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / calls * 1e3
 
 
 def main():
@@ -39,8 +22,8 @@ def main():
         packed = repack(layer.qweight, layer.scales, layer.zeros, 128)
         for m in (1, 16, 64):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            dense = microseconds(lambda: x @ linear.weight.T)
-            marlin = microseconds(lambda: w4a16_marlin(x, packed))
+            dense = time_rotating(lambda a, w: a @ w.T, [(x, linear.weight)])
+            marlin = time_rotating(w4a16_marlin, [(x, packed)])
             print(f"{n}x{k} M={m}: bf16 {dense:.1f} us, marlin {marlin:.1f} us, {dense / marlin:.2f}x, "
                   f"{n * k / 2 / marlin / 1e6:.2f} TB/s of codes")
 
