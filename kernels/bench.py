@@ -16,6 +16,7 @@ from common.quant.qlinear import QuantLinear, dequantize_int4, unpack_int4
 
 from .gemm_paths import fp8_linear, int8_linear, quantize_fp8, quantize_int8_rows, tinygemm_linear, tinygemm_pack
 from .gemm_paths import two_four_sparse
+from .marlin import MAX_ROWS, repack, w4a16_marlin
 from .w4a16 import CONFIG_CACHE, w4a16_matmul
 
 SHAPES = {  # name: (N = out_features, K = in_features)
@@ -69,7 +70,7 @@ def bench_shape(name: str, n: int, k: int, batch_sizes) -> list:
     w4 = []
     for w in weights:
         packed, s, z, codes = quantize_w4(w, group_size)
-        w4.append((packed, s, z, tinygemm_pack(codes, s, z, group_size)))
+        w4.append((packed, s, z, tinygemm_pack(codes, s, z, group_size), repack(packed, s, z, group_size)))
     int8_w = [quantize_int8_rows(w) for w in weights]
     fp8_w = [quantize_fp8(w, rowwise=False) for w in weights]
     rows = []
@@ -79,13 +80,16 @@ def bench_shape(name: str, n: int, k: int, batch_sizes) -> list:
         act_bytes = 2 * (m * k + m * n)
         t_bf16 = time_rotating(lambda a, w: a @ w.t(), [(x[i % 4], w) for i, w in enumerate(weights)])
         t_w4 = time_rotating(lambda a, q, s, z: w4a16_matmul(a, q, s, z, group_size),
-                             [(x[i % 4], q, s, z) for i, (q, s, z, _) in enumerate(w4)])
+                             [(x[i % 4], q, s, z) for i, (q, s, z, _, _) in enumerate(w4)])
         t_tiny = time_rotating(lambda a, tw, sz: tinygemm_linear(a, tw, sz, group_size),
-                               [(x[i % 4], tw, sz) for i, (_, _, _, (tw, sz)) in enumerate(w4)])
+                               [(x[i % 4], tw, sz) for i, (_, _, _, (tw, sz), _) in enumerate(w4)])
         row = {"shape": name, "N": n, "K": k, "M": m, "group": group_size, "bf16_us": t_bf16, "w4a16_us": t_w4, "tinygemm_us": t_tiny,
                "w4a16_TBps": (n * k / 2 + 2 * 2 * n * k / group_size + act_bytes) / t_w4 / 1e6,
                "bf16_TBps": (2 * n * k + act_bytes) / t_bf16 / 1e6,
                "bf16_TFLOPs": flops / t_bf16 / 1e6, "w4a16_TFLOPs": flops / t_w4 / 1e6}
+        if m <= MAX_ROWS:  # the Marlin-style CUDA kernel (kernels/marlin), QuantLinear's path up to 64 rows
+            row["marlin_us"] = time_rotating(w4a16_marlin, [(x[i % 4], mw) for i, (*_, mw) in enumerate(w4)])
+            row["marlin_TBps"] = row["w4a16_TBps"] * t_w4 / row["marlin_us"]
         if m > 16:
             row["int8_us"] = time_rotating(lambda a, wq: int8_linear(a, wq[0], wq[1]),
                                            [(x[i % 4], wq) for i, wq in enumerate(int8_w)])
@@ -165,14 +169,19 @@ def markdown(result: dict) -> str:
              f"Python {v['python']}; {result['date']}.", "",
              "Median of 20 replays of a CUDA graph of >= 10 calls (CUDA events), weights rotated over copies "
              "larger than 2x L2 in total.",
-             "W4A16 = ours (Triton, group 128, asymmetric); tinygemm = torch._weight_int4pack_mm.", "",
-             "| shape | M | bf16 µs | W4A16 µs | tinygemm µs | W4A16 vs bf16 | W4A16 vs tinygemm | W4A16 TB/s | INT8 µs | FP8 µs |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "W4A16 = ours in Triton (kernels/w4a16.py); Marlin = ours in CUDA C++ (kernels/marlin, M <= 64, "
+             "QuantLinear's path there); both group 128, asymmetric; tinygemm = torch._weight_int4pack_mm. "
+             "TB/s counts the bytes a path must read and write (codes, scales, zeros, activations, output).", "",
+             "| shape | M | bf16 µs | W4A16 µs | Marlin µs | tinygemm µs | W4A16 vs bf16 | Marlin vs bf16 | "
+             "Marlin vs tinygemm | Marlin TB/s | INT8 µs | FP8 µs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    nan = float("nan")
     for r in result["rows"]:
+        marlin = r.get("marlin_us", nan)
         lines.append(f"| {r['shape']} ({r['N']}x{r['K']}) | {r['M']} | {r['bf16_us']:.1f} | {r['w4a16_us']:.1f} | "
-                     f"{r['tinygemm_us']:.1f} | {r['bf16_us'] / r['w4a16_us']:.2f}x | "
-                     f"{r['tinygemm_us'] / r['w4a16_us']:.2f}x | {r['w4a16_TBps']:.2f} | "
-                     f"{r.get('int8_us', float('nan')):.1f} | {r.get('fp8_us', float('nan')):.1f} |")
+                     f"{marlin:.1f} | {r['tinygemm_us']:.1f} | {r['bf16_us'] / r['w4a16_us']:.2f}x | "
+                     f"{r['bf16_us'] / marlin:.2f}x | {r['tinygemm_us'] / marlin:.2f}x | {r.get('marlin_TBps', nan):.2f} | "
+                     f"{r.get('int8_us', nan):.1f} | {r.get('fp8_us', nan):.1f} |")
     sq = result["square_8192"]
     lines += ["", "8192 x 8192 x 8192 (compute bound) and M = 16 (decode-like):", "",
               f"- bf16 {sq['bf16_us']:.0f} µs; FP8 per-tensor {sq['bf16_us'] / sq['fp8_us']:.2f}x "
@@ -191,12 +200,12 @@ def agreement(previous: dict, result: dict, tolerance: float = 0.05) -> str:
     before = {(r["shape"], r["M"]): r for r in previous["rows"]}
     diffs = [(abs(r[k] / before[key][k] - 1), k, *key, before[key][k], r[k])
              for r in result["rows"] if (key := (r["shape"], r["M"])) in before
-             for k in ("bf16_us", "w4a16_us", "tinygemm_us")]
+             for k in ("bf16_us", "w4a16_us", "tinygemm_us", "marlin_us") if k in r and k in before[key]]
     if not diffs:
         return ""
     worst = sorted(diffs, reverse=True)[:5]
     return (f"Stability: against the previous run ({previous['date']}), {sum(d[0] <= tolerance for d in diffs)} of "
-            f"{len(diffs)} timings (bf16, W4A16, tinygemm) agree within {tolerance:.0%}; the largest differences: " +
+            f"{len(diffs)} timings (bf16, W4A16, Marlin, tinygemm) agree within {tolerance:.0%}; the largest differences: " +
             "; ".join(f"{k[:-3]} {shape} M={m} {a:.1f} -> {b:.1f} µs" for _, k, shape, m, a, b in worst) + ".\n")
 
 
@@ -209,9 +218,11 @@ def plot_roofline(result: dict, path, bandwidth_bytes_per_s: float, peak_flops: 
     intensity = [0.1, 1e4]
     ax.loglog(intensity, [min(i * bandwidth_bytes_per_s, peak_flops) / 1e12 for i in intensity], "k-", lw=1)
     ax.loglog([i for i in (peak_flops / bandwidth_bytes_per_s,)] * 2, [0.01, peak_flops / 1e12], "k:", lw=0.5)
-    for path_name, us_key, bytes_per_weight, marker in (("bf16 cuBLAS", "bf16_us", 2, "o"), ("W4A16 (ours)", "w4a16_us", 0.5, "s")):
+    paths = (("bf16 cuBLAS", "bf16_us", 2, "o"), ("W4A16 (ours, Triton)", "w4a16_us", 0.5, "s"),
+             ("Marlin (ours, CUDA)", "marlin_us", 0.5, "^"))
+    for path_name, us_key, bytes_per_weight, marker in paths:
         for shape in dict.fromkeys(r["shape"] for r in result["rows"]):
-            rows = [r for r in result["rows"] if r["shape"] == shape and "llama" in shape]
+            rows = [r for r in result["rows"] if r["shape"] == shape and "llama" in shape and us_key in r]
             if not rows:
                 continue
             xs = [2 * r["M"] * r["N"] * r["K"] / (bytes_per_weight * r["N"] * r["K"] + 2 * r["M"] * (r["K"] + r["N"])) for r in rows]

@@ -102,8 +102,8 @@ def test_the_kernel_compiles_for_sm90(tmp_path):
     result = subprocess.run([NVCC, "-arch=sm_90", "-O3", "-std=c++20", *COMMON_NVCC_FLAGS, "-Xptxas", "-v", "-c", cu,
                              "-o", str(tmp_path / "w4a16.o")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
-    # ptxas reports one entry per instantiation (2 dtypes x 4 row tiles): no spills, under 255 registers
-    assert result.stderr.count("Compiling entry function") == 8, result.stderr[-2000:]
+    # ptxas reports one entry per instantiation (2 dtypes x 4 row tiles x K tiles of 64 and 128): no spills
+    assert result.stderr.count("Compiling entry function") == 16, result.stderr[-2000:]
     assert " 0 bytes spill stores" in result.stderr
     spills = [line for line in result.stderr.splitlines()
               if "spill stores" in line and " 0 bytes spill stores" not in line]
@@ -128,7 +128,9 @@ def test_the_binding_parses_against_the_torch_headers():
 # differ only by (1) the final rounding to the 16-bit output, at most half an ulp: |ref| * 2^-11 (fp16) or
 # 2^-8 (bf16), and (2) fp32 summation in another order (and split-K atomics), at most K * 2^-24 * sum|x||w|
 # (the standard gamma_K bound). The tolerance is one ulp-sized term plus that bound: `bound` below.
-GPU_SHAPES = [(256, 1024, 32), (128, 512, 64), (192, 576, 64), (512, 2048, 128), (128, 1024, None)]
+# K tiles of 128 where K and the group allow (k_tile 0), except 576 (9 x 64) and group 192 (not a divisor or a
+# multiple of 128), which take 64; k_tile 64 forces the smaller stage everywhere.
+GPU_SHAPES = [(256, 1024, 32), (128, 512, 64), (192, 576, 64), (512, 2048, 128), (128, 1024, None), (128, 768, 192)]
 
 
 def _bound(x, w, ref, dtype):
@@ -142,14 +144,15 @@ def _bound(x, w, ref, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("n, k, group", GPU_SHAPES)
 @pytest.mark.parametrize("splits", [1, 3])  # one K slice (direct 16-bit stores); 3 uneven slices (fp32 atomics)
-def test_kernel_matches_the_dequantized_matmul(m, dtype, n, k, group, splits):
+@pytest.mark.parametrize("k_tile", [0, 64])
+def test_kernel_matches_the_dequantized_matmul(m, dtype, n, k, group, splits, k_tile):
     from kernels.marlin import w4a16_marlin
     layer = random_layer(n, k, group, dtype, seed=m + n + k).cuda()
     packed = repack(layer.qweight, layer.scales, layer.zeros, group)  # on the GPU, as the layer
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(dtype).cuda()
     w = layer.dequantized_weight(dtype)
     ref = (x.double() @ w.double().T).float()  # float64: no TF32, no summation error of its own
-    out = w4a16_marlin(x, packed, splits=splits)
+    out = w4a16_marlin(x, packed, splits=splits, k_tile=k_tile)
     assert out.dtype == dtype and out.shape == (m, n)
     assert torch.isfinite(out).all()
     excess = (out.float() - ref).abs() - _bound(x, w, ref, dtype)
@@ -171,6 +174,47 @@ def test_kernel_refuses_what_it_cannot_compute():
         w4a16_marlin(torch.randn(65, 128, device="cuda").half(), packed)
     with pytest.raises(WorkshopError, match="16-byte"):
         w4a16_marlin(torch.randn(1, 129, device="cuda").half()[:, 1:], packed, splits=1)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")
+def test_k_tile_rule_is_the_kernels():
+    from kernels.marlin import k_tile_for, load_extension
+    ext = load_extension()
+    for K in (64, 576, 1024, 4096, 14336):
+        for group in (32, 64, 128, 192, 256, K):
+            if K % group == 0:
+                assert k_tile_for(K, group) == ext.k_tile_for(K, group), (K, group)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")
+@pytest.mark.parametrize("rows", [1, 16, 64, 65])
+def test_quantlinear_uses_the_kernel_up_to_64_rows(rows):
+    layer = random_layer(256, 1024, 128, torch.bfloat16, seed=rows).cuda()
+    x = torch.randn(rows, 1024, device="cuda", dtype=torch.bfloat16)
+    w = layer.dequantized_weight(torch.bfloat16)
+    ref = (x.double() @ w.double().T).float()
+    out = layer(x)
+    assert (getattr(layer, "_marlin", None) is not None) == (rows <= 64)
+    assert ((out.float() - ref).abs() <= _bound(x, w, ref, torch.bfloat16)).all()
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")
+def test_quantlinear_repacks_when_its_codes_change():
+    layer = random_layer(128, 512, 64, torch.float16, seed=1).cuda()
+    x = torch.randn(4, 512, device="cuda", dtype=torch.float16)
+    first = layer(x)
+    other = random_layer(128, 512, 64, torch.float16, seed=2).cuda()
+    layer.load_state_dict(other.state_dict())  # copies into the buffers in place
+    assert torch.equal(layer(x), other(x)) and not torch.equal(layer(x), first)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")
+def test_quantlinear_kernel_runs_under_torch_compile():
+    layer = random_layer(256, 1024, 128, torch.bfloat16, seed=3).cuda()
+    x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
+    eager = layer(x)  # the eager call repacks; the compiled graph calls the registered operator
+    compiled = torch.compile(layer, fullgraph=True)
+    assert torch.equal(compiled(x), eager)
 
 
 if __name__ == "__main__":

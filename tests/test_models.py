@@ -133,3 +133,16 @@ def test_smoke_mode_cuts_the_embedded_model_and_only_in_smoke_mode(monkeypatch, 
         assert model(torch.tensor([[1, 2, 3]])).logits.shape[-1] == model.config.vocab_size
     monkeypatch.setenv("WORKSHOP_MODE", "quick")
     assert get_budget().model_layers is None
+
+
+def test_shaped_specs_have_the_published_parameter_counts():
+    # Llama-3.2-1B and -3B as published (1,235,814,400 and 3,212,749,824 parameters, embeddings tied);
+    # built on the meta device: shapes only, no memory, no time.
+    from common.models import shaped_random
+    counts = {spec: sum(p.numel() for p in shaped_random(spec, torch.bfloat16, torch.device("meta"))[0].parameters())
+              for spec in ("llama-1b-shaped", "llama-3b-shaped", "llama-8b-layer")}
+    assert counts["llama-1b-shaped"] == 1_235_814_400
+    assert counts["llama-3b-shaped"] == 3_212_749_824
+    # one Llama-3-8B layer with its two norms (218,112,000), embeddings and a separate head (2 x 128256 x 4096),
+    # the final norm
+    assert counts["llama-8b-layer"] == 218_112_000 + 2 * 128256 * 4096 + 4096

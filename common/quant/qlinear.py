@@ -18,6 +18,7 @@ Everything is a buffer, so `stored_bytes`, `state_dict()` and `save_pretrained` 
 `pack_quantized(model)` turns the fake-quantized linears of lab 02's methods into these layers.
 """
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -32,7 +33,14 @@ from .storage import stored_scale_dtype
 QUANT_LINEAR_FORMATS = ("int4", "int8", "fp8", "nf4")
 ACTIVATIONS = (None, "int8_per_token", "int8_static", "fp8_static")
 ACTIVATION_FORMAT = {"int8_per_token": "int8", "int8_static": "int8", "fp8_static": "fp8"}
-KERNEL_MAX_ROWS = 16  # above this, dequantize + cuBLAS beats the fused kernel (kernels/RESULTS.md)
+class MarlinCache(NamedTuple):
+    key: tuple          # (tensor versions, device, dtype, data pointer) it was made from
+    packed: object      # kernels.marlin.MarlinWeight
+    splits: int
+
+
+KERNEL_MAX_ROWS = 16  # above this, dequantize + cuBLAS beats the Triton kernel (kernels/RESULTS.md)
+MARLIN_MAX_ROWS = 64  # the CUDA kernel's limit; up to it, it beats dequantize + cuBLAS (kernels/marlin/NOTES.md)
 
 
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
@@ -188,6 +196,11 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
         rows = x.numel() // x.shape[-1]
+        if self.fmt == "int4" and rows <= MARLIN_MAX_ROWS and (marlin := self.marlin_weight(x)) is not None:
+            # Few rows (decode, small batches) on a GPU: the CUDA kernel on the repacked codes.
+            from kernels.marlin import w4a16_marlin
+            out = w4a16_marlin(x, marlin.packed, marlin.splits)
+            return out if bias is None else out + bias
         if self.fmt == "int4" and self.uses_kernel(x) and rows <= KERNEL_MAX_ROWS:
             # Few rows (decode): the fused Triton W4A16 kernel reads the 4-bit codes directly.
             from kernels.w4a16 import w4a16_matmul
@@ -244,6 +257,38 @@ class QuantLinear(nn.Module):
         scale_a = self.input_scale.expand(x.shape[0], 1).contiguous()
         return torch._scaled_mm(x_fp8, self.qweight.t(), scale_a=scale_a, scale_b=self.scales.view(1, -1),
                                 out_dtype=torch.bfloat16)
+
+    def marlin_weight(self, x: torch.Tensor):
+        """The codes, scales and zeros repacked for the Marlin-style CUDA kernel (kernels/marlin), with the
+        K slices it runs, for inputs like `x`; None where the kernel does not apply (CPU, float32, a shape
+        or group it does not take, non-integer zeros, no nvcc to build it), so forward takes another path.
+
+        Kept beside the plain layout (which checkpoints and exports read), not in the state dict, and
+        repacked when the plain tensors change (tensor versions) or x's device or dtype differs. Under
+        torch.compile only a repacking made by an earlier eager call is used (the first eager forward,
+        e.g. prefill, makes it)."""
+        cached = getattr(self, "_marlin", None)
+        if torch.compiler.is_compiling():
+            return cached if cached is not None and cached.key[1:3] == (x.device, x.dtype) else None
+        if not (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)):
+            return None
+        key = (tuple(t._version for t in (self.qweight, self.scales, self.zeros)), x.device, x.dtype,
+               self.qweight.data_ptr())
+        if cached is not None and cached.key == key:
+            return cached
+        from kernels import marlin
+        group = self.in_features if self.group_size in (None, -1) else self.group_size
+        try:
+            marlin.check_shapes(self.out_features, self.in_features, group)
+        except WorkshopError:
+            return None
+        if not torch.equal(self.zeros, self.zeros.round()) or not marlin.usable(x.device):
+            return None
+        packed = marlin.repack(self.qweight, self.scales.to(x.dtype), self.zeros.to(x.dtype), group)
+        splits = marlin.choose_splits(self.out_features, self.in_features,
+                                      marlin.k_tile_for(self.in_features, group), x.device)
+        self._marlin = MarlinCache(key, packed, splits)
+        return self._marlin
 
     def uses_kernel(self, x: torch.Tensor) -> bool:
         g = self.group_size or 0

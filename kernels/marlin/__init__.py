@@ -1,8 +1,9 @@
 """Marlin-style W4A16 GEMM in CUDA C++ (kernels/marlin/w4a16.cu): the offline weight repacking, its
 exact inverse, a pure-PyTorch model of what the kernel computes, and the loader of the extension.
 
-Not wired into QuantLinear: on an H200 it computes the right numbers (tests/test_marlin.py) but reads
-the weight at about a quarter of the bandwidth (NOTES.md); `python -m kernels.marlin.bench` times it.
+QuantLinear uses it on CUDA for INT4 layers with at most 64 rows of input (decode, small batches), its
+repacked weight kept beside the plain layout (`QuantLinear.marlin_weight`); NOTES.md has its speed and
+what limits it; `workshop bench-kernels` times it beside the other paths (its "Marlin" column).
 
 Repacked layout, for the weight of a QuantLinear (N = out_features, K = in_features, groups of g along K):
   qweight  int32 [K // 64, 8 * N]: per K tile of 64 and per block of 16 output columns, 32 lanes x 4
@@ -17,6 +18,7 @@ Repacked layout, for the weight of a QuantLinear (N = out_features, K = in_featu
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -156,20 +158,42 @@ def load_extension(verbose: bool = False):
     return _extension
 
 
-def choose_splits(N: int, K: int, device: torch.device | None = None) -> int:
-    """K slices per output block: enough blocks for ~2 per SM, each slice at least 8 K tiles (512 K)
-    so the 4-stage pipeline has something to overlap. A first guess, not tuned."""
+def k_tile_for(K: int, group_size: int) -> int:
+    """K per pipeline stage the kernel takes (w4a16.cu, k_tile_for): 128 where K and the group allow."""
+    return 128 if K % 128 == 0 and (group_size <= 64 or group_size % 128 == 0) else 64
+
+
+def choose_splits(N: int, K: int, k_tile: int, device: torch.device | None = None, blocks_per_sm: int = 4) -> int:
+    """K slices per output block: enough blocks for `blocks_per_sm` per SM (a block keeps only a few K tiles
+    in flight, and one SM's warps must hide the latency of each other's dependent instructions), each
+    slice at least 4 K tiles so the pipeline has something to overlap. kernels/marlin/NOTES.md has the
+    sweep this was read from."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     blocks_n = N // TILE_N
-    tiles = K // TILE_K
-    want = -(-2 * sms // blocks_n)
-    return max(1, min(want, tiles // 8))
+    tiles = K // k_tile
+    want = -(-blocks_per_sm * sms // blocks_n)
+    return max(1, min(want, tiles // 4))
 
 
-def w4a16_marlin(x: torch.Tensor, packed: MarlinWeight, splits: int | None = None) -> torch.Tensor:
+@torch.library.custom_op("workshop::w4a16_marlin", mutates_args=())
+def _gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
+          splits: int, k_tile: int) -> torch.Tensor:
+    # A registered operator, so torch.compile (decode's compiled step) keeps it as one opaque call
+    with torch.cuda.device(x.device):
+        return load_extension().w4a16_gemm(x, qweight, scales, zeros, group_size, splits, k_tile,
+                                           torch.cuda.current_stream(x.device).cuda_stream)
+
+
+@_gemm.register_fake
+def _(x, qweight, scales, zeros, group_size, splits, k_tile):
+    return x.new_empty(x.shape[0], qweight.shape[1] // 8)
+
+
+def w4a16_marlin(x: torch.Tensor, packed: MarlinWeight, splits: int | None = None, k_tile: int = 0) -> torch.Tensor:
     """out[..., N] = x[..., K] @ W^T on the GPU, W given by `repack`; x fp16 or bf16 with at most 64 rows
-    (leading dimensions flattened); scales/zeros are cast to x's dtype if needed."""
-    ext = load_extension()
+    (leading dimensions flattened); scales/zeros are cast to x's dtype if needed. splits (K slices; None:
+    `choose_splits`) and k_tile (K per pipeline stage, 64 or 128; 0: `k_tile_for`) are for benchmarks
+    and for callers that choose them once (QuantLinear)."""
     N, K = packed.shape
     # Checked here as well as in the binding: on the H200 image an error thrown by the compiled
     # extension crashed the process (segmentation fault) instead of reaching Python.
@@ -182,13 +206,37 @@ def w4a16_marlin(x: torch.Tensor, packed: MarlinWeight, splits: int | None = Non
     if not 1 <= x2.shape[0] <= MAX_ROWS:
         raise WorkshopError(f"The Marlin W4A16 kernel takes 1..{MAX_ROWS} rows, got {x2.shape[0]}.",
                             "For prefill, dequantize once and use a dense matmul, or call it per 64-row chunk.")
-    if x2.data_ptr() % 16:
+    # (under torch.compile, Inductor's buffers are aligned and data_ptr cannot be traced)
+    if not torch.compiler.is_compiling() and x2.data_ptr() % 16:
         raise WorkshopError("x does not start on a 16-byte boundary (cp.async copies 16 bytes).",
                             "A sliced view can do this: pass x.clone().")
-    scales, zeros = packed.scales.to(x.dtype), packed.zeros.to(x.dtype)
+    if k_tile not in (0, 64, 128) or (k_tile == 128 and k_tile_for(K, packed.group_size) != 128):
+        raise WorkshopError(f"k_tile={k_tile} does not fit K={K} with group size {packed.group_size}.",
+                            "Use 0 (the kernel's choice) or 64.")
+    k_tile = k_tile or k_tile_for(K, packed.group_size)
     if splits is None:
-        splits = choose_splits(N, K, x.device)
-    with torch.cuda.device(x.device):
-        out = ext.w4a16_gemm(x2, packed.qweight, scales, zeros, packed.group_size, splits,
-                             torch.cuda.current_stream(x.device).cuda_stream)
+        splits = choose_splits(N, K, k_tile, x.device)
+    if not torch.compiler.is_compiling():
+        load_extension()  # a build failure is a WorkshopError here, not inside the operator
+    out = _gemm(x2, packed.qweight, packed.scales.to(x.dtype), packed.zeros.to(x.dtype), packed.group_size, splits,
+                k_tile)
     return out.reshape(*x.shape[:-1], N)
+
+
+_unusable: dict = {}  # device index -> why the kernel cannot run there (said once)
+
+
+def usable(device: torch.device) -> bool:
+    """Whether the kernel builds and runs on `device` (a CUDA GPU, sm_80+, with nvcc to build it). The first
+    failure is said once as a warning; callers then keep their other path."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _unusable:
+        try:
+            with torch.cuda.device(index):
+                load_extension()
+            _unusable[index] = None
+        except Exception as error:  # no nvcc, a compiler error, an old GPU: the caller falls back
+            _unusable[index] = str(error).splitlines()[0]
+            warnings.warn(f"The Marlin W4A16 kernel cannot run on cuda:{index} ({_unusable[index]}); "
+                          "INT4 layers use the Triton kernel and the dequantize-then-matmul path instead.")
+    return _unusable[index] is None

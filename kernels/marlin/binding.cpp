@@ -13,7 +13,8 @@ constexpr int64_t kTileN = 64, kTileK = 64, kMaxRows = 64;
 bool aligned16(const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
 torch::Tensor w4a16_gemm(const torch::Tensor& x, const torch::Tensor& qweight, const torch::Tensor& scales,
-                         const torch::Tensor& zeros, int64_t group_size, int64_t splits, int64_t stream) {
+                         const torch::Tensor& zeros, int64_t group_size, int64_t splits, int64_t k_tile,
+                         int64_t stream) {
   TORCH_CHECK(x.is_cuda() && qweight.is_cuda() && scales.is_cuda() && zeros.is_cuda(),
               "w4a16_marlin: all tensors must be on the GPU (move them with .cuda(); on a CPU use the "
               "dequantize-then-matmul reference, QuantLinear's own forward)");
@@ -52,6 +53,9 @@ torch::Tensor w4a16_gemm(const torch::Tensor& x, const torch::Tensor& qweight, c
               "w4a16_marlin: tensors must start on 16-byte boundaries (cp.async copies 16 bytes); "
               "a sliced view can break this: pass x.clone()");
   TORCH_CHECK(splits >= 1, "w4a16_marlin: splits must be >= 1");
+  TORCH_CHECK(k_tile == 0 || k_tile == 64 || (k_tile == 128 && marlin_w4a16::k_tile_for(K, group_size) == 128),
+              "w4a16_marlin: k_tile ", k_tile, " does not fit K = ", K, " and group ", group_size,
+              "; use 0 (automatic), 64, or 128 where K % 128 == 0 and the group is 32, 64 or a multiple of 128");
 
   auto out = torch::empty({M, N}, x.options());
   torch::Tensor workspace;
@@ -60,7 +64,7 @@ torch::Tensor w4a16_gemm(const torch::Tensor& x, const torch::Tensor& qweight, c
       x.data_ptr(), qweight.data_ptr(), scales.data_ptr(), zeros.data_ptr(), out.data_ptr(),
       splits > 1 ? workspace.data_ptr<float>() : nullptr, static_cast<int>(M), static_cast<int>(N),
       static_cast<int>(K), static_cast<int>(group_size), static_cast<int>(splits),
-      x.scalar_type() == torch::kBFloat16, reinterpret_cast<cudaStream_t>(stream));
+      static_cast<int>(k_tile), x.scalar_type() == torch::kBFloat16, reinterpret_cast<cudaStream_t>(stream));
   TORCH_CHECK(err == cudaSuccess, "w4a16_marlin: kernel launch failed: ", cudaGetErrorString(err));
   if (splits > 1) out.copy_(workspace);  // fp32 partial sums of all K slices -> the output dtype
   return out;
@@ -71,5 +75,8 @@ torch::Tensor w4a16_gemm(const torch::Tensor& x, const torch::Tensor& qweight, c
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4a16_gemm", &w4a16_gemm, "out[M, N] = x[M, K] @ W^T, W the repacked INT4 weight (kernels/marlin)",
         pybind11::arg("x"), pybind11::arg("qweight"), pybind11::arg("scales"), pybind11::arg("zeros"),
-        pybind11::arg("group_size"), pybind11::arg("splits"), pybind11::arg("stream"));
+        pybind11::arg("group_size"), pybind11::arg("splits"), pybind11::arg("k_tile"),
+        pybind11::arg("stream"));
+  m.def("k_tile_for", &marlin_w4a16::k_tile_for, "K per pipeline stage the kernel picks for (K, group)",
+        pybind11::arg("K"), pybind11::arg("group"));  // tests compare it with kernels.marlin.k_tile_for
 }

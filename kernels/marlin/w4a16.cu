@@ -34,12 +34,15 @@ namespace marlin_w4a16 {
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kTileN = 16 * kWarps;   // 64 output columns per block, 16 per warp (two n8 MMA tiles)
-constexpr int kTileK = 64;            // K per pipeline stage: four k16 MMA steps
-// cp.async ring depth: kStages - 1 tiles in flight while one is computed. Decode is bound by bytes in
-// flight, so the few-row kernels, whose activation tiles are small, take a deeper ring; all fit in the
-// 48 KB of static shared memory (see SharedStorage).
-template <int M_TILES> __host__ __device__ constexpr int stages_for() { return M_TILES <= 2 ? 6 : 4; }
-constexpr int kWordsPerTile = kTileN * kTileK / 8;  // 512 int32 words = 2 KB of codes per stage
+constexpr int kSubK = 64;             // K of one repacked code tile: four k16 MMA steps, 2 KB per block
+constexpr int kWordsPerSub = kTileN * kSubK / 8;  // 512 int32 words
+// A pipeline stage holds SUB code tiles (K tile = 64 SUB). SUB = 2 halves the per-stage work that does
+// not scale with the codes (wait, barrier, addresses, scale loads) per weight.
+// cp.async ring depth: kStages - 1 stages in flight while one is computed; decode is bound by bytes in
+// flight, so the few-row kernels, whose activation tiles are small, take a deeper ring.
+template <int M_TILES, int SUB> __host__ __device__ constexpr int stages_for() {
+  return SUB == 1 ? (M_TILES <= 2 ? 6 : 4) : (M_TILES <= 2 ? 4 : 3);
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Per-dtype constants: the exponent pattern that turns a 4-bit code into MAGIC + code (two per register),
@@ -142,25 +145,36 @@ __device__ __forceinline__ void dequant_word(uint32_t word, typename Dtype<T>::T
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Shared memory of one block. The activation tile is swizzled: row r's 16-byte chunk c is stored at chunk
-// c ^ (r % 8). Rows are 128 bytes, so without it the 8 row addresses of one ldmatrix matrix would all
-// hit the same banks (an 8-way conflict); with it they cover all 32 banks.
-template <typename T, int M_TILES, int kStages = stages_for<M_TILES>()>
-struct __align__(16) SharedStorage {
-  uint32_t w[kStages][kWordsPerTile];          // codes, fragment order: thread t's 4 words at 4t
-  T x[kStages][M_TILES * 16][kTileK];          // activations (zero rows beyond M), swizzled
-  T s[kStages][2][kTileN];                     // scales of the (up to 2) groups this K tile touches
-  T z[kStages][2][kTileN];                     // zero points, same
+// Shared memory of one block, carved from dynamic shared memory (a deep ring of SUB = 2 stages needs
+// more than the 48 KB a static array may take). The activation tile is swizzled: row r's 16-byte chunk c
+// is stored at chunk c ^ (r % 8). Rows are 128 or 256 bytes, so without it the 8 row addresses of one
+// ldmatrix matrix would all hit the same banks (an 8-way conflict); with it they cover all 32 banks.
+// Rows M..16 M_TILES - 1 of the tile are never written: row i of an MMA's result depends on row i of A
+// only, and the epilogue stores rows < M only, so whatever those rows hold never reaches the output.
+template <typename T, int M_TILES, int SUB>
+struct SharedLayout {
+  static constexpr int kStages = stages_for<M_TILES, SUB>();
+  static constexpr int kTileK = kSubK * SUB;
+  static constexpr int kGroupsMax = 2 * SUB;               // group 32: two groups per 64 of K
+  static constexpr int kWords = kStages * SUB * kWordsPerSub;          // codes, thread t's 4 words at 4t
+  static constexpr int kX = kStages * M_TILES * 16 * kTileK;            // activations
+  static constexpr int kScales = kStages * kGroupsMax * kTileN;         // scales, then as many zeros
+  static constexpr int kBytes = 4 * kWords + sizeof(T) * (kX + 2 * kScales);
 };
 
-template <typename T, int M_TILES>
+template <typename T, int M_TILES, int SUB>
 __global__ void __launch_bounds__(kThreads)
 w4a16_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, const T* __restrict__ scales,
              const T* __restrict__ zeros, T* __restrict__ out, float* __restrict__ workspace, int M, int N, int K,
              int group, int tiles_per_split) {
   using T2 = typename Dtype<T>::T2;
-  constexpr int kStages = stages_for<M_TILES>();
-  __shared__ SharedStorage<T, M_TILES> sm;
+  using L = SharedLayout<T, M_TILES, SUB>;
+  constexpr int kStages = L::kStages, kTileK = L::kTileK, kRows = M_TILES * 16;
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint32_t* sm_w = reinterpret_cast<uint32_t*>(smem);                    // [stage][sub][512]
+  T* sm_x = reinterpret_cast<T*>(sm_w + L::kWords);                      // [stage][row][kTileK]
+  T* sm_s = sm_x + L::kX;                                                // [stage][group slot][64]
+  T* sm_z = sm_s + L::kScales;
 
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -170,51 +184,36 @@ w4a16_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, cons
   const int tile_end = min(tile_begin + tiles_per_split, tiles_k);
   const int n_tiles = tile_end - tile_begin;
   if (n_tiles <= 0) return;
-  // group 32: a K tile holds two groups (MMA steps 0-1 and 2-3); any group >= 64 covers the whole tile.
-  const int groups_per_tile = group == 32 ? 2 : 1;
-
-  // Padding rows M..16*M_TILES-1 of every stage are zeroed once and never written again (the loads
-  // below skip them), so padded rows contribute 0 and cost no global traffic.
-  if (M < M_TILES * 16) {
-    for (int i = threadIdx.x; i < kStages * M_TILES * 16 * kTileK; i += kThreads) {
-      const int row = (i / kTileK) % (M_TILES * 16);
-      if (row >= M) reinterpret_cast<uint16_t*>(&sm.x[0][0][0])[i] = 0;  // +0.0 in fp16 and bf16
-    }
-  }
-
-  // Group row of the next tile to load, kept incrementally (one division per block, not one per tile).
-  const int tiles_per_group = group >= kTileK ? group / kTileK : 1;
-  int load_group = group == 32 ? 2 * tile_begin : tile_begin / tiles_per_group;
-  int load_pos = group == 32 ? 0 : tile_begin % tiles_per_group;
+  // Groups per stage (1, 2 or 4) and MMA steps per group (2, 4 or 8: a power of two, see launch_w4a16).
+  const int group_span = min(group, kTileK);
+  const int groups_per_stage = kTileK / group_span;
+  const int group_shift = __ffs(group_span / 16) - 1;  // log2 of the MMA steps per group
 
   // Issue the cp.async copies of K tile `tile` into ring slot `stage`. Every thread issues its own
   // copies; the caller commits them as one group.
   auto load_tile = [&](int stage, int tile) {
-    // (a) codes: thread t copies its own 16 bytes = its 4 fragment words for the 4 MMA steps.
-    //     Global layout [K/64][N/16][32 lanes][4 words]: the block's 2 KB for one tile are contiguous.
-    cp_async16(&sm.w[stage][threadIdx.x * 4],
-               qweight + (size_t)tile * (8 * (size_t)N) + (size_t)blockIdx.x * kWordsPerTile + threadIdx.x * 4);
-    // (b) activations: 8 chunks of 16 bytes per row, only the M real rows.
+    // (a) codes: thread t copies its own 16 bytes of each code tile = its 4 fragment words for 4 MMA
+    //     steps. Global layout [K/64][N/16][32 lanes][4 words]: a block's 2 KB per code tile are contiguous.
+#pragma unroll
+    for (int u = 0; u < SUB; ++u)
+      cp_async16(sm_w + (stage * SUB + u) * kWordsPerSub + threadIdx.x * 4,
+                 qweight + (size_t)(tile * SUB + u) * (8 * (size_t)N) + (size_t)blockIdx.x * kWordsPerSub +
+                     threadIdx.x * 4);
+    // (b) activations: kTileK / 8 chunks of 16 bytes per row, only the M real rows.
     for (int i = threadIdx.x; i < M * (kTileK / 8); i += kThreads) {
       const int row = i / (kTileK / 8), chunk = i % (kTileK / 8);
-      cp_async16(&sm.x[stage][row][(chunk ^ (row % 8)) * 8], x + (size_t)row * K + (size_t)tile * kTileK + chunk * 8);
+      cp_async16(sm_x + (stage * kRows + row) * kTileK + (chunk ^ (row % 8)) * 8,
+                 x + (size_t)row * K + (size_t)tile * kTileK + chunk * 8);
     }
     // (c) scales and zeros, transposed offline to [groups, N] so the block's 64 columns are 128
     //     contiguous bytes: 8 chunks per group row and tensor. They are tiny and stay in L2.
-    const int g0 = load_group;
-    const int chunks = groups_per_tile * (kTileN / 8);
+    const int chunks = groups_per_stage * (kTileN / 8);
     if (threadIdx.x < 2 * chunks) {
       const bool is_zero = threadIdx.x >= chunks;
       const int i = threadIdx.x % chunks, r = i / (kTileN / 8), chunk = i % (kTileN / 8);
-      const T* src = (is_zero ? zeros : scales) + (size_t)(g0 + r) * N + n_block + chunk * 8;
-      cp_async16(is_zero ? &sm.z[stage][r][chunk * 8] : &sm.s[stage][r][chunk * 8], src);
-    }
-    // advance to the next tile's first group (tiles are loaded strictly in order)
-    if (groups_per_tile == 2) {
-      load_group += 2;
-    } else if (++load_pos == tiles_per_group) {
-      load_pos = 0;
-      ++load_group;
+      const int g = tile * kTileK / group + r;
+      cp_async16((is_zero ? sm_z : sm_s) + (stage * L::kGroupsMax + r) * kTileN + chunk * 8,
+                 (is_zero ? zeros : scales) + (size_t)g * N + n_block + chunk * 8);
     }
   };
 
@@ -247,35 +246,34 @@ w4a16_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, cons
     if (t + kStages - 1 < n_tiles) load_tile((t + kStages - 1) % kStages, tile_begin + t + kStages - 1);
     cp_async_commit();
 
-    // This tile's codes (one 16-byte shared load, conflict-free: consecutive lanes, consecutive chunks)
-    // and the scale and MAGIC + zero of the lane's two columns for each group of the tile.
-    const uint4 words = *reinterpret_cast<const uint4*>(&sm.w[stage][threadIdx.x * 4]);
-    const uint32_t word[4] = {words.x, words.y, words.z, words.w};
-    T2 s2[2][2], zm2[2][2];  // [group slot][n8 tile]
+    // This stage's codes: one 16-byte shared load per code tile (conflict-free: consecutive lanes,
+    // consecutive chunks).
+    uint32_t word[4 * SUB];
 #pragma unroll
-    for (int g = 0; g < 2; ++g) {
-      if (g < groups_per_tile) {
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          s2[g][nt] = Dtype<T>::broadcast(sm.s[stage][g][col + 8 * nt]);
-          zm2[g][nt] = __hadd2(Dtype<T>::broadcast(sm.z[stage][g][col + 8 * nt]), magic);  // exact: integer z
-        }
-      } else {
-        s2[g][0] = s2[0][0]; s2[g][1] = s2[0][1]; zm2[g][0] = zm2[0][0]; zm2[g][1] = zm2[0][1];
-      }
+    for (int u = 0; u < SUB; ++u) {
+      const uint4 w = *reinterpret_cast<const uint4*>(sm_w + (stage * SUB + u) * kWordsPerSub + threadIdx.x * 4);
+      word[4 * u] = w.x; word[4 * u + 1] = w.y; word[4 * u + 2] = w.z; word[4 * u + 3] = w.w;
     }
-
+    const T* stage_x = sm_x + stage * kRows * kTileK;
+    T2 s2[2], zm2[2];  // scale and MAGIC + zero of the lane's two columns, for the current group
 #pragma unroll
     for (int step = 0; step < kTileK / 16; ++step) {
-      const int g = step / 2;  // compile-time index: slot 1 is a copy of slot 0 when the tile has one group
+      if ((step & ((1 << group_shift) - 1)) == 0) {  // first step of a group: its scales and zeros
+        const int slot = stage * L::kGroupsMax + (step >> group_shift);
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          s2[nt] = Dtype<T>::broadcast(sm_s[slot * kTileN + col + 8 * nt]);
+          zm2[nt] = __hadd2(Dtype<T>::broadcast(sm_z[slot * kTileN + col + 8 * nt]), magic);  // exact: integer z
+        }
+      }
       uint32_t b[2][2];
-      dequant_word<T>(word[step], zm2[g][0], s2[g][0], zm2[g][1], s2[g][1], b);
+      dequant_word<T>(word[step], zm2[0], s2[0], zm2[1], s2[1], b);
 #pragma unroll
       for (int mt = 0; mt < M_TILES; ++mt) {
         const int row = mt * 16 + lane % 16;
         const int chunk = step * 2 + lane / 16;
         uint32_t a[4];
-        ldmatrix_x4(a, &sm.x[stage][row][(chunk ^ (row % 8)) * 8]);
+        ldmatrix_x4(a, stage_x + row * kTileK + (chunk ^ (row % 8)) * 8);
         mma_16816<T>(acc[mt][0], a, b[0]);
         mma_16816<T>(acc[mt][1], a, b[1]);
       }
@@ -306,42 +304,58 @@ w4a16_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, cons
 }
 
 // ---------------------------------------------------------------------------------------------------
-template <typename T, int M_TILES>
+template <typename T, int M_TILES, int SUB>
 static cudaError_t launch_typed(const void* x, const void* qweight, const void* scales, const void* zeros, void* out,
                                 float* workspace, int M, int N, int K, int group, int splits, cudaStream_t stream) {
-  const int tiles_k = K / kTileK;
+  using L = SharedLayout<T, M_TILES, SUB>;
+  auto kernel = w4a16_kernel<T, M_TILES, SUB>;
+  // Above 48 KB of dynamic shared memory a kernel must opt in; cheap, so done at every launch.
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes);
+  if (err != cudaSuccess) return err;
+  const int tiles_k = K / L::kTileK;
   const int tiles_per_split = (tiles_k + splits - 1) / splits;
   const dim3 grid(N / kTileN, (tiles_k + tiles_per_split - 1) / tiles_per_split);
-  w4a16_kernel<T, M_TILES><<<grid, kThreads, 0, stream>>>(
+  kernel<<<grid, kThreads, L::kBytes, stream>>>(
       static_cast<const T*>(x), static_cast<const uint32_t*>(qweight), static_cast<const T*>(scales),
       static_cast<const T*>(zeros), static_cast<T*>(out), workspace, M, N, K, group, tiles_per_split);
   return cudaGetLastError();
 }
 
-template <typename T>
+template <typename T, int SUB>
 static cudaError_t launch_rows(const void* x, const void* qweight, const void* scales, const void* zeros, void* out,
                                float* workspace, int M, int N, int K, int group, int splits, cudaStream_t stream) {
   switch ((M + 15) / 16) {  // one instantiation per 16-row MMA tile count: accumulators stay in registers
-    case 1: return launch_typed<T, 1>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
-    case 2: return launch_typed<T, 2>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
-    case 3: return launch_typed<T, 3>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
-    case 4: return launch_typed<T, 4>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
+    case 1: return launch_typed<T, 1, SUB>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
+    case 2: return launch_typed<T, 2, SUB>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
+    case 3: return launch_typed<T, 3, SUB>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
+    case 4: return launch_typed<T, 4, SUB>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
     default: return cudaErrorInvalidValue;
   }
 }
 
+int k_tile_for(int K, int group) {
+  // A stage of 128 needs K % 128 == 0 and groups that tile it (32, 64) or that it tiles (multiples of 128).
+  return K % 128 == 0 && (group <= 64 || group % 128 == 0) ? 128 : 64;
+}
+
 cudaError_t launch_w4a16(const void* x, const void* qweight, const void* scales, const void* zeros, void* out,
-                         float* workspace, int M, int N, int K, int group, int splits, bool bf16,
+                         float* workspace, int M, int N, int K, int group, int splits, int k_tile, bool bf16,
                          cudaStream_t stream) {
   // The binding checks all of this with readable messages; this is the last line of defence for
   // other callers.
-  const bool group_ok = group == 32 || (group > 0 && group % kTileK == 0);
-  if (M < 1 || M > 64 || N <= 0 || N % kTileN || K <= 0 || K % kTileK || !group_ok || K % group || splits < 1 ||
-      (splits > 1 && workspace == nullptr))
+  const bool group_ok = group == 32 || (group > 0 && group % kSubK == 0);
+  if (k_tile == 0) k_tile = k_tile_for(K, group);
+  const bool k_tile_ok = k_tile == 64 || (k_tile == 128 && k_tile_for(K, group) == 128);
+  if (M < 1 || M > 64 || N <= 0 || N % kTileN || K <= 0 || K % kSubK || !group_ok || K % group || splits < 1 ||
+      !k_tile_ok || (splits > 1 && workspace == nullptr))
     return cudaErrorInvalidValue;
   if (bf16)
-    return launch_rows<__nv_bfloat16>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
-  return launch_rows<half>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
+    return k_tile == 128
+               ? launch_rows<__nv_bfloat16, 2>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream)
+               : launch_rows<__nv_bfloat16, 1>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
+  return k_tile == 128
+             ? launch_rows<half, 2>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream)
+             : launch_rows<half, 1>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
 }
 
 }  // namespace marlin_w4a16

@@ -14,9 +14,12 @@ namespace marlin_w4a16 {
 //   out      [M, N] same dtype as x; written directly when splits == 1
 //   workspace float32 [M, N], zero-filled, when splits > 1: every K slice adds into it atomically and the
 //            caller casts it to the output dtype.
+//   k_tile   K per pipeline stage: 64, 128 (needs K % 128 == 0 and group 32, 64 or a multiple of 128),
+//            or 0 for k_tile_for(K, group), the larger one where it fits.
 // Returns the launch's cudaError_t (cudaErrorInvalidValue for arguments the kernel cannot take).
 cudaError_t launch_w4a16(const void* x, const void* qweight, const void* scales, const void* zeros, void* out,
-                         float* workspace, int M, int N, int K, int group, int splits, bool bf16,
+                         float* workspace, int M, int N, int K, int group, int splits, int k_tile, bool bf16,
                          cudaStream_t stream);
+int k_tile_for(int K, int group);
 
 }  // namespace marlin_w4a16

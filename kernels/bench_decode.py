@@ -1,0 +1,109 @@
+"""Batch-1 decode speed on real models' shapes: bf16 against W4A16 (GPU only).
+
+    python -m kernels.bench_decode [--specs llama-1b-shaped llama-8b-layer] [--json OUT.json]
+
+The models are random weights in the shapes of `common.models.SHAPED_SPECS` (decode time depends on
+shapes, not values), so the speed-ups are those a 135M model's launch overhead hides. W4A16: every
+linear layer, the head included, round-to-nearest INT4 with groups of 128 (QuantLinear; on a GPU its
+forward runs the Marlin-style kernel for up to 64 rows). Decoded by `common.decode.StaticGreedyDecoder`
+(static KV cache, one CUDA graph per step) with the lean step, eager and compiled; tokens/s is the
+median of repeats. Each row also gives the weight bytes a step reads, the bound that sets at the
+device's copy bandwidth, and the kernels one step launches (counted by the profiler).
+"""
+import argparse
+import datetime
+import json
+
+import torch
+
+from common.decode import StaticGreedyDecoder, measure_static_decode
+from common.hardware import device_description, package_versions
+from common.models import load_model
+from common.quant.qlinear import QuantLinear, replace_linears
+
+PROMPT, NEW_TOKENS = 64, 128
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the linear layers' stored weights: what one decode step must read at batch 1."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            total += sum(t.numel() * t.element_size() for t in (m.qweight, m.scales, m.zeros) if t is not None)
+        elif isinstance(m, torch.nn.Linear):
+            total += m.weight.numel() * m.weight.element_size()
+    return total
+
+
+def kernels_per_step(model, compile: bool) -> int:
+    """CUDA kernels one decode step launches (run outside a graph, after warm-up, under the profiler)."""
+    decoder = StaticGreedyDecoder(model, 1, PROMPT + 8, cuda_graph=False, compile=compile, lean=True)
+    prompt = torch.zeros(1, PROMPT, dtype=torch.long)
+    with torch.inference_mode():
+        decoder.prefill(prompt)
+        decoder.decode(2)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            decoder.step()
+            torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def bench(spec: str, copy_bytes_per_s: float) -> list:
+    rows = []
+    for fmt in ("bf16", "w4a16"):
+        model, _ = load_model(spec, dtype=torch.bfloat16, device="cuda", progress=False)
+        if fmt == "w4a16":
+            replace_linears(model, "int4", group_size=128, skip=(), progress=False)
+        nbytes = weight_bytes(model)
+        for compile in (False, True):
+            result = measure_static_decode(model, 1, PROMPT, NEW_TOKENS, repeats=5, compile=compile, lean=True)
+            row = {"spec": spec, "format": fmt, "compiled": compile, "tokens_per_s": result["decode_tokens_per_s"],
+                   "weight_bytes": nbytes, "bound_tokens_per_s": copy_bytes_per_s / nbytes,
+                   "kernels_per_step": kernels_per_step(model, compile)}
+            row["fraction_of_bound"] = row["tokens_per_s"] / row["bound_tokens_per_s"]
+            rows.append(row)
+            print(f"{spec:16s} {fmt:5s} {'compiled' if compile else 'graph   '} {row['tokens_per_s']:8,.0f} tok/s  "
+                  f"{nbytes / 1e6:7.0f} MB/step  bound {row['bound_tokens_per_s']:8,.0f}  "
+                  f"{row['fraction_of_bound']:.0%}  {row['kernels_per_step']} kernels/step", flush=True)
+        del model
+        torch.cuda.empty_cache()
+    return rows
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bytes/s (read + write) of 1 GiB, median of 10."""
+    a = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    times = []
+    for _ in range(11):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        b.copy_(a)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return 2 * a.numel() / sorted(times[1:])[5]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--specs", nargs="+", default=["llama-1b-shaped", "llama-8b-layer"])
+    parser.add_argument("--json", help="write the rows and the device here")
+    args = parser.parse_args()
+    bandwidth = copy_bandwidth()
+    print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s")
+    rows = [row for spec in args.specs for row in bench(spec, bandwidth)]
+    for spec in args.specs:
+        for compile in (False, True):
+            pick = {r["format"]: r["tokens_per_s"] for r in rows if r["spec"] == spec and r["compiled"] == compile}
+            print(f"{spec} {'compiled' if compile else 'graph'}: W4A16 / bf16 = {pick['w4a16'] / pick['bf16']:.2f}x")
+    if args.json:
+        record = {"device": device_description(), "versions": package_versions(),
+                  "date": datetime.date.today().isoformat(), "copy_bytes_per_s": bandwidth, "rows": rows}
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
