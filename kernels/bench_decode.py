@@ -7,16 +7,18 @@ shapes, not values), so the speed-ups are those a 135M model's launch overhead h
 linear layer, the head included, round-to-nearest INT4 with groups of 128 (QuantLinear; on a GPU its
 forward runs the Marlin-style kernel for up to 64 rows). Decoded by `common.decode.StaticGreedyDecoder`
 (static KV cache, one CUDA graph per step) with the lean step, eager and compiled; tokens/s is the
-median of repeats. Each row also gives the weight bytes a step reads, the bound that sets at the
+median of 3 repeats of 128 tokens after a 64-token prompt. Each row also gives the weight bytes a step reads, the bound that sets at the
 device's copy bandwidth, and the kernels one step launches (counted by the profiler).
 """
 import argparse
 import datetime
 import json
+import statistics
+import time
 
 import torch
 
-from common.decode import StaticGreedyDecoder, measure_static_decode
+from common.decode import StaticGreedyDecoder
 from common.hardware import device_description, package_versions
 from common.models import load_model
 from common.quant.qlinear import QuantLinear, replace_linears
@@ -35,18 +37,24 @@ def weight_bytes(model) -> int:
     return total
 
 
-def kernels_per_step(model, compile: bool) -> int:
-    """CUDA kernels one decode step launches (run outside a graph, after warm-up, under the profiler)."""
-    decoder = StaticGreedyDecoder(model, 1, PROMPT + 8, cuda_graph=False, compile=compile, lean=True)
+def decode_run(model, compile: bool, repeats: int = 3) -> dict:
+    """Tokens/s at batch 1 (median of repeats after one that captures the graph) and the CUDA kernels
+    one step launches (the step run once outside the graph under the profiler)."""
+    decoder = StaticGreedyDecoder(model, 1, PROMPT + NEW_TOKENS + 1, cuda_graph=True, compile=compile, lean=True)
     prompt = torch.zeros(1, PROMPT, dtype=torch.long)
-    with torch.inference_mode():
+    times = []
+    for _ in range(repeats + 1):
         decoder.prefill(prompt)
-        decoder.decode(2)
         torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            decoder.step()
-            torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+        t0 = time.perf_counter()
+        decoder.decode(NEW_TOKENS)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        decoder.step()
+        torch.cuda.synchronize()
+    kernels = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return {"tokens_per_s": NEW_TOKENS / statistics.median(times[1:]), "kernels_per_step": kernels}
 
 
 def bench(spec: str, copy_bytes_per_s: float) -> list:
@@ -57,10 +65,8 @@ def bench(spec: str, copy_bytes_per_s: float) -> list:
             replace_linears(model, "int4", group_size=128, skip=(), progress=False)
         nbytes = weight_bytes(model)
         for compile in (False, True):
-            result = measure_static_decode(model, 1, PROMPT, NEW_TOKENS, repeats=5, compile=compile, lean=True)
-            row = {"spec": spec, "format": fmt, "compiled": compile, "tokens_per_s": result["decode_tokens_per_s"],
-                   "weight_bytes": nbytes, "bound_tokens_per_s": copy_bytes_per_s / nbytes,
-                   "kernels_per_step": kernels_per_step(model, compile)}
+            row = {"spec": spec, "format": fmt, "compiled": compile, **decode_run(model, compile),
+                   "weight_bytes": nbytes, "bound_tokens_per_s": copy_bytes_per_s / nbytes}
             row["fraction_of_bound"] = row["tokens_per_s"] / row["bound_tokens_per_s"]
             rows.append(row)
             print(f"{spec:16s} {fmt:5s} {'compiled' if compile else 'graph   '} {row['tokens_per_s']:8,.0f} tok/s  "

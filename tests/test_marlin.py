@@ -176,6 +176,16 @@ def test_kernel_refuses_what_it_cannot_compute():
         w4a16_marlin(torch.randn(1, 129, device="cuda").half()[:, 1:], packed, splits=1)
 
 
+def test_recorded_profile_reads_back():
+    from kernels.marlin import read_profile
+    profile = read_profile()
+    n, k = profile["shape"]["N"], profile["shape"]["K"]
+    assert profile["instructions_per_weight"] == profile["metrics"]["smsp__inst_executed.sum"] * 32 / (n * k)
+    stalls = list(profile["stalls"].values())
+    assert len(stalls) > 10 and stalls == sorted(stalls, reverse=True)
+    assert profile["metrics"]["Duration"] > 0 and 0 < profile["metrics"]["DRAM Throughput"] < 100
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")
 def test_k_tile_rule_is_the_kernels():
     from kernels.marlin import k_tile_for, load_extension

@@ -18,6 +18,7 @@ Repacked layout, for the weight of a QuantLinear (N = out_features, K = in_featu
 """
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -240,3 +241,23 @@ def usable(device: torch.device) -> bool:
             warnings.warn(f"The Marlin W4A16 kernel cannot run on cuda:{index} ({_unusable[index]}); "
                           "INT4 layers use the Triton kernel and the dequantize-then-matmul path instead.")
     return _unusable[index] is None
+
+
+PROFILE = _HERE / "profile-h200.txt"
+
+
+def read_profile(path: Path = PROFILE) -> dict:
+    """The recorded Nsight Compute profile of the kernel (NOTES.md): its metrics by name (the last number
+    on each metric line), the layer's shape, instructions per weight and warp stalls per issued instruction."""
+    metrics, shape = {}, {}
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("# shape:"):
+            shape = {k: int(v) for k, v in (item.split("=") for item in line.split(":", 1)[1].split())}
+        elif line.startswith("    "):  # "name   [unit]   value", columns two or more spaces apart
+            fields = re.split(r"\s{2,}", line.strip())
+            metrics[fields[0]] = float(fields[-1].replace(",", ""))
+    stalls = {name.split("stalled_")[1].split("_per_issue")[0]: value for name, value in metrics.items()
+              if "issue_stalled_" in name}
+    instructions = metrics["smsp__inst_executed.sum"] * 32  # warp instructions x threads per warp
+    return {"metrics": metrics, "shape": shape, "stalls": dict(sorted(stalls.items(), key=lambda kv: -kv[1])),
+            "instructions_per_weight": instructions / (shape["N"] * shape["K"])}
