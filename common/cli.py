@@ -7,6 +7,7 @@ module each; they return their result, and `main` is the one place that prints i
 import argparse
 import contextlib
 import json
+import os
 import sys
 
 from .commands import (add_model_options, bench_kernels, distill, doctor, eval as eval_command, export, pipeline, prune,
@@ -42,13 +43,21 @@ def main(argv=None) -> int:
         with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
             output = args.run(args)
     except WorkshopError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if _is_rank0():
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    print(json.dumps(output.result, indent=2, default=str) if args.json else output.text, file=stdout)
+    if _is_rank0():
+        print(json.dumps(output.result, indent=2, default=str) if args.json else output.text, file=stdout)
     return output.exit_code
+
+
+def _is_rank0() -> bool:
+    """Under torchrun every rank runs the command (the same checks fail on each): rank 0 alone prints,
+    so that a result or an error shows once. torchrun sets RANK; a plain run has none."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 if __name__ == "__main__":

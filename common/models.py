@@ -190,17 +190,21 @@ SHAPED_SPECS = {
 }
 
 
+def shaped_config(spec: str, **overrides):
+    """The LlamaConfig of SHAPED_SPECS[spec] (with `overrides`, e.g. num_hidden_layers=32 for all of Llama-3-8B)."""
+    from transformers import LlamaConfig
+    eos = byte_level_tokenizer().eos_token_id
+    return LlamaConfig(vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0, bos_token_id=None,
+                       eos_token_id=eos, pad_token_id=eos, **(SHAPED_SPECS[spec] | overrides))
+
+
 def shaped_random(spec: str, dtype: torch.dtype, device: torch.device, seed: int = 0):
     """A Llama with random weights in the shapes of SHAPED_SPECS[spec], built directly on `device`."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    tokenizer = byte_level_tokenizer()
-    config = LlamaConfig(vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
-                         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
-                         **SHAPED_SPECS[spec])
+    from transformers import LlamaForCausalLM
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.device(device):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    return model.to(dtype), tokenizer
+        model = LlamaForCausalLM(shaped_config(spec))
+    return model.to(dtype), byte_level_tokenizer()
 
 
 # ---------------------------------------------------------------------------------------------

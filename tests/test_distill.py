@@ -291,3 +291,17 @@ def test_teacher_generated_data_is_cached_and_trains(tmp_path):
     student, _ = tiny_pair()
     _, history = distill(student, teacher, DistillConfig(**QUICK | {"steps": 2}), samples, progress=False)
     assert history.tokens == 2 * 2 * 32 and prompt.max() < 256
+
+
+def test_distill_memory_arithmetic():
+    from common.distill.memory import DistillMemory, parameter_count
+    from common.models import tiny_random
+    model, _ = tiny_random()
+    assert parameter_count(model.config) == sum(p.numel() for p in model.parameters())
+    one = DistillMemory(student_parameters=3_000, teacher_parameters=8_000, gpus=1, teacher_sharded=True,
+                        tokens_per_gpu=10, vocab_size=100)
+    assert one.student_bytes == 16 * 3_000 and one.teacher_bytes == 2 * 8_000 and one.logits_bytes == 3 * 2 * 10 * 100
+    four = DistillMemory(3_000, 8_000, gpus=4, teacher_sharded=True, tokens_per_gpu=10, vocab_size=100)
+    assert four.student_bytes == one.student_bytes / 4 and four.teacher_bytes == one.teacher_bytes / 4
+    replicated = DistillMemory(3_000, 8_000, gpus=4, teacher_sharded=False)
+    assert replicated.teacher_bytes == one.teacher_bytes and replicated.total_bytes > four.total_bytes - four.logits_bytes

@@ -11,6 +11,12 @@ teacher=None it is plain cross-entropy fine-tuning, the same loop, so the two co
 - checkpoints: every `checkpoint_every` steps the student (save_pretrained) and the optimizer,
   schedule and history go to `checkpoint_dir`, written aside and renamed, so a crash never leaves a
   half-written checkpoint; a later call with the same directory resumes from it.
+- several GPUs: under `torchrun --nproc-per-node N` the same loop runs on every rank (distributed.py):
+  the student (and by default the teacher) is sharded with FSDP2, rank r trains on rows r::N of each
+  micro-batch of `batch` windows (the same global batch as one process), logged losses are averaged
+  over the ranks once per step, and rank 0 alone shows progress and writes checkpoints. Checkpoints
+  hold whole tensors keyed by name, so a run resumes on any number of ranks. The student comes back
+  sharded; `distributed.full_model_state(student)` gathers its weights.
 """
 import math
 import os
@@ -25,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..data import DEFAULT_TRAIN, generated_ids, sample_windows, training_ids
 from ..errors import WorkshopError
+from . import distributed
 from .losses import HiddenStateLoss, kd_loss
 
 TRAIN_STATE = "train_state.pt"
@@ -36,7 +43,7 @@ class DistillConfig:
     temperature: float = 2.0
     alpha: float = 0.5                 # weight of the data's cross-entropy; 1.0 = CE-only fine-tuning
     lr: float = 1e-4
-    batch: int = 4                     # windows per micro-batch
+    batch: int = 4                     # windows per micro-batch, over all ranks
     seqlen: int = 256
     grad_accum: int = 1                # micro-batches per optimizer step
     seed: int = 0
@@ -48,6 +55,7 @@ class DistillConfig:
     max_grad_norm: float = 1.0
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0          # 0: only at the end (when checkpoint_dir is set)
+    teacher_placement: str = "sharded"  # under torchrun: "sharded" (FSDP2, 1/N of it per GPU) or "replicated"
 
     def validate(self) -> None:
         if self.steps <= 0:
@@ -61,6 +69,14 @@ class DistillConfig:
         if min(self.batch, self.seqlen - 1, self.grad_accum) < 1:
             raise WorkshopError(f"batch={self.batch}, seqlen={self.seqlen}, grad_accum={self.grad_accum} "
                                 "leave nothing to train on.", "Use batch >= 1, seqlen >= 2, grad_accum >= 1.")
+        if self.batch % distributed.world_size():
+            ranks = distributed.world_size()
+            raise WorkshopError(f"batch={self.batch} windows do not split evenly over {ranks} processes.",
+                                f"Use a batch that is a multiple of {ranks} (e.g. {-(-self.batch // ranks) * ranks}; "
+                                "--grad-accum keeps the memory per GPU), or another --nproc-per-node.")
+        if self.teacher_placement not in ("sharded", "replicated"):
+            raise WorkshopError(f"teacher_placement={self.teacher_placement!r} is not a placement.",
+                                "Use 'sharded' (1/N of the teacher per GPU) or 'replicated' (a whole copy on each).")
 
     def temperature_at(self, step: int) -> float:
         if self.temperature_end is None or self.steps == 1:
@@ -130,16 +146,22 @@ def teacher_generated_ids(teacher, tokenizer, n_sequences: int, seqlen: int, bat
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
 def save_checkpoint(directory: Path, student, state: dict) -> None:
-    """The student (save_pretrained) and the training state, written aside then swapped in."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-"))
-    student.save_pretrained(tmp)
-    torch.save(state, tmp / TRAIN_STATE)
-    old = directory.with_name(f".{directory.name}.old")
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    """The student (save_pretrained) and the training state, written aside then swapped in.
+
+    Collective under torchrun: every rank sends its slices of the weights, rank 0 writes, and the
+    others wait for it, so none runs ahead of a checkpoint that is not there yet."""
+    weights = distributed.full_model_state(student)
+    if distributed.is_main():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-"))
+        student.save_pretrained(tmp, state_dict=weights)
+        torch.save(state, tmp / TRAIN_STATE)
+        old = directory.with_name(f".{directory.name}.old")
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()
 
 
 def load_checkpoint(directory: Path, student) -> dict | None:
@@ -176,10 +198,23 @@ def _lr_factor(step: int, config: DistillConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _shard(student, teacher, hidden_loss, config: DistillConfig) -> None:
+    """FSDP2 over the ranks (nothing in a single process). A replicated teacher runs whole on each rank,
+    with no communication: faster when it fits on one GPU, but memory is the point of sharding."""
+    if distributed.world_size() == 1:
+        return
+    distributed.shard(student, student.model.layers)
+    if teacher is not None and config.teacher_placement == "sharded":
+        distributed.shard(teacher, teacher.model.layers)
+    if hidden_loss is not None and list(hidden_loss.parameters()):  # its projections train with the student
+        distributed.shard(hidden_loss)
+
+
 def distill(student, teacher, config: DistillConfig, data: torch.Tensor, progress: bool = True):
     """Train `student` on `data` against `teacher` (None with alpha=1: CE-only fine-tuning).
 
-    Returns (student, DistillHistory). The student comes back in fp32 and eval mode.
+    Returns (student, DistillHistory). The student comes back in fp32 and eval mode (sharded under
+    torchrun). History's tokens count every rank's; its peak memory is this rank's.
     """
     config.validate()
     _check_data(data, config)
@@ -191,6 +226,8 @@ def distill(student, teacher, config: DistillConfig, data: torch.Tensor, progres
                             f"student's ({student.config.vocab_size}): logits cannot be compared token by token.",
                             "Distil between models that share a tokenizer (e.g. a pruned copy of the teacher).")
     device = next(student.parameters()).device
+    distributed.init(device)
+    ranks, rank = distributed.world_size(), distributed.rank()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     student.float().train()
     if teacher is not None:
@@ -201,35 +238,41 @@ def distill(student, teacher, config: DistillConfig, data: torch.Tensor, progres
     hidden_loss = HiddenStateLoss(student.config.hidden_size, teacher.config.hidden_size,
                                   _layer_pairs(student.config.num_hidden_layers, teacher.config.num_hidden_layers,
                                                config.hidden_layers)).to(device) if use_hidden else None
-    parameters = list(student.parameters()) + (list(hidden_loss.parameters()) if use_hidden else [])
+    history = DistillHistory(student_parameters=sum(p.numel() for p in student.parameters()),
+                             teacher_parameters=sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0)
+    checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
+    # weights load whole, before sharding: every rank reads the checkpoint, sharding then keeps its slice
+    state = load_checkpoint(checkpoint_dir, student) if checkpoint_dir is not None else None
+    if state is not None and use_hidden:
+        hidden_loss.load_state_dict(state["hidden_loss"])
+    _shard(student, teacher if teacher_needed else None, hidden_loss, config)
+
+    # the modules the optimizer updates, under the names its checkpointed state is keyed by
+    trained = torch.nn.ModuleDict({"student": student} | ({"hidden_loss": hidden_loss} if use_hidden else {}))
+    parameters = list(trained.parameters())
     # fused: one kernel for every parameter's update on a GPU instead of a dozen per tensor group
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95),
                                   fused=device.type == "cuda")
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
-
-    history = DistillHistory(student_parameters=sum(p.numel() for p in student.parameters()),
-                             teacher_parameters=sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0)
-    checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     start = 0
-    if checkpoint_dir is not None and (state := load_checkpoint(checkpoint_dir, student)) is not None:
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None:
+        distributed.load_full_optimizer_state(trained, optimizer, state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        if use_hidden:
-            hidden_loss.load_state_dict(state["hidden_loss"])
         history = DistillHistory(**state["history"])
         start = state["step"]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     bar = tqdm(range(start, config.steps), desc="distill" if teacher is not None else "fine-tune",
-               initial=start, total=config.steps, disable=not progress)
+               initial=start, total=config.steps, disable=not (progress and distributed.is_main()))
     for step in bar:
         t0 = time.perf_counter()
         temperature = config.temperature_at(step)
         totals = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "hidden": 0.0}  # tensors, read once per step
         try:
             for micro in range(config.grad_accum):
-                ids = _micro_batch(data, config, step * config.grad_accum + micro).to(device)
+                # this rank's share of the global micro-batch: every rank draws the same windows
+                ids = _micro_batch(data, config, step * config.grad_accum + micro)[rank::ranks].to(device)
                 with autocast:
                     teacher_out = None
                     if teacher_needed:
@@ -254,9 +297,11 @@ def distill(student, teacher, config: DistillConfig, data: torch.Tensor, progres
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        totals = dict(zip(totals, torch.stack([torch.as_tensor(v, device=device) for v in totals.values()]).tolist()))
+        # averaged over the ranks (their shares are the same size), one all-reduce per step
+        means = distributed.mean_over_ranks(torch.stack([torch.as_tensor(v, device=device) for v in totals.values()]))
+        totals = dict(zip(totals, means.tolist()))
         seconds = time.perf_counter() - t0  # tolist() waited for the step to finish
-        tokens = config.grad_accum * ids.numel()
+        tokens = config.grad_accum * ids.numel() * ranks
         history.tokens += tokens
         history.seconds += seconds
         history.records.append({"step": step + 1, **totals, "lr": schedule.get_last_lr()[0],
@@ -265,9 +310,9 @@ def distill(student, teacher, config: DistillConfig, data: torch.Tensor, progres
         last = step + 1 == config.steps
         if checkpoint_dir is not None and (last or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0)):
             save_checkpoint(checkpoint_dir, student, {
-                "step": step + 1, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "hidden_loss": hidden_loss.state_dict() if use_hidden else None, "history": asdict(history),
-                "config": asdict(config)})
+                "step": step + 1, "optimizer": distributed.full_optimizer_state(trained, optimizer),
+                "schedule": schedule.state_dict(), "history": asdict(history), "config": asdict(config),
+                "hidden_loss": distributed.full_model_state(hidden_loss) if use_hidden else None})
     if device.type == "cuda":
         history.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
     return student.eval(), history
