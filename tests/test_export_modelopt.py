@@ -130,8 +130,13 @@ def test_hf_checkpoint_stores_modelopt_codes(tiny, quantized, config, dtype, tmp
     if config in W8A8:   # static activation scales travel with the weights
         assert all(layer["input_scale"] is not None and layer["input_scale"].numel() == 1 for layer in layers.values())
     result = check_modelopt_hf(out, model, ids(model))
-    # every stored weight, dequantized, is modelopt's fake-quantized weight (after its export-time re-smoothing)
-    assert result["max_abs_weight_difference"] < 1e-6 and result["weights_on_another_code"] == 0
+    # every stored weight, dequantized, is modelopt's fake-quantized weight (after its export-time re-smoothing),
+    # except exact ties, which the exporter's division and the quantizer's multiplication may round apart
+    # (seen on an AMD EPYC CPU: 2 INT8 SmoothQuant weights, each halfway between two codes)
+    assert result["weights_on_another_code"] == result["ties_on_another_code"]
+    assert result["weights_on_another_code"] <= 1e-4 * result["weights"]
+    if result["weights_on_another_code"] == 0:
+        assert result["max_abs_weight_difference"] < 1e-6
     if config == "FP8_DEFAULT_CFG":
         assert result["max_abs_logit_difference"] == 0   # FP8 re-smooths nothing: the checkpoint is the model
     with torch.no_grad():   # the exporter packed a copy: the model still computes what it did

@@ -370,7 +370,8 @@ def check_modelopt_hf(out_dir, model, input_ids: torch.Tensor | None = None) -> 
     scales averaged, AWQ's folded into the norm, the weights requantized); the checkpoint stores that
     re-smoothed model's weights. So the reference is modelopt's fake-quantized weight after the same
     step, done here on a copy: "max_abs_weight_difference" is the largest difference between a stored
-    weight, dequantized, and it; "weights_on_another_code" counts those stored on another code.
+    weight, dequantized, and it; "weights_on_another_code" counts those stored on another code, and
+    "ties_on_another_code" those of them one code away whose unrounded value sits halfway between two codes.
     Those are ties: the exporter divides by amax / maxbound where the fake quantizer multiplies by
     maxbound / amax, so a weight exactly halfway between two codes can round the other way (rare in a
     trained model, common in one dequantized from a GGUF grid, like the embedded model). With
@@ -386,17 +387,23 @@ def check_modelopt_hf(out_dir, model, input_ids: torch.Tensor | None = None) -> 
         unmatched = sorted(set(layers) ^ set(stored["layers"]))
         raise WorkshopError(f"{out_dir} quantizes other layers than the model: {unmatched[:4]}.",
                             "Check it against the model it was exported from.")
-    difference, differing, total = 0.0, 0, 0
+    difference, differing, ties, total = 0.0, 0, 0, 0
     with torch.no_grad():
         for name, (module, _, _) in layers.items():
             fake = module.weight_quantizer(module.weight.float()).float().cpu()   # the checkpoint is read onto the CPU
+            scales = stored["layers"][name]["scales"]
             gap = (stored["layers"][name]["weight"] - fake).abs()
             difference = max(difference, float(gap.max()))
             # float rounding moves a weight by ~1e-7 of its scale; a code one step away moves it by >= 2^-9 of it
-            differing += int((gap > 1e-3 * stored["layers"][name]["scales"]).sum())
+            other = gap > 1e-3 * scales
+            # a tie: one code step apart, and the unrounded weight / scale within 1e-3 of halfway between codes
+            ratio = module.weight.float().cpu() / scales
+            halfway = ((ratio - ratio.floor()) - 0.5).abs() < 1e-3
+            differing += int(other.sum())
+            ties += int((other & halfway & ((gap - scales).abs() <= 1e-3 * scales)).sum())
             total += gap.numel()
     result = {"quant_algo": stored["quant_algo"], "layers": len(layers), "max_abs_weight_difference": difference,
-              "weights_on_another_code": differing, "weights": total}
+              "weights_on_another_code": differing, "ties_on_another_code": ties, "weights": total}
     if input_ids is not None:
         with torch.no_grad():
             logits = reference(input_ids).logits - model(input_ids).logits
