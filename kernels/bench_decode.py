@@ -19,7 +19,7 @@ import time
 import torch
 
 from common.decode import StaticGreedyDecoder
-from common.hardware import device_description, package_versions
+from common.hardware import device_description, machine_ceilings, package_versions
 from common.models import load_model
 from common.quant.qlinear import QuantLinear, replace_linears
 
@@ -77,27 +77,12 @@ def bench(spec: str, copy_bytes_per_s: float) -> list:
     return rows
 
 
-def copy_bandwidth() -> float:
-    """Device-to-device copy bytes/s (read + write) of 1 GiB, median of 10."""
-    a = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    times = []
-    for _ in range(11):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        b.copy_(a)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    return 2 * a.numel() / sorted(times[1:])[5]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--specs", nargs="+", default=["llama-1b-shaped", "llama-8b-layer"])
     parser.add_argument("--json", help="write the rows and the device here")
     args = parser.parse_args()
-    bandwidth = copy_bandwidth()
+    bandwidth = machine_ceilings("cuda", torch.bfloat16).bandwidth  # a 1 GiB copy, read + write
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s")
     rows = [row for spec in args.specs for row in bench(spec, bandwidth)]
     for spec in args.specs:
