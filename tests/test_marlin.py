@@ -102,8 +102,9 @@ def test_the_kernel_compiles_for_sm90(tmp_path):
     result = subprocess.run([NVCC, "-arch=sm_90", "-O3", "-std=c++20", *COMMON_NVCC_FLAGS, "-Xptxas", "-v", "-c", cu,
                              "-o", str(tmp_path / "w4a16.o")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
-    # ptxas reports one entry per instantiation (2 dtypes x 4 row tiles x K tiles of 64 and 128): no spills
-    assert result.stderr.count("Compiling entry function") == 16, result.stderr[-2000:]
+    # ptxas reports one entry per instantiation: the ring kernel (2 dtypes x 4 row tiles x K tiles of 64
+    # and 128) and the few-rows kernel (2 dtypes x group 32 or not); no spills
+    assert result.stderr.count("Compiling entry function") == 20, result.stderr[-2000:]
     assert " 0 bytes spill stores" in result.stderr
     spills = [line for line in result.stderr.splitlines()
               if "spill stores" in line and " 0 bytes spill stores" not in line]
@@ -126,10 +127,10 @@ def test_the_binding_parses_against_the_torch_headers():
 # Numerics on a GPU. The kernel multiplies 16-bit weights that equal dequantized_weight(dtype) bit for bit
 # (tested above) with fp32 accumulation, so against the float32 product of the same 16-bit operands it can
 # differ only by (1) the final rounding to the 16-bit output, at most half an ulp: |ref| * 2^-11 (fp16) or
-# 2^-8 (bf16), and (2) fp32 summation in another order (and split-K atomics), at most K * 2^-24 * sum|x||w|
+# 2^-8 (bf16), and (2) fp32 summation in another order (and over K slices), at most K * 2^-24 * sum|x||w|
 # (the standard gamma_K bound). The tolerance is one ulp-sized term plus that bound: `bound` below.
-# K tiles of 128 where K and the group allow (k_tile 0), except 576 (9 x 64) and group 192 (not a divisor or a
-# multiple of 128), which take 64; k_tile 64 forces the smaller stage everywhere.
+# k_tile 0: the few-rows kernel up to 16 rows, the ring kernel with K tiles of 128 where K and the group allow
+# above (64 for K = 576 = 9 x 64 and group 192); k_tile 64 and 128 force the ring kernel with that stage.
 GPU_SHAPES = [(256, 1024, 32), (128, 512, 64), (192, 576, 64), (512, 2048, 128), (128, 1024, None), (128, 768, 192)]
 
 
@@ -143,10 +144,12 @@ def _bound(x, w, ref, dtype):
 @pytest.mark.parametrize("m", [1, 2, 7, 16, 33, 64])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("n, k, group", GPU_SHAPES)
-@pytest.mark.parametrize("splits", [1, 3])  # one K slice (direct 16-bit stores); 3 uneven slices (fp32 atomics)
-@pytest.mark.parametrize("k_tile", [0, 64])
+@pytest.mark.parametrize("splits", [1, 3])  # one K slice (direct 16-bit stores); 3 uneven slices (reduced in-kernel)
+@pytest.mark.parametrize("k_tile", [0, 64, 128])
 def test_kernel_matches_the_dequantized_matmul(m, dtype, n, k, group, splits, k_tile):
-    from kernels.marlin import w4a16_marlin
+    from kernels.marlin import k_tile_for, locks_for, w4a16_marlin
+    if k_tile == 128 and k_tile_for(k, group or k) != 128:
+        pytest.skip("no stage of 128 for this K and group")
     layer = random_layer(n, k, group, dtype, seed=m + n + k).cuda()
     packed = repack(layer.qweight, layer.scales, layer.zeros, group)  # on the GPU, as the layer
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(dtype).cuda()
@@ -157,6 +160,18 @@ def test_kernel_matches_the_dequantized_matmul(m, dtype, n, k, group, splits, k_
     assert torch.isfinite(out).all()
     excess = (out.float() - ref).abs() - _bound(x, w, ref, dtype)
     assert (excess <= 0).all(), f"max excess {excess.max().item():.3g} at {divmod(int(excess.argmax()), n)}"
+    assert not locks_for(x.device).any()  # the last K slice of every column tile reset its counter
+    assert torch.equal(w4a16_marlin(x, packed, splits=splits, k_tile=k_tile), out)  # slices added in a fixed order
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")
+def test_which_kernel_runs():
+    from kernels.marlin import load_extension
+    ext = load_extension()
+    assert ext.kernel_for(1, 4096, 128, 3, 0, 2) == 0 and ext.kernel_for(16, 4096, 128, 3, 0, 2) == 0  # few rows
+    assert ext.kernel_for(17, 4096, 128, 3, 0, 2) == 128                   # more rows: the ring kernel
+    assert ext.kernel_for(16, 14336, 128, 1, 0, 2) == 128                  # 16 x 14336 x 2 bytes > 64 KB
+    assert ext.kernel_for(1, 4096, 128, 3, 64, 2) == 64                    # asked for
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")

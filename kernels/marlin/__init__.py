@@ -28,7 +28,7 @@ import torch
 from common.errors import WorkshopError
 from common.quant.qlinear import pack_int4, unpack_int4
 
-TILE_K = 64       # K per pipeline stage of the kernel
+TILE_K = 64       # K of one repacked code tile
 TILE_N = 64       # output columns per thread block
 MAX_ROWS = 64     # M the kernel takes (4 MMA tiles of 16 rows)
 MAGIC = {torch.float16: (0x6400, 1024.0), torch.bfloat16: (0x4300, 128.0)}  # exponent bits, value
@@ -176,25 +176,40 @@ def choose_splits(N: int, K: int, k_tile: int, device: torch.device | None = Non
     return max(1, min(want, tiles // 4))
 
 
+_locks: dict = {}  # device index -> int32 counters, one per column tile of 64, zero between calls
+
+
+def locks_for(device: torch.device) -> torch.Tensor:
+    """The kernel's per-GPU counters for split-K: how many K slices of each column tile are done. The last
+    slice adds the partial sums and sets its counter back to zero, so one zeroed tensor serves every call
+    on that GPU's stream (sized for N up to 4M columns; made once, outside any CUDA graph capture)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _locks:
+        _locks[index] = torch.zeros(1 << 16, dtype=torch.int32, device=torch.device("cuda", index))
+    return _locks[index]
+
+
 @torch.library.custom_op("workshop::w4a16_marlin", mutates_args=())
-def _gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
-          splits: int, k_tile: int) -> torch.Tensor:
-    # A registered operator, so torch.compile (decode's compiled step) keeps it as one opaque call
+def _gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, locks: torch.Tensor,
+          group_size: int, splits: int, k_tile: int) -> torch.Tensor:
+    # A registered operator, so torch.compile (decode's compiled step) keeps it as one opaque call. The
+    # counters in `locks` are back at zero when it returns: no mutation anyone can see.
     with torch.cuda.device(x.device):
-        return load_extension().w4a16_gemm(x, qweight, scales, zeros, group_size, splits, k_tile,
+        return load_extension().w4a16_gemm(x, qweight, scales, zeros, locks, group_size, splits, k_tile,
                                            torch.cuda.current_stream(x.device).cuda_stream)
 
 
 @_gemm.register_fake
-def _(x, qweight, scales, zeros, group_size, splits, k_tile):
+def _(x, qweight, scales, zeros, locks, group_size, splits, k_tile):
     return x.new_empty(x.shape[0], qweight.shape[1] // 8)
 
 
 def w4a16_marlin(x: torch.Tensor, packed: MarlinWeight, splits: int | None = None, k_tile: int = 0) -> torch.Tensor:
     """out[..., N] = x[..., K] @ W^T on the GPU, W given by `repack`; x fp16 or bf16 with at most 64 rows
-    (leading dimensions flattened); scales/zeros are cast to x's dtype if needed. splits (K slices; None:
-    `choose_splits`) and k_tile (K per pipeline stage, 64 or 128; 0: `k_tile_for`) are for benchmarks
-    and for callers that choose them once (QuantLinear)."""
+    (leading dimensions flattened); scales/zeros are cast to x's dtype if needed. splits: K slices (None:
+    `choose_splits`). k_tile 0: the kernel's choice (the few-rows kernel up to 16 rows where its activation
+    slice fits in shared memory, else the ring kernel with `k_tile_for`); 64 or 128: the ring kernel with that
+    K per pipeline stage (for benchmarks and tests)."""
     N, K = packed.shape
     # Checked here as well as in the binding: on the H200 image an error thrown by the compiled
     # extension crashed the process (segmentation fault) instead of reaching Python.
@@ -214,13 +229,12 @@ def w4a16_marlin(x: torch.Tensor, packed: MarlinWeight, splits: int | None = Non
     if k_tile not in (0, 64, 128) or (k_tile == 128 and k_tile_for(K, packed.group_size) != 128):
         raise WorkshopError(f"k_tile={k_tile} does not fit K={K} with group size {packed.group_size}.",
                             "Use 0 (the kernel's choice) or 64.")
-    k_tile = k_tile or k_tile_for(K, packed.group_size)
     if splits is None:
-        splits = choose_splits(N, K, k_tile, x.device)
+        splits = choose_splits(N, K, k_tile or TILE_K, x.device)
     if not torch.compiler.is_compiling():
         load_extension()  # a build failure is a WorkshopError here, not inside the operator
-    out = _gemm(x2, packed.qweight, packed.scales.to(x.dtype), packed.zeros.to(x.dtype), packed.group_size, splits,
-                k_tile)
+    out = _gemm(x2, packed.qweight, packed.scales.to(x.dtype), packed.zeros.to(x.dtype), locks_for(x.device),
+                packed.group_size, splits, k_tile)
     return out.reshape(*x.shape[:-1], N)
 
 
@@ -235,6 +249,7 @@ def usable(device: torch.device) -> bool:
         try:
             with torch.cuda.device(index):
                 load_extension()
+            locks_for(torch.device("cuda", index))  # made here, eagerly, before any graph capture
             _unusable[index] = None
         except Exception as error:  # no nvcc, a compiler error, an old GPU: the caller falls back
             _unusable[index] = str(error).splitlines()[0]

@@ -13,8 +13,8 @@ constexpr int64_t kTileN = 64, kTileK = 64, kMaxRows = 64;
 bool aligned16(const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
 torch::Tensor w4a16_gemm(const torch::Tensor& x, const torch::Tensor& qweight, const torch::Tensor& scales,
-                         const torch::Tensor& zeros, int64_t group_size, int64_t splits, int64_t k_tile,
-                         int64_t stream) {
+                         const torch::Tensor& zeros, const torch::Tensor& locks, int64_t group_size, int64_t splits,
+                         int64_t k_tile, int64_t stream) {
   TORCH_CHECK(x.is_cuda() && qweight.is_cuda() && scales.is_cuda() && zeros.is_cuda(),
               "w4a16_marlin: all tensors must be on the GPU (move them with .cuda(); on a CPU use the "
               "dequantize-then-matmul reference, QuantLinear's own forward)");
@@ -57,16 +57,20 @@ torch::Tensor w4a16_gemm(const torch::Tensor& x, const torch::Tensor& qweight, c
               "w4a16_marlin: k_tile ", k_tile, " does not fit K = ", K, " and group ", group_size,
               "; use 0 (automatic), 64, or 128 where K % 128 == 0 and the group is 32, 64 or a multiple of 128");
 
+  TORCH_CHECK(locks.is_cuda() && locks.device() == x.device() && locks.scalar_type() == torch::kInt32 &&
+                  locks.numel() >= N / kTileN,
+              "w4a16_marlin: locks must be a zeroed int32 tensor of at least N/64 = ", N / kTileN,
+              " elements on x's GPU (kernels.marlin keeps one per GPU)");
+
   auto out = torch::empty({M, N}, x.options());
-  torch::Tensor workspace;
-  if (splits > 1) workspace = torch::zeros({M, N}, x.options().dtype(torch::kFloat32));
+  torch::Tensor partials;  // each K slice's fp32 sums; the last slice per column tile adds them up
+  if (splits > 1) partials = torch::empty({splits, M, N}, x.options().dtype(torch::kFloat32));
   const cudaError_t err = marlin_w4a16::launch_w4a16(
       x.data_ptr(), qweight.data_ptr(), scales.data_ptr(), zeros.data_ptr(), out.data_ptr(),
-      splits > 1 ? workspace.data_ptr<float>() : nullptr, static_cast<int>(M), static_cast<int>(N),
-      static_cast<int>(K), static_cast<int>(group_size), static_cast<int>(splits),
+      splits > 1 ? partials.data_ptr<float>() : nullptr, locks.data_ptr<int>(), static_cast<int>(M),
+      static_cast<int>(N), static_cast<int>(K), static_cast<int>(group_size), static_cast<int>(splits),
       static_cast<int>(k_tile), x.scalar_type() == torch::kBFloat16, reinterpret_cast<cudaStream_t>(stream));
   TORCH_CHECK(err == cudaSuccess, "w4a16_marlin: kernel launch failed: ", cudaGetErrorString(err));
-  if (splits > 1) out.copy_(workspace);  // fp32 partial sums of all K slices -> the output dtype
   return out;
 }
 
@@ -75,8 +79,12 @@ torch::Tensor w4a16_gemm(const torch::Tensor& x, const torch::Tensor& qweight, c
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4a16_gemm", &w4a16_gemm, "out[M, N] = x[M, K] @ W^T, W the repacked INT4 weight (kernels/marlin)",
         pybind11::arg("x"), pybind11::arg("qweight"), pybind11::arg("scales"), pybind11::arg("zeros"),
-        pybind11::arg("group_size"), pybind11::arg("splits"), pybind11::arg("k_tile"),
+        pybind11::arg("locks"), pybind11::arg("group_size"), pybind11::arg("splits"), pybind11::arg("k_tile"),
         pybind11::arg("stream"));
   m.def("k_tile_for", &marlin_w4a16::k_tile_for, "K per pipeline stage the kernel picks for (K, group)",
         pybind11::arg("K"), pybind11::arg("group"));  // tests compare it with kernels.marlin.k_tile_for
+  m.def("kernel_for", &marlin_w4a16::kernel_for,
+        "which kernel runs: 0 few rows, 64 or 128 the ring kernel with that K per stage",
+        pybind11::arg("M"), pybind11::arg("K"), pybind11::arg("group"), pybind11::arg("splits"),
+        pybind11::arg("k_tile"), pybind11::arg("elem_bytes"));
 }

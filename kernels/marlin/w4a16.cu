@@ -8,16 +8,20 @@
 //   1. The weight is repacked offline (kernels/marlin/__init__.py, `repack`) so that the 32-bit word a
 //      thread reads holds exactly the 8 codes of its mma.sync B fragments for one k16 step and 16
 //      columns: no shuffles, no shared-memory transposes, no ldmatrix for the weight.
-//   2. Global -> shared copies are cp.async (16 bytes per instruction, no registers, asynchronous) into a
-//      kStages-deep ring, so kStages - 1 K tiles are being fetched while one is computed.
+//   2. Few rows (M <= 16, decode): the block's slice of the activations is copied to shared memory once,
+//      then each thread loads its own 16 bytes of codes per K tile straight into registers, kAhead tiles
+//      ahead: no shared memory and no barrier for the weight, so nothing in the loop waits on other
+//      warps. More rows: cp.async (16 bytes per instruction, asynchronous) copies codes and activations
+//      into a kStages-deep shared-memory ring, kStages - 1 K tiles fetched while one is computed.
 //   3. Codes become 16-bit floats by one LOP3 per pair: (word & 0x000F000F) | MAGIC puts a code under the
 //      exponent of 1024 (fp16 0x6400) or 128 (bf16 0x4300), which reads as MAGIC + code, exactly.
 //      (MAGIC + code) - (MAGIC + zero) = code - zero is exact for integer zeros, and one multiply by the
 //      scale rounds once, so the weight equals QuantLinear.dequantized_weight(dtype) bit for bit.
 //   4. mma.sync.m16n8k16 with fp32 accumulators: activations are operand A (ldmatrix from a swizzled
 //      shared tile), the dequantized weight operand B straight from registers.
-//   5. K can be split over gridDim.y for parallelism when N / 64 blocks would leave SMs idle; the slices
-//      then add fp32 partial sums atomically into a workspace.
+//   5. K can be split over gridDim.y for parallelism when N / 64 blocks would leave SMs idle. Each slice
+//      writes its fp32 partial sums to a workspace; the last slice of a column tile to finish (a counter
+//      per tile) adds them up in slice order and writes the output: one launch, no zeroing, no cast.
 //
 // Thread block: 4 warps, 64 output columns (16 per warp), all M rows (M_TILES x 16, padded with zero
 // rows), K in tiles of 64. Each warp computes its own 16 columns over the block's whole K slice, so warps
@@ -36,6 +40,9 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kTileN = 16 * kWarps;   // 64 output columns per block, 16 per warp (two n8 MMA tiles)
 constexpr int kSubK = 64;             // K of one repacked code tile: four k16 MMA steps, 2 KB per block
 constexpr int kWordsPerSub = kTileN * kSubK / 8;  // 512 int32 words
+constexpr int kAhead = 8;             // few-rows kernel: code tiles (16 bytes each) in flight per thread
+constexpr int kFewRowsBlocks = 4;     // few-rows kernel: blocks per SM its registers must allow
+constexpr int kFewRowsSmem = 64 * 1024;  // few-rows kernel: the most shared memory its activation slice takes
 // A pipeline stage holds SUB code tiles (K tile = 64 SUB). SUB = 2 halves the per-stage work that does
 // not scale with the codes (wait, barrier, addresses, scale loads) per weight.
 // cp.async ring depth: kStages - 1 stages in flight while one is computed; decode is bound by bytes in
@@ -79,6 +86,15 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// 16 bytes global -> registers through the read-only path, not kept in L1 (read once, as above).
+__device__ __forceinline__ uint4 ld_stream16(const uint32_t* gmem) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(gmem));
+  return v;
 }
 
 // (a & b) | c in one instruction; 0xEA is the truth table of that expression for LOP3.
@@ -145,6 +161,154 @@ __device__ __forceinline__ void dequant_word(uint32_t word, typename Dtype<T>::T
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Epilogue of both kernels. Accumulator layout of m16n8: c0, c1 at (row lane/4, cols 2(lane%4) + 0/1),
+// c2, c3 at row + 8. One K slice (gridDim.y == 1): round and store. Several: every slice stores its fp32
+// partial sums in its own part of `partials` [slices, M, N]; the slice that finishes last for this column
+// tile (counted in locks[blockIdx.x]) adds the parts in slice order, so the result does not depend on
+// timing, writes the output and sets the counter back to zero for the next call.
+template <typename T, int M_TILES>
+__device__ __forceinline__ void store_output(const float (&acc)[M_TILES][2][4], T* __restrict__ out,
+                                             float* __restrict__ partials, int* __restrict__ locks, int M, int N) {
+  using T2 = typename Dtype<T>::T2;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int n_block = blockIdx.x * kTileN;
+  const bool split = gridDim.y > 1;
+  float* part = partials + (size_t)blockIdx.y * M * N;
+#pragma unroll
+  for (int mt = 0; mt < M_TILES; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const int n = n_block + warp * 16 + nt * 8 + 2 * (lane % 4);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = mt * 16 + lane / 4 + 8 * h;
+        if (row >= M) continue;
+        const float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
+        if (split)
+          *reinterpret_cast<float2*>(part + (size_t)row * N + n) = make_float2(v0, v1);
+        else
+          *reinterpret_cast<T2*>(out + (size_t)row * N + n) = Dtype<T>::pack(v0, v1);
+      }
+    }
+  }
+  if (!split) return;
+  __shared__ bool last;
+  __threadfence();  // this thread's partial sums are visible device-wide before the counter moves
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(locks + blockIdx.x, 1) == (int)gridDim.y - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int i = threadIdx.x; i < M * (kTileN / 2); i += kThreads) {  // two columns per step
+    const int row = i / (kTileN / 2), n = n_block + 2 * (i % (kTileN / 2));
+    float2 sum = make_float2(0.f, 0.f);
+    for (int y = 0; y < (int)gridDim.y; ++y) {  // .cg: from L2, where the other blocks' stores are
+      const float2 v = __ldcg(reinterpret_cast<const float2*>(partials + ((size_t)y * M + row) * N + n));
+      sum.x += v.x;
+      sum.y += v.y;
+    }
+    *reinterpret_cast<T2*>(out + (size_t)row * N + n) = Dtype<T>::pack(sum.x, sum.y);
+  }
+  if (threadIdx.x == 0) locks[blockIdx.x] = 0;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Few rows (M <= 16, one MMA row tile): the decode kernel. The block's activation slice [M, K slice]
+// sits in shared memory for the whole kernel (one copy, one barrier); rows M..15 of the MMA tile read
+// row M - 1 again (row i of the result depends on row i of A only, and only rows < M are stored), so
+// only M rows are stored. Codes and scales go from global memory straight into each thread's
+// registers, kAhead K tiles ahead of the tile being computed: thread t reads exactly the 16 bytes of
+// codes it multiplies (the repacked layout), so no thread waits for another inside the loop.
+// TWO_GROUPS: group 32, two groups per K tile of 64; otherwise the group is a multiple of 64.
+template <typename T, bool TWO_GROUPS>
+__global__ void __launch_bounds__(kThreads, kFewRowsBlocks)
+w4a16_few_rows_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, const T* __restrict__ scales,
+                      const T* __restrict__ zeros, T* __restrict__ out, float* __restrict__ partials,
+                      int* __restrict__ locks, int M, int N, int K, int group, int tiles_per_split) {
+  using T2 = typename Dtype<T>::T2;
+  constexpr int kGroups = TWO_GROUPS ? 2 : 1;  // groups per K tile
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sm_x = reinterpret_cast<T*>(smem);       // [M][tiles_per_split * 64], 16-byte chunks swizzled per tile
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int tile_begin = blockIdx.y * tiles_per_split;
+  const int n_tiles = min(tiles_per_split, K / kSubK - tile_begin);  // >= 1: the launcher sizes the grid
+  const int stride = tiles_per_split * kSubK;
+
+  // The load stream: this thread's 16 bytes of each code tile, and the scales and zeros of its two
+  // columns (col, col + 8) for the tile's group(s), packed two 16-bit values per register.
+  const uint32_t* w_ptr = qweight + (size_t)tile_begin * 8 * N + (size_t)blockIdx.x * kWordsPerSub + threadIdx.x * 4;
+  const size_t w_step = 8 * (size_t)N;
+  const int col = blockIdx.x * kTileN + warp * 16 + lane / 4;
+  const unsigned short* s_col = reinterpret_cast<const unsigned short*>(scales) + col;
+  const unsigned short* z_col = reinterpret_cast<const unsigned short*>(zeros) + col;
+  int load_group = TWO_GROUPS ? 2 * tile_begin : tile_begin * kSubK / group;  // group of the next tile loaded
+  int load_k_in_group = TWO_GROUPS ? 0 : tile_begin * kSubK % group;
+  uint4 codes[kAhead];
+  uint32_t s01[kAhead][kGroups], z01[kAhead][kGroups];
+  auto load = [&](uint4& c, uint32_t (&s)[kGroups], uint32_t (&z)[kGroups]) {
+    c = ld_stream16(w_ptr);
+    w_ptr += w_step;
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j) {
+      const size_t at = (size_t)(load_group + j) * N;
+      s[j] = __ldg(s_col + at) | (uint32_t)__ldg(s_col + at + 8) << 16;
+      z[j] = __ldg(z_col + at) | (uint32_t)__ldg(z_col + at + 8) << 16;
+    }
+    if (TWO_GROUPS) {
+      load_group += 2;
+    } else if ((load_k_in_group += kSubK) == group) {
+      load_k_in_group = 0;
+      ++load_group;
+    }
+  };
+  // Codes first: their loads are the long ones, and they do not depend on the activations.
+#pragma unroll
+  for (int u = 0; u < kAhead; ++u)
+    if (u < n_tiles) load(codes[u], s01[u], z01[u]);
+  const int chunks_per_row = n_tiles * (kSubK / 8);
+  for (int i = threadIdx.x; i < M * chunks_per_row; i += kThreads) {
+    const int row = i / chunks_per_row, chunk = i - row * chunks_per_row;
+    cp_async16(sm_x + row * stride + (chunk & ~7) * 8 + ((chunk & 7) ^ (row & 7)) * 8,
+               x + (size_t)row * K + (size_t)tile_begin * kSubK + chunk * 8);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+
+  float acc[1][2][4] = {};
+  const T2 magic = as_t2<T2>(Dtype<T>::kMagic2);
+  const int a_row = min(lane % 16, M - 1);  // ldmatrix row address of this lane
+  const T* a_base = sm_x + a_row * stride;
+  for (int t0 = 0; t0 < n_tiles; t0 += kAhead) {
+#pragma unroll
+    for (int u = 0; u < kAhead; ++u) {  // unrolled, so codes[u] stays in registers
+      const int t = t0 + u;
+      if (t >= n_tiles) break;
+      const uint32_t word[4] = {codes[u].x, codes[u].y, codes[u].z, codes[u].w};
+      T2 s2[kGroups][2], zm2[kGroups][2];  // per group: scale and MAGIC + zero of the two columns, broadcast
+#pragma unroll
+      for (int j = 0; j < kGroups; ++j) {
+        s2[j][0] = as_t2<T2>(__byte_perm(s01[u][j], 0, 0x1010));
+        s2[j][1] = as_t2<T2>(__byte_perm(s01[u][j], 0, 0x3232));
+        zm2[j][0] = __hadd2(as_t2<T2>(__byte_perm(z01[u][j], 0, 0x1010)), magic);  // exact: integer zeros
+        zm2[j][1] = __hadd2(as_t2<T2>(__byte_perm(z01[u][j], 0, 0x3232)), magic);
+      }
+      if (t + kAhead < n_tiles) load(codes[u], s01[u], z01[u]);  // refill the slot just read
+#pragma unroll
+      for (int step = 0; step < kSubK / 16; ++step) {
+        const int j = TWO_GROUPS ? step / 2 : 0;
+        uint32_t b[2][2], a[4];
+        dequant_word<T>(word[step], zm2[j][0], s2[j][0], zm2[j][1], s2[j][1], b);
+        ldmatrix_x4(a, a_base + t * kSubK + ((step * 2 + lane / 16) ^ (a_row & 7)) * 8);
+        mma_16816<T>(acc[0][0], a, b[0]);
+        mma_16816<T>(acc[0][1], a, b[1]);
+      }
+    }
+  }
+  store_output<T, 1>(acc, out, partials, locks, M, N);
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Shared memory of one block, carved from dynamic shared memory (a deep ring of SUB = 2 stages needs
 // more than the 48 KB a static array may take). The activation tile is swizzled: row r's 16-byte chunk c
 // is stored at chunk c ^ (r % 8). Rows are 128 or 256 bytes, so without it the 8 row addresses of one
@@ -165,8 +329,8 @@ struct SharedLayout {
 template <typename T, int M_TILES, int SUB>
 __global__ void __launch_bounds__(kThreads)
 w4a16_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, const T* __restrict__ scales,
-             const T* __restrict__ zeros, T* __restrict__ out, float* __restrict__ workspace, int M, int N, int K,
-             int group, int tiles_per_split) {
+             const T* __restrict__ zeros, T* __restrict__ out, float* __restrict__ partials, int* __restrict__ locks,
+             int M, int N, int K, int group, int tiles_per_split) {
   using T2 = typename Dtype<T>::T2;
   using L = SharedLayout<T, M_TILES, SUB>;
   constexpr int kStages = L::kStages, kTileK = L::kTileK, kRows = M_TILES * 16;
@@ -182,8 +346,7 @@ w4a16_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, cons
   const int tiles_k = K / kTileK;
   const int tile_begin = blockIdx.y * tiles_per_split;
   const int tile_end = min(tile_begin + tiles_per_split, tiles_k);
-  const int n_tiles = tile_end - tile_begin;
-  if (n_tiles <= 0) return;
+  const int n_tiles = tile_end - tile_begin;  // >= 1: the launcher sizes the grid
   // Groups per stage (1, 2 or 4) and MMA steps per group (2, 4 or 8: a power of two, see launch_w4a16).
   const int group_span = min(group, kTileK);
   const int groups_per_stage = kTileK / group_span;
@@ -281,56 +444,78 @@ w4a16_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, cons
   }
   cp_async_wait<0>();  // nothing useful is pending, but leave no copy in flight at exit
 
-  // Epilogue. Accumulator layout of m16n8: c0, c1 at (row lane/4, cols 2(lane%4) + 0/1), c2, c3 at row + 8.
-#pragma unroll
-  for (int mt = 0; mt < M_TILES; ++mt) {
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-      const int n = n_block + warp * 16 + nt * 8 + 2 * (lane % 4);
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = mt * 16 + lane / 4 + 8 * h;
-        if (row >= M) continue;
-        const float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
-        if (workspace != nullptr) {
-          atomicAdd(workspace + (size_t)row * N + n, v0);
-          atomicAdd(workspace + (size_t)row * N + n + 1, v1);
-        } else {
-          *reinterpret_cast<T2*>(out + (size_t)row * N + n) = Dtype<T>::pack(v0, v1);
-        }
-      }
-    }
-  }
+  store_output<T, M_TILES>(acc, out, partials, locks, M, N);
 }
 
 // ---------------------------------------------------------------------------------------------------
+struct Launch {
+  const void *x, *qweight, *scales, *zeros;
+  void* out;
+  float* partials;
+  int* locks;
+  int M, N, K, group, splits;
+  cudaStream_t stream;
+};
+
+// K tiles per slice for `splits` slices of tiles_k tiles, and the grid that leaves no slice empty.
+static dim3 grid_for(const Launch& a, int tile_k, int* tiles_per_split) {
+  const int tiles_k = a.K / tile_k;
+  *tiles_per_split = (tiles_k + a.splits - 1) / a.splits;
+  return dim3(a.N / kTileN, (tiles_k + *tiles_per_split - 1) / *tiles_per_split);
+}
+
 template <typename T, int M_TILES, int SUB>
-static cudaError_t launch_typed(const void* x, const void* qweight, const void* scales, const void* zeros, void* out,
-                                float* workspace, int M, int N, int K, int group, int splits, cudaStream_t stream) {
+static cudaError_t launch_ring(const Launch& a) {
   using L = SharedLayout<T, M_TILES, SUB>;
   auto kernel = w4a16_kernel<T, M_TILES, SUB>;
   // Above 48 KB of dynamic shared memory a kernel must opt in; cheap, so done at every launch.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes);
   if (err != cudaSuccess) return err;
-  const int tiles_k = K / L::kTileK;
-  const int tiles_per_split = (tiles_k + splits - 1) / splits;
-  const dim3 grid(N / kTileN, (tiles_k + tiles_per_split - 1) / tiles_per_split);
-  kernel<<<grid, kThreads, L::kBytes, stream>>>(
-      static_cast<const T*>(x), static_cast<const uint32_t*>(qweight), static_cast<const T*>(scales),
-      static_cast<const T*>(zeros), static_cast<T*>(out), workspace, M, N, K, group, tiles_per_split);
+  int tiles_per_split;
+  const dim3 grid = grid_for(a, L::kTileK, &tiles_per_split);
+  kernel<<<grid, kThreads, L::kBytes, a.stream>>>(
+      static_cast<const T*>(a.x), static_cast<const uint32_t*>(a.qweight), static_cast<const T*>(a.scales),
+      static_cast<const T*>(a.zeros), static_cast<T*>(a.out), a.partials, a.locks, a.M, a.N, a.K, a.group,
+      tiles_per_split);
   return cudaGetLastError();
 }
 
 template <typename T, int SUB>
-static cudaError_t launch_rows(const void* x, const void* qweight, const void* scales, const void* zeros, void* out,
-                               float* workspace, int M, int N, int K, int group, int splits, cudaStream_t stream) {
-  switch ((M + 15) / 16) {  // one instantiation per 16-row MMA tile count: accumulators stay in registers
-    case 1: return launch_typed<T, 1, SUB>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
-    case 2: return launch_typed<T, 2, SUB>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
-    case 3: return launch_typed<T, 3, SUB>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
-    case 4: return launch_typed<T, 4, SUB>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
+static cudaError_t launch_ring_rows(const Launch& a) {
+  switch ((a.M + 15) / 16) {  // one instantiation per 16-row MMA tile count: accumulators stay in registers
+    case 1: return launch_ring<T, 1, SUB>(a);
+    case 2: return launch_ring<T, 2, SUB>(a);
+    case 3: return launch_ring<T, 3, SUB>(a);
+    case 4: return launch_ring<T, 4, SUB>(a);
     default: return cudaErrorInvalidValue;
   }
+}
+
+static int few_rows_smem(int M, int K, int splits, int elem_bytes) {
+  const int tiles_k = K / kSubK;
+  return M * ((tiles_k + splits - 1) / splits) * kSubK * elem_bytes;
+}
+
+template <typename T, bool TWO_GROUPS>
+static cudaError_t launch_few_rows(const Launch& a) {
+  auto kernel = w4a16_few_rows_kernel<T, TWO_GROUPS>;
+  const int bytes = few_rows_smem(a.M, a.K, a.splits, sizeof(T));
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (err != cudaSuccess) return err;
+  int tiles_per_split;
+  const dim3 grid = grid_for(a, kSubK, &tiles_per_split);
+  kernel<<<grid, kThreads, bytes, a.stream>>>(
+      static_cast<const T*>(a.x), static_cast<const uint32_t*>(a.qweight), static_cast<const T*>(a.scales),
+      static_cast<const T*>(a.zeros), static_cast<T*>(a.out), a.partials, a.locks, a.M, a.N, a.K, a.group,
+      tiles_per_split);
+  return cudaGetLastError();
+}
+
+template <typename T>
+static cudaError_t launch_typed(const Launch& a, int k_tile) {
+  if (k_tile == 0)
+    return a.group == 32 ? launch_few_rows<T, true>(a) : launch_few_rows<T, false>(a);
+  return k_tile == 128 ? launch_ring_rows<T, 2>(a) : launch_ring_rows<T, 1>(a);
 }
 
 int k_tile_for(int K, int group) {
@@ -338,24 +523,25 @@ int k_tile_for(int K, int group) {
   return K % 128 == 0 && (group <= 64 || group % 128 == 0) ? 128 : 64;
 }
 
+int kernel_for(int M, int K, int group, int splits, int k_tile, int elem_bytes) {
+  if (k_tile != 0) return k_tile;
+  if (M <= 16 && few_rows_smem(M, K, splits, elem_bytes) <= kFewRowsSmem) return 0;
+  return k_tile_for(K, group);
+}
+
 cudaError_t launch_w4a16(const void* x, const void* qweight, const void* scales, const void* zeros, void* out,
-                         float* workspace, int M, int N, int K, int group, int splits, int k_tile, bool bf16,
-                         cudaStream_t stream) {
+                         float* partials, int* locks, int M, int N, int K, int group, int splits, int k_tile,
+                         bool bf16, cudaStream_t stream) {
   // The binding checks all of this with readable messages; this is the last line of defence for
   // other callers.
   const bool group_ok = group == 32 || (group > 0 && group % kSubK == 0);
-  if (k_tile == 0) k_tile = k_tile_for(K, group);
-  const bool k_tile_ok = k_tile == 64 || (k_tile == 128 && k_tile_for(K, group) == 128);
+  const bool k_tile_ok = k_tile == 0 || k_tile == 64 || (k_tile == 128 && k_tile_for(K, group) == 128);
   if (M < 1 || M > 64 || N <= 0 || N % kTileN || K <= 0 || K % kSubK || !group_ok || K % group || splits < 1 ||
-      !k_tile_ok || (splits > 1 && workspace == nullptr))
+      !k_tile_ok || (splits > 1 && (partials == nullptr || locks == nullptr)))
     return cudaErrorInvalidValue;
-  if (bf16)
-    return k_tile == 128
-               ? launch_rows<__nv_bfloat16, 2>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream)
-               : launch_rows<__nv_bfloat16, 1>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
-  return k_tile == 128
-             ? launch_rows<half, 2>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream)
-             : launch_rows<half, 1>(x, qweight, scales, zeros, out, workspace, M, N, K, group, splits, stream);
+  const Launch a{x, qweight, scales, zeros, out, partials, locks, M, N, K, group, splits, stream};
+  const int kernel = kernel_for(M, K, group, splits, k_tile, 2);
+  return bf16 ? launch_typed<__nv_bfloat16>(a, kernel) : launch_typed<half>(a, kernel);
 }
 
 }  // namespace marlin_w4a16

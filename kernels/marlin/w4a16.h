@@ -11,15 +11,20 @@ namespace marlin_w4a16 {
 //   qweight  int32 [K / 64, 8 * N]  codes in mma.sync B-fragment order (see NOTES.md), N % 64 == 0
 //   scales   [K / group, N] same dtype as x;  zeros [K / group, N] same dtype (integer-valued)
 //   group    32, or a multiple of 64 that divides K (K itself = per channel)
-//   out      [M, N] same dtype as x; written directly when splits == 1
-//   workspace float32 [M, N], zero-filled, when splits > 1: every K slice adds into it atomically and the
-//            caller casts it to the output dtype.
-//   k_tile   K per pipeline stage: 64, 128 (needs K % 128 == 0 and group 32, 64 or a multiple of 128),
-//            or 0 for k_tile_for(K, group), the larger one where it fits.
+//   out      [M, N] same dtype as x
+//   partials float32 [splits, M, N], uninitialised, when splits > 1: each K slice's partial sums
+//   locks    int32 [>= N / 64], all zero, when splits > 1: per column tile, how many slices are done;
+//            the last one adds the partial sums and resets its counter to zero
+//   k_tile   0: the few-rows kernel (activations held in shared memory, codes straight to registers)
+//            where M <= 16 and its slice fits, otherwise the ring kernel with k_tile_for(K, group);
+//            64 or 128 (needs K % 128 == 0 and group 32, 64 or a multiple of 128): the ring kernel with
+//            that K per pipeline stage.
 // Returns the launch's cudaError_t (cudaErrorInvalidValue for arguments the kernel cannot take).
 cudaError_t launch_w4a16(const void* x, const void* qweight, const void* scales, const void* zeros, void* out,
-                         float* workspace, int M, int N, int K, int group, int splits, int k_tile, bool bf16,
-                         cudaStream_t stream);
+                         float* partials, int* locks, int M, int N, int K, int group, int splits, int k_tile,
+                         bool bf16, cudaStream_t stream);
 int k_tile_for(int K, int group);
+// Which kernel launch_w4a16 runs for these arguments: 0 (few rows), 64 or 128 (ring, K per stage).
+int kernel_for(int M, int K, int group, int splits, int k_tile, int elem_bytes);
 
 }  // namespace marlin_w4a16
