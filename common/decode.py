@@ -10,7 +10,9 @@ embeddings and the MLP's gate as chains of small element-wise kernels, each a fe
 the GPU however little it computes. `compile=True` first lets torch.compile (Inductor) fuse those
 chains into a few generated kernels per layer; the compiled step is then captured the same way.
 `lean=True` replaces the model's forward by `LeanLlamaStep`: fused projections, and (compiled, at
-batch 1) GEMVs that Inductor fuses with the normalization or activation before them.
+batch 1) GEMVs that Inductor fuses with the normalization or activation before them. On CUDA its
+decode steps also run each layer's rotary embeddings, cache writes and attention as one Triton kernel
+(`fused_attention`, kernels/decode_attention.py) instead of several.
 """
 import copy
 import statistics
@@ -82,13 +84,15 @@ class LeanLlamaStep(torch.nn.Module):
 
     What a step does, without the generality of the transformers code: q/k/v in one matmul and
     gate/up in one, rotary embeddings from a table, a KV cache owned here, and logits for the last
-    position only. The same greedy tokens as the model itself (tested).
+    position only. The same greedy tokens as the model itself (tested). With `fused_attention`, a step
+    of one token runs each layer's rotary embeddings, cache write and attention as one Triton kernel.
     """
 
-    def __init__(self, model, batch_size: int, max_len: int, gemv_as_reduction: bool = False):
+    def __init__(self, model, batch_size: int, max_len: int, gemv_as_reduction: bool = False,
+                 fused_attention: bool = False):
         super().__init__()
         config = model.config
-        self.gemv_as_reduction = gemv_as_reduction
+        self.gemv_as_reduction, self.fused_attention = gemv_as_reduction, fused_attention
         unsupported = [n for n, _ in model.named_modules() if n.endswith(("q_norm", "k_norm"))]
         if config.model_type not in ("llama", "mistral", "qwen2") or unsupported or \
                 getattr(config, "sliding_window", None) and config.sliding_window < max_len:
@@ -134,21 +138,31 @@ class LeanLlamaStep(torch.nn.Module):
         inner = self.model.model
         batch, length = tokens.shape
         h = inner.embed_tokens(tokens)
-        cos, sin = self.cos[positions], self.sin[positions]                     # [B, T, D]
-        slots = positions[0]                                                    # every sequence is at the same place
+        fused = self.fused_attention and length == 1                            # prefill keeps PyTorch's attention
+        if fused:  # imported when used: Triton is not installed everywhere the CPU path runs
+            from kernels.decode_attention import decode_attention
+        else:
+            cos, sin = self.cos[positions], self.sin[positions]                 # [B, T, D]
+            slots = positions[0]                                                # every sequence is at the same place
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         for i, layer in enumerate(inner.layers):
             attn, mlp = layer.self_attn, layer.mlp
-            q, k, v = self.linear(self.qkv[i], layer.input_layernorm(h)).split([q_size, kv_size, kv_size], dim=-1)
-            q = q.view(batch, length, self.heads, self.head_dim).transpose(1, 2)
-            k = k.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = v.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
-            self.k_cache[i].index_copy_(2, slots, k)
-            self.v_cache[i].index_copy_(2, slots, v)
-            out = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask,
-                                                 scale=attn.scaling, enable_gqa=True)
-            h = h + self.linear(attn.o_proj, out.transpose(1, 2).reshape(batch, length, q_size))
+            qkv = self.linear(self.qkv[i], layer.input_layernorm(h))
+            if fused:
+                out = decode_attention(qkv, self.cos, self.sin, self.k_cache, self.v_cache, i, positions, mask,
+                                       self.heads, self.kv_heads, self.head_dim, attn.scaling)
+            else:
+                q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+                q = q.view(batch, length, self.heads, self.head_dim).transpose(1, 2)
+                k = k.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
+                v = v.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
+                q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+                self.k_cache[i].index_copy_(2, slots, k)
+                self.v_cache[i].index_copy_(2, slots, v)
+                out = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask,
+                                                     scale=attn.scaling, enable_gqa=True)
+                out = out.transpose(1, 2).reshape(batch, length, q_size)
+            h = h + self.linear(attn.o_proj, out)
             gate, up = self.linear(self.gate_up[i], layer.post_attention_layernorm(h)).chunk(2, dim=-1)
             h = h + self.linear(mlp.down_proj, mlp.act_fn(gate) * up)
         return self.linear(self.model.lm_head, inner.norm(h[:, -1]))
@@ -158,16 +172,22 @@ class StaticGreedyDecoder:
     """Greedy generation for `batch_size` sequences of at most `max_len` tokens in total.
 
     `lean=True` runs `LeanLlamaStep` instead of the model's own forward; `compile=True` compiles the
-    step with torch.compile before the CUDA graph captures it.
+    step with torch.compile before the CUDA graph captures it. `fused_attention` (lean only; by default
+    on CUDA) attends in decode steps with one Triton kernel per layer; on the CPU that kernel runs only
+    in Triton's interpreter (TRITON_INTERPRET=1, for tests).
     """
 
     def __init__(self, model, batch_size: int, max_len: int, cuda_graph: bool = True, compile: bool = False,
-                 lean: bool = False):
+                 lean: bool = False, fused_attention: bool | None = None):
         self.model, self.batch_size, self.max_len = model, batch_size, max_len
         self.device = next(model.parameters()).device
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
-        self.forward = LeanLlamaStep(model, batch_size, max_len, gemv_as_reduction=compile) if lean else \
-            TransformersStep(model, max_len)
+        self.fused_attention = lean and self.device.type == "cuda" if fused_attention is None else fused_attention
+        if self.fused_attention and not lean:
+            raise WorkshopError("fused_attention replaces the attention of the lean decode step; lean=False "
+                                "runs the model's own forward.", "Pass lean=True, or leave fused_attention out.")
+        self.forward = LeanLlamaStep(model, batch_size, max_len, gemv_as_reduction=compile,
+                                     fused_attention=self.fused_attention) if lean else TransformersStep(model, max_len)
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.mask = torch.zeros(batch_size, 1, 1, max_len, dtype=torch.bool, device=self.device)
@@ -220,9 +240,11 @@ class StaticGreedyDecoder:
 
 
 def measure_static_decode(model, batch_size: int = 1, prompt_len: int = 64, new_tokens: int = 128,
-                          repeats: int = 5, cuda_graph: bool = True, compile: bool = False, lean: bool = False) -> dict:
+                          repeats: int = 5, cuda_graph: bool = True, compile: bool = False, lean: bool = False,
+                          fused_attention: bool | None = None) -> dict:
     """Decode tokens/s of StaticGreedyDecoder (median of repeats, CUDA-synchronised)."""
-    decoder = StaticGreedyDecoder(model, batch_size, prompt_len + new_tokens + 1, cuda_graph, compile, lean)
+    decoder = StaticGreedyDecoder(model, batch_size, prompt_len + new_tokens + 1, cuda_graph, compile, lean,
+                                  fused_attention)
     prompt = torch.randint(0, model.config.vocab_size, (batch_size, prompt_len), generator=torch.Generator().manual_seed(0))
     times = []
     for _ in range(repeats + 1):  # the first run captures the graph and is not counted
@@ -236,4 +258,5 @@ def measure_static_decode(model, batch_size: int = 1, prompt_len: int = 64, new_
         times.append(time.perf_counter() - t0)
     seconds = statistics.median(times[1:])
     return {"batch_size": batch_size, "new_tokens": new_tokens, "cuda_graph": decoder.cuda_graph, "compiled": compile, "lean": lean,
+            "fused_attention": decoder.fused_attention,
             "decode_tokens_per_s": batch_size * new_tokens / seconds, "ms_per_step": 1000 * seconds / new_tokens}

@@ -6,8 +6,9 @@ The models are random weights in the shapes of `common.models.SHAPED_SPECS` (dec
 shapes, not values), so the speed-ups are those a 135M model's launch overhead hides. W4A16: every
 linear layer, the head included, round-to-nearest INT4 with groups of 128 (QuantLinear; on a GPU its
 forward runs the Marlin-style kernel for up to 64 rows). Decoded by `common.decode.StaticGreedyDecoder`
-(static KV cache, one CUDA graph per step) with the lean step, eager and compiled; tokens/s is the
-median of 3 repeats of 128 tokens after a 64-token prompt. Each row also gives the weight bytes a step reads, the bound that sets at the
+(static KV cache, one CUDA graph per step) with the lean step in three ways: eager, compiled, and
+compiled with each layer's rotary + KV write + attention in one kernel (kernels/decode_attention.py);
+tokens/s is the median of 3 repeats of 128 tokens after a 64-token prompt. Each row also gives the weight bytes a step reads, the bound that sets at the
 device's copy bandwidth, and the kernels one step launches (counted by the profiler).
 """
 import argparse
@@ -37,10 +38,14 @@ def weight_bytes(model) -> int:
     return total
 
 
-def decode_run(model, compile: bool, repeats: int = 3) -> dict:
+MODES = {"graph": (False, False), "compiled": (True, False), "compiled, fused attention": (True, True)}
+
+
+def decode_run(model, compile: bool, fused_attention: bool, repeats: int = 3) -> dict:
     """Tokens/s at batch 1 (median of repeats after one that captures the graph) and the CUDA kernels
     one step launches (the step run once outside the graph under the profiler)."""
-    decoder = StaticGreedyDecoder(model, 1, PROMPT + NEW_TOKENS + 1, cuda_graph=True, compile=compile, lean=True)
+    decoder = StaticGreedyDecoder(model, 1, PROMPT + NEW_TOKENS + 1, cuda_graph=True, compile=compile, lean=True,
+                                  fused_attention=fused_attention)
     prompt = torch.zeros(1, PROMPT, dtype=torch.long)
     times = []
     for _ in range(repeats + 1):
@@ -64,12 +69,13 @@ def bench(spec: str, copy_bytes_per_s: float) -> list:
         if fmt == "w4a16":
             replace_linears(model, "int4", group_size=128, skip=(), progress=False)
         nbytes = weight_bytes(model)
-        for compile in (False, True):
-            row = {"spec": spec, "format": fmt, "compiled": compile, **decode_run(model, compile),
-                   "weight_bytes": nbytes, "bound_tokens_per_s": copy_bytes_per_s / nbytes}
+        for mode, (compile, fused) in MODES.items():
+            row = {"spec": spec, "format": fmt, "mode": mode, "compiled": compile, "fused_attention": fused,
+                   **decode_run(model, compile, fused), "weight_bytes": nbytes,
+                   "bound_tokens_per_s": copy_bytes_per_s / nbytes}
             row["fraction_of_bound"] = row["tokens_per_s"] / row["bound_tokens_per_s"]
             rows.append(row)
-            print(f"{spec:16s} {fmt:5s} {'compiled' if compile else 'graph   '} {row['tokens_per_s']:8,.0f} tok/s  "
+            print(f"{spec:16s} {fmt:5s} {mode:26s} {row['tokens_per_s']:8,.0f} tok/s  "
                   f"{nbytes / 1e6:7.0f} MB/step  bound {row['bound_tokens_per_s']:8,.0f}  "
                   f"{row['fraction_of_bound']:.0%}  {row['kernels_per_step']} kernels/step", flush=True)
         del model
@@ -86,9 +92,9 @@ def main():
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s")
     rows = [row for spec in args.specs for row in bench(spec, bandwidth)]
     for spec in args.specs:
-        for compile in (False, True):
-            pick = {r["format"]: r["tokens_per_s"] for r in rows if r["spec"] == spec and r["compiled"] == compile}
-            print(f"{spec} {'compiled' if compile else 'graph'}: W4A16 / bf16 = {pick['w4a16'] / pick['bf16']:.2f}x")
+        for mode in MODES:
+            pick = {r["format"]: r["tokens_per_s"] for r in rows if r["spec"] == spec and r["mode"] == mode}
+            print(f"{spec} {mode}: W4A16 / bf16 = {pick['w4a16'] / pick['bf16']:.2f}x")
     if args.json:
         record = {"device": device_description(), "versions": package_versions(),
                   "date": datetime.date.today().isoformat(), "copy_bytes_per_s": bandwidth, "rows": rows}

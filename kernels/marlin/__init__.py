@@ -28,7 +28,7 @@ import torch
 from common.errors import WorkshopError
 from common.quant.qlinear import pack_int4, unpack_int4
 
-TILE_K = 64       # K of one repacked code tile
+TILE_K = 64       # K of one repacked code tile (a pipeline stage holds one or two)
 TILE_N = 64       # output columns per thread block
 MAX_ROWS = 64     # M the kernel takes (4 MMA tiles of 16 rows)
 MAGIC = {torch.float16: (0x6400, 1024.0), torch.bfloat16: (0x4300, 128.0)}  # exponent bits, value
@@ -167,13 +167,13 @@ def k_tile_for(K: int, group_size: int) -> int:
 def choose_splits(N: int, K: int, k_tile: int, device: torch.device | None = None, blocks_per_sm: int = 4) -> int:
     """K slices per output block: enough blocks for `blocks_per_sm` per SM (a block keeps only a few K tiles
     in flight, and one SM's warps must hide the latency of each other's dependent instructions), each
-    slice at least 4 K tiles so the pipeline has something to overlap. kernels/marlin/NOTES.md has the
-    sweep this was read from."""
+    slice at least 2 K tiles. kernels/marlin/NOTES.md has the sweeps this was read from (with the split-K
+    reduction inside the kernel, slices of 2 tiles cost less than idle SMs)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     blocks_n = N // TILE_N
     tiles = K // k_tile
     want = -(-blocks_per_sm * sms // blocks_n)
-    return max(1, min(want, tiles // 4))
+    return max(1, min(want, tiles // 2))
 
 
 _locks: dict = {}  # device index -> int32 counters, one per column tile of 64, zero between calls
@@ -207,9 +207,8 @@ def _(x, qweight, scales, zeros, locks, group_size, splits, k_tile):
 def w4a16_marlin(x: torch.Tensor, packed: MarlinWeight, splits: int | None = None, k_tile: int = 0) -> torch.Tensor:
     """out[..., N] = x[..., K] @ W^T on the GPU, W given by `repack`; x fp16 or bf16 with at most 64 rows
     (leading dimensions flattened); scales/zeros are cast to x's dtype if needed. splits: K slices (None:
-    `choose_splits`). k_tile 0: the kernel's choice (the few-rows kernel up to 16 rows where its activation
-    slice fits in shared memory, else the ring kernel with `k_tile_for`); 64 or 128: the ring kernel with that
-    K per pipeline stage (for benchmarks and tests)."""
+    `choose_splits`) and k_tile (K per pipeline stage, 64 or 128; 0: `k_tile_for`) are for benchmarks and
+    for callers that choose them once (QuantLinear)."""
     N, K = packed.shape
     # Checked here as well as in the binding: on the H200 image an error thrown by the compiled
     # extension crashed the process (segmentation fault) instead of reaching Python.
@@ -229,8 +228,9 @@ def w4a16_marlin(x: torch.Tensor, packed: MarlinWeight, splits: int | None = Non
     if k_tile not in (0, 64, 128) or (k_tile == 128 and k_tile_for(K, packed.group_size) != 128):
         raise WorkshopError(f"k_tile={k_tile} does not fit K={K} with group size {packed.group_size}.",
                             "Use 0 (the kernel's choice) or 64.")
+    k_tile = k_tile or k_tile_for(K, packed.group_size)
     if splits is None:
-        splits = choose_splits(N, K, k_tile or TILE_K, x.device)
+        splits = choose_splits(N, K, k_tile, x.device)
     if not torch.compiler.is_compiling():
         load_extension()  # a build failure is a WorkshopError here, not inside the operator
     out = _gemm(x2, packed.qweight, packed.scales.to(x.dtype), packed.zeros.to(x.dtype), locks_for(x.device),

@@ -83,8 +83,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("stream"));
   m.def("k_tile_for", &marlin_w4a16::k_tile_for, "K per pipeline stage the kernel picks for (K, group)",
         pybind11::arg("K"), pybind11::arg("group"));  // tests compare it with kernels.marlin.k_tile_for
-  m.def("kernel_for", &marlin_w4a16::kernel_for,
-        "which kernel runs: 0 few rows, 64 or 128 the ring kernel with that K per stage",
-        pybind11::arg("M"), pybind11::arg("K"), pybind11::arg("group"), pybind11::arg("splits"),
-        pybind11::arg("k_tile"), pybind11::arg("elem_bytes"));
 }

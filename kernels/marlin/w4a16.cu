@@ -8,11 +8,9 @@
 //   1. The weight is repacked offline (kernels/marlin/__init__.py, `repack`) so that the 32-bit word a
 //      thread reads holds exactly the 8 codes of its mma.sync B fragments for one k16 step and 16
 //      columns: no shuffles, no shared-memory transposes, no ldmatrix for the weight.
-//   2. Few rows (M <= 16, decode): the block's slice of the activations is copied to shared memory once,
-//      then each thread loads its own 16 bytes of codes per K tile straight into registers, kAhead tiles
-//      ahead: no shared memory and no barrier for the weight, so nothing in the loop waits on other
-//      warps. More rows: cp.async (16 bytes per instruction, asynchronous) copies codes and activations
-//      into a kStages-deep shared-memory ring, kStages - 1 K tiles fetched while one is computed.
+//   2. Global -> shared copies are cp.async (16 bytes per instruction, no registers, asynchronous) into a
+//      kStages-deep ring, so kStages - 1 K tiles are being fetched while one is computed. (A variant that
+//      loaded codes straight into registers, with no barrier in the loop, was slower: NOTES.md.)
 //   3. Codes become 16-bit floats by one LOP3 per pair: (word & 0x000F000F) | MAGIC puts a code under the
 //      exponent of 1024 (fp16 0x6400) or 128 (bf16 0x4300), which reads as MAGIC + code, exactly.
 //      (MAGIC + code) - (MAGIC + zero) = code - zero is exact for integer zeros, and one multiply by the
@@ -40,9 +38,6 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kTileN = 16 * kWarps;   // 64 output columns per block, 16 per warp (two n8 MMA tiles)
 constexpr int kSubK = 64;             // K of one repacked code tile: four k16 MMA steps, 2 KB per block
 constexpr int kWordsPerSub = kTileN * kSubK / 8;  // 512 int32 words
-constexpr int kAhead = 8;             // few-rows kernel: code tiles (16 bytes each) in flight per thread
-constexpr int kFewRowsBlocks = 4;     // few-rows kernel: blocks per SM its registers must allow
-constexpr int kFewRowsSmem = 64 * 1024;  // few-rows kernel: the most shared memory its activation slice takes
 // A pipeline stage holds SUB code tiles (K tile = 64 SUB). SUB = 2 halves the per-stage work that does
 // not scale with the codes (wait, barrier, addresses, scale loads) per weight.
 // cp.async ring depth: kStages - 1 stages in flight while one is computed; decode is bound by bytes in
@@ -86,15 +81,6 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-// 16 bytes global -> registers through the read-only path, not kept in L1 (read once, as above).
-__device__ __forceinline__ uint4 ld_stream16(const uint32_t* gmem) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(gmem));
-  return v;
 }
 
 // (a & b) | c in one instruction; 0xEA is the truth table of that expression for LOP3.
@@ -161,7 +147,7 @@ __device__ __forceinline__ void dequant_word(uint32_t word, typename Dtype<T>::T
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Epilogue of both kernels. Accumulator layout of m16n8: c0, c1 at (row lane/4, cols 2(lane%4) + 0/1),
+// Epilogue. Accumulator layout of m16n8: c0, c1 at (row lane/4, cols 2(lane%4) + 0/1),
 // c2, c3 at row + 8. One K slice (gridDim.y == 1): round and store. Several: every slice stores its fp32
 // partial sums in its own part of `partials` [slices, M, N]; the slice that finishes last for this column
 // tile (counted in locks[blockIdx.x]) adds the parts in slice order, so the result does not depend on
@@ -210,102 +196,6 @@ __device__ __forceinline__ void store_output(const float (&acc)[M_TILES][2][4], 
     *reinterpret_cast<T2*>(out + (size_t)row * N + n) = Dtype<T>::pack(sum.x, sum.y);
   }
   if (threadIdx.x == 0) locks[blockIdx.x] = 0;
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Few rows (M <= 16, one MMA row tile): the decode kernel. The block's activation slice [M, K slice]
-// sits in shared memory for the whole kernel (one copy, one barrier); rows M..15 of the MMA tile read
-// row M - 1 again (row i of the result depends on row i of A only, and only rows < M are stored), so
-// only M rows are stored. Codes and scales go from global memory straight into each thread's
-// registers, kAhead K tiles ahead of the tile being computed: thread t reads exactly the 16 bytes of
-// codes it multiplies (the repacked layout), so no thread waits for another inside the loop.
-// TWO_GROUPS: group 32, two groups per K tile of 64; otherwise the group is a multiple of 64.
-template <typename T, bool TWO_GROUPS>
-__global__ void __launch_bounds__(kThreads, kFewRowsBlocks)
-w4a16_few_rows_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, const T* __restrict__ scales,
-                      const T* __restrict__ zeros, T* __restrict__ out, float* __restrict__ partials,
-                      int* __restrict__ locks, int M, int N, int K, int group, int tiles_per_split) {
-  using T2 = typename Dtype<T>::T2;
-  constexpr int kGroups = TWO_GROUPS ? 2 : 1;  // groups per K tile
-  extern __shared__ __align__(16) unsigned char smem[];
-  T* sm_x = reinterpret_cast<T*>(smem);       // [M][tiles_per_split * 64], 16-byte chunks swizzled per tile
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int tile_begin = blockIdx.y * tiles_per_split;
-  const int n_tiles = min(tiles_per_split, K / kSubK - tile_begin);  // >= 1: the launcher sizes the grid
-  const int stride = tiles_per_split * kSubK;
-
-  // The load stream: this thread's 16 bytes of each code tile, and the scales and zeros of its two
-  // columns (col, col + 8) for the tile's group(s), packed two 16-bit values per register.
-  const uint32_t* w_ptr = qweight + (size_t)tile_begin * 8 * N + (size_t)blockIdx.x * kWordsPerSub + threadIdx.x * 4;
-  const size_t w_step = 8 * (size_t)N;
-  const int col = blockIdx.x * kTileN + warp * 16 + lane / 4;
-  const unsigned short* s_col = reinterpret_cast<const unsigned short*>(scales) + col;
-  const unsigned short* z_col = reinterpret_cast<const unsigned short*>(zeros) + col;
-  int load_group = TWO_GROUPS ? 2 * tile_begin : tile_begin * kSubK / group;  // group of the next tile loaded
-  int load_k_in_group = TWO_GROUPS ? 0 : tile_begin * kSubK % group;
-  uint4 codes[kAhead];
-  uint32_t s01[kAhead][kGroups], z01[kAhead][kGroups];
-  auto load = [&](uint4& c, uint32_t (&s)[kGroups], uint32_t (&z)[kGroups]) {
-    c = ld_stream16(w_ptr);
-    w_ptr += w_step;
-#pragma unroll
-    for (int j = 0; j < kGroups; ++j) {
-      const size_t at = (size_t)(load_group + j) * N;
-      s[j] = __ldg(s_col + at) | (uint32_t)__ldg(s_col + at + 8) << 16;
-      z[j] = __ldg(z_col + at) | (uint32_t)__ldg(z_col + at + 8) << 16;
-    }
-    if (TWO_GROUPS) {
-      load_group += 2;
-    } else if ((load_k_in_group += kSubK) == group) {
-      load_k_in_group = 0;
-      ++load_group;
-    }
-  };
-  // Codes first: their loads are the long ones, and they do not depend on the activations.
-#pragma unroll
-  for (int u = 0; u < kAhead; ++u)
-    if (u < n_tiles) load(codes[u], s01[u], z01[u]);
-  const int chunks_per_row = n_tiles * (kSubK / 8);
-  for (int i = threadIdx.x; i < M * chunks_per_row; i += kThreads) {
-    const int row = i / chunks_per_row, chunk = i - row * chunks_per_row;
-    cp_async16(sm_x + row * stride + (chunk & ~7) * 8 + ((chunk & 7) ^ (row & 7)) * 8,
-               x + (size_t)row * K + (size_t)tile_begin * kSubK + chunk * 8);
-  }
-  cp_async_commit();
-  cp_async_wait<0>();
-  __syncthreads();
-
-  float acc[1][2][4] = {};
-  const T2 magic = as_t2<T2>(Dtype<T>::kMagic2);
-  const int a_row = min(lane % 16, M - 1);  // ldmatrix row address of this lane
-  const T* a_base = sm_x + a_row * stride;
-  for (int t0 = 0; t0 < n_tiles; t0 += kAhead) {
-#pragma unroll
-    for (int u = 0; u < kAhead; ++u) {  // unrolled, so codes[u] stays in registers
-      const int t = t0 + u;
-      if (t >= n_tiles) break;
-      const uint32_t word[4] = {codes[u].x, codes[u].y, codes[u].z, codes[u].w};
-      T2 s2[kGroups][2], zm2[kGroups][2];  // per group: scale and MAGIC + zero of the two columns, broadcast
-#pragma unroll
-      for (int j = 0; j < kGroups; ++j) {
-        s2[j][0] = as_t2<T2>(__byte_perm(s01[u][j], 0, 0x1010));
-        s2[j][1] = as_t2<T2>(__byte_perm(s01[u][j], 0, 0x3232));
-        zm2[j][0] = __hadd2(as_t2<T2>(__byte_perm(z01[u][j], 0, 0x1010)), magic);  // exact: integer zeros
-        zm2[j][1] = __hadd2(as_t2<T2>(__byte_perm(z01[u][j], 0, 0x3232)), magic);
-      }
-      if (t + kAhead < n_tiles) load(codes[u], s01[u], z01[u]);  // refill the slot just read
-#pragma unroll
-      for (int step = 0; step < kSubK / 16; ++step) {
-        const int j = TWO_GROUPS ? step / 2 : 0;
-        uint32_t b[2][2], a[4];
-        dequant_word<T>(word[step], zm2[j][0], s2[j][0], zm2[j][1], s2[j][1], b);
-        ldmatrix_x4(a, a_base + t * kSubK + ((step * 2 + lane / 16) ^ (a_row & 7)) * 8);
-        mma_16816<T>(acc[0][0], a, b[0]);
-        mma_16816<T>(acc[0][1], a, b[1]);
-      }
-    }
-  }
-  store_output<T, 1>(acc, out, partials, locks, M, N);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -465,7 +355,7 @@ static dim3 grid_for(const Launch& a, int tile_k, int* tiles_per_split) {
 }
 
 template <typename T, int M_TILES, int SUB>
-static cudaError_t launch_ring(const Launch& a) {
+static cudaError_t launch_tiles(const Launch& a) {
   using L = SharedLayout<T, M_TILES, SUB>;
   auto kernel = w4a16_kernel<T, M_TILES, SUB>;
   // Above 48 KB of dynamic shared memory a kernel must opt in; cheap, so done at every launch.
@@ -481,52 +371,24 @@ static cudaError_t launch_ring(const Launch& a) {
 }
 
 template <typename T, int SUB>
-static cudaError_t launch_ring_rows(const Launch& a) {
+static cudaError_t launch_rows(const Launch& a) {
   switch ((a.M + 15) / 16) {  // one instantiation per 16-row MMA tile count: accumulators stay in registers
-    case 1: return launch_ring<T, 1, SUB>(a);
-    case 2: return launch_ring<T, 2, SUB>(a);
-    case 3: return launch_ring<T, 3, SUB>(a);
-    case 4: return launch_ring<T, 4, SUB>(a);
+    case 1: return launch_tiles<T, 1, SUB>(a);
+    case 2: return launch_tiles<T, 2, SUB>(a);
+    case 3: return launch_tiles<T, 3, SUB>(a);
+    case 4: return launch_tiles<T, 4, SUB>(a);
     default: return cudaErrorInvalidValue;
   }
 }
 
-static int few_rows_smem(int M, int K, int splits, int elem_bytes) {
-  const int tiles_k = K / kSubK;
-  return M * ((tiles_k + splits - 1) / splits) * kSubK * elem_bytes;
-}
-
-template <typename T, bool TWO_GROUPS>
-static cudaError_t launch_few_rows(const Launch& a) {
-  auto kernel = w4a16_few_rows_kernel<T, TWO_GROUPS>;
-  const int bytes = few_rows_smem(a.M, a.K, a.splits, sizeof(T));
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  if (err != cudaSuccess) return err;
-  int tiles_per_split;
-  const dim3 grid = grid_for(a, kSubK, &tiles_per_split);
-  kernel<<<grid, kThreads, bytes, a.stream>>>(
-      static_cast<const T*>(a.x), static_cast<const uint32_t*>(a.qweight), static_cast<const T*>(a.scales),
-      static_cast<const T*>(a.zeros), static_cast<T*>(a.out), a.partials, a.locks, a.M, a.N, a.K, a.group,
-      tiles_per_split);
-  return cudaGetLastError();
-}
-
 template <typename T>
 static cudaError_t launch_typed(const Launch& a, int k_tile) {
-  if (k_tile == 0)
-    return a.group == 32 ? launch_few_rows<T, true>(a) : launch_few_rows<T, false>(a);
-  return k_tile == 128 ? launch_ring_rows<T, 2>(a) : launch_ring_rows<T, 1>(a);
+  return k_tile == 128 ? launch_rows<T, 2>(a) : launch_rows<T, 1>(a);
 }
 
 int k_tile_for(int K, int group) {
   // A stage of 128 needs K % 128 == 0 and groups that tile it (32, 64) or that it tiles (multiples of 128).
   return K % 128 == 0 && (group <= 64 || group % 128 == 0) ? 128 : 64;
-}
-
-int kernel_for(int M, int K, int group, int splits, int k_tile, int elem_bytes) {
-  if (k_tile != 0) return k_tile;
-  if (M <= 16 && few_rows_smem(M, K, splits, elem_bytes) <= kFewRowsSmem) return 0;
-  return k_tile_for(K, group);
 }
 
 cudaError_t launch_w4a16(const void* x, const void* qweight, const void* scales, const void* zeros, void* out,
@@ -535,13 +397,13 @@ cudaError_t launch_w4a16(const void* x, const void* qweight, const void* scales,
   // The binding checks all of this with readable messages; this is the last line of defence for
   // other callers.
   const bool group_ok = group == 32 || (group > 0 && group % kSubK == 0);
-  const bool k_tile_ok = k_tile == 0 || k_tile == 64 || (k_tile == 128 && k_tile_for(K, group) == 128);
+  if (k_tile == 0) k_tile = k_tile_for(K, group);
+  const bool k_tile_ok = k_tile == 64 || (k_tile == 128 && k_tile_for(K, group) == 128);
   if (M < 1 || M > 64 || N <= 0 || N % kTileN || K <= 0 || K % kSubK || !group_ok || K % group || splits < 1 ||
       !k_tile_ok || (splits > 1 && (partials == nullptr || locks == nullptr)))
     return cudaErrorInvalidValue;
   const Launch a{x, qweight, scales, zeros, out, partials, locks, M, N, K, group, splits, stream};
-  const int kernel = kernel_for(M, K, group, splits, k_tile, 2);
-  return bf16 ? launch_typed<__nv_bfloat16>(a, kernel) : launch_typed<half>(a, kernel);
+  return bf16 ? launch_typed<__nv_bfloat16>(a, k_tile) : launch_typed<half>(a, k_tile);
 }
 
 }  // namespace marlin_w4a16

@@ -15,16 +15,12 @@ namespace marlin_w4a16 {
 //   partials float32 [splits, M, N], uninitialised, when splits > 1: each K slice's partial sums
 //   locks    int32 [>= N / 64], all zero, when splits > 1: per column tile, how many slices are done;
 //            the last one adds the partial sums and resets its counter to zero
-//   k_tile   0: the few-rows kernel (activations held in shared memory, codes straight to registers)
-//            where M <= 16 and its slice fits, otherwise the ring kernel with k_tile_for(K, group);
-//            64 or 128 (needs K % 128 == 0 and group 32, 64 or a multiple of 128): the ring kernel with
-//            that K per pipeline stage.
+//   k_tile   K per pipeline stage: 64, 128 (needs K % 128 == 0 and group 32, 64 or a multiple of 128),
+//            or 0 for k_tile_for(K, group), the larger one where it fits.
 // Returns the launch's cudaError_t (cudaErrorInvalidValue for arguments the kernel cannot take).
 cudaError_t launch_w4a16(const void* x, const void* qweight, const void* scales, const void* zeros, void* out,
                          float* partials, int* locks, int M, int N, int K, int group, int splits, int k_tile,
                          bool bf16, cudaStream_t stream);
 int k_tile_for(int K, int group);
-// Which kernel launch_w4a16 runs for these arguments: 0 (few rows), 64 or 128 (ring, K per stage).
-int kernel_for(int M, int K, int group, int splits, int k_tile, int elem_bytes);
 
 }  // namespace marlin_w4a16
