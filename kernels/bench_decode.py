@@ -1,15 +1,18 @@
 """Batch-1 decode speed on real models' shapes: bf16 against W4A16 (GPU only).
 
-    python -m kernels.bench_decode [--specs llama-1b-shaped llama-8b-layer] [--json OUT.json]
+    python -m kernels.bench_decode [--specs llama-1b-shaped llama-8b-layer] [--modes compiled ...] [--json OUT.json]
 
 The models are random weights in the shapes of `common.models.SHAPED_SPECS` (decode time depends on
 shapes, not values), so the speed-ups are those a 135M model's launch overhead hides. W4A16: every
-linear layer, the head included, round-to-nearest INT4 with groups of 128 (QuantLinear; on a GPU its
+linear layer, the head included, round-to-nearest INT4 with groups of 128, or 64 where 128 does not
+divide a layer's input (smollm2-135m-shaped: 576) (QuantLinear; on a GPU its
 forward runs the Marlin-style kernel for up to 64 rows). Decoded by `common.decode.StaticGreedyDecoder`
 (static KV cache, one CUDA graph per step) with the lean step in three ways: eager, compiled, and
 compiled with each layer's rotary + KV write + attention in one kernel (kernels/decode_attention.py);
-tokens/s is the median of 3 repeats of 128 tokens after a 64-token prompt. Each row also gives the weight bytes a step reads, the bound that sets at the
-device's copy bandwidth, and the kernels one step launches (counted by the profiler).
+tokens/s is the median of 3 repeats of 128 tokens after a 64-token prompt. Each row also gives the
+weight bytes a step reads, the bound that sets at the device's copy bandwidth, and the kernels one step
+launches with their summed GPU time (the profiler, one step outside the graph): where that sum is far
+below the step's time, the step waits between kernels, not in them.
 """
 import argparse
 import datetime
@@ -58,18 +61,22 @@ def decode_run(model, compile: bool, fused_attention: bool, repeats: int = 3) ->
     with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         decoder.step()
         torch.cuda.synchronize()
-    kernels = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
-    return {"tokens_per_s": NEW_TOKENS / statistics.median(times[1:]), "kernels_per_step": kernels}
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return {"tokens_per_s": NEW_TOKENS / statistics.median(times[1:]), "kernels_per_step": len(kernels),
+            "kernel_us_per_step": sum(e.time_range.elapsed_us() for e in kernels)}
 
 
-def bench(spec: str, copy_bytes_per_s: float) -> list:
+def bench(spec: str, copy_bytes_per_s: float, modes: list) -> list:
     rows = []
     for fmt in ("bf16", "w4a16"):
         model, _ = load_model(spec, dtype=torch.bfloat16, device="cuda", progress=False)
         if fmt == "w4a16":
-            replace_linears(model, "int4", group_size=128, skip=(), progress=False)
+            widths = {m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)}
+            group = 128 if all(k % 128 == 0 for k in widths) else 64
+            replace_linears(model, "int4", group_size=group, skip=(), progress=False)
         nbytes = weight_bytes(model)
-        for mode, (compile, fused) in MODES.items():
+        for mode in modes:
+            compile, fused = MODES[mode]
             row = {"spec": spec, "format": fmt, "mode": mode, "compiled": compile, "fused_attention": fused,
                    **decode_run(model, compile, fused), "weight_bytes": nbytes,
                    "bound_tokens_per_s": copy_bytes_per_s / nbytes}
@@ -77,7 +84,8 @@ def bench(spec: str, copy_bytes_per_s: float) -> list:
             rows.append(row)
             print(f"{spec:16s} {fmt:5s} {mode:26s} {row['tokens_per_s']:8,.0f} tok/s  "
                   f"{nbytes / 1e6:7.0f} MB/step  bound {row['bound_tokens_per_s']:8,.0f}  "
-                  f"{row['fraction_of_bound']:.0%}  {row['kernels_per_step']} kernels/step", flush=True)
+                  f"{row['fraction_of_bound']:.0%}  {row['kernels_per_step']} kernels/step, "
+                  f"{row['kernel_us_per_step']:,.0f} us in them", flush=True)
         del model
         torch.cuda.empty_cache()
     return rows
@@ -86,13 +94,14 @@ def bench(spec: str, copy_bytes_per_s: float) -> list:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--specs", nargs="+", default=["llama-1b-shaped", "llama-8b-layer"])
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--json", help="write the rows and the device here")
     args = parser.parse_args()
     bandwidth = machine_ceilings("cuda", torch.bfloat16).bandwidth  # a 1 GiB copy, read + write
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s")
-    rows = [row for spec in args.specs for row in bench(spec, bandwidth)]
+    rows = [row for spec in args.specs for row in bench(spec, bandwidth, args.modes)]
     for spec in args.specs:
-        for mode in MODES:
+        for mode in args.modes:
             pick = {r["format"]: r["tokens_per_s"] for r in rows if r["spec"] == spec and r["mode"] == mode}
             print(f"{spec} {mode}: W4A16 / bf16 = {pick['w4a16'] / pick['bf16']:.2f}x")
     if args.json:

@@ -146,3 +146,13 @@ def test_shaped_specs_have_the_published_parameter_counts():
     # one Llama-3-8B layer with its two norms (218,112,000), embeddings and a separate head (2 x 128256 x 4096),
     # the final norm
     assert counts["llama-8b-layer"] == 218_112_000 + 2 * 128256 * 4096 + 4096
+
+
+def test_smollm2_shaped_spec_has_the_embedded_models_shapes(embedded):
+    from common.models import shaped_random
+    shaped, _ = shaped_random("smollm2-135m-shaped", torch.bfloat16, torch.device("meta"))
+    real = dict(embedded[0].named_parameters())
+    assert {n: tuple(p.shape) for n, p in shaped.named_parameters()} == {n: tuple(p.shape) for n, p in real.items()}
+    for key in ("rope_parameters", "num_key_value_heads", "head_dim", "tie_word_embeddings"):
+        assert getattr(shaped.config, key) == getattr(embedded[0].config, key), key
+    assert shaped.config.rms_norm_eps == pytest.approx(embedded[0].config.rms_norm_eps, rel=1e-6)  # GGUF: float32
