@@ -21,9 +21,9 @@
 //      writes its fp32 partial sums to a workspace; the last slice of a column tile to finish (a counter
 //      per tile) adds them up in slice order and writes the output: one launch, no zeroing, no cast.
 //
-// Thread block: 4 warps, 64 output columns (16 per warp), all M rows (M_TILES x 16, padded with zero
-// rows), K in tiles of 64. Each warp computes its own 16 columns over the block's whole K slice, so warps
-// never exchange partial sums.
+// Thread block: 4 warps, 64 output columns (16 per warp), all M rows (M_TILES x 16; rows past M are
+// computed but never stored), K in tiles of 64. Each warp computes its own 16 columns over the block's
+// whole K slice, so warps never exchange partial sums.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
