@@ -23,6 +23,7 @@ import time
 import torch
 
 from common.decode import StaticGreedyDecoder
+from common.eval import decode_bound_tokens_per_s
 from common.hardware import device_description, machine_ceilings, package_versions
 from common.models import load_model
 from common.quant.qlinear import QuantLinear, replace_linears
@@ -79,7 +80,7 @@ def bench(spec: str, copy_bytes_per_s: float, modes: list) -> list:
             compile, fused = MODES[mode]
             row = {"spec": spec, "format": fmt, "mode": mode, "compiled": compile, "fused_attention": fused,
                    **decode_run(model, compile, fused), "weight_bytes": nbytes,
-                   "bound_tokens_per_s": copy_bytes_per_s / nbytes}
+                   "bound_tokens_per_s": decode_bound_tokens_per_s(nbytes, copy_bytes_per_s)}
             row["fraction_of_bound"] = row["tokens_per_s"] / row["bound_tokens_per_s"]
             rows.append(row)
             print(f"{spec:16s} {fmt:5s} {mode:26s} {row['tokens_per_s']:8,.0f} tok/s  "

@@ -176,6 +176,10 @@ def choose_splits(N: int, K: int, k_tile: int, device: torch.device | None = Non
     return max(1, min(want, tiles // 2))
 
 
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 _locks: dict = {}  # device index -> int32 counters, one per column tile of 64, zero between calls
 
 
@@ -183,7 +187,7 @@ def locks_for(device: torch.device) -> torch.Tensor:
     """The kernel's per-GPU counters for split-K: how many K slices of each column tile are done. The last
     slice adds the partial sums and sets its counter back to zero, so one zeroed tensor serves every call
     on that GPU's stream (sized for N up to 4M columns; made once, outside any CUDA graph capture)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _device_index(device)
     if index not in _locks:
         _locks[index] = torch.zeros(1 << 16, dtype=torch.int32, device=torch.device("cuda", index))
     return _locks[index]
@@ -244,7 +248,7 @@ _unusable: dict = {}  # device index -> why the kernel cannot run there (said on
 def usable(device: torch.device) -> bool:
     """Whether the kernel builds and runs on `device` (a CUDA GPU, sm_80+, with nvcc to build it). The first
     failure is said once as a warning; callers then keep their other path."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _device_index(device)
     if index not in _unusable:
         try:
             with torch.cuda.device(index):
