@@ -12,7 +12,10 @@ chains into a few generated kernels per layer; the compiled step is then capture
 `lean=True` replaces the model's forward by `LeanLlamaStep`: fused projections, and (compiled, at
 batch 1) GEMVs that Inductor fuses with the normalization or activation before them. On CUDA its
 decode steps also run each layer's rotary embeddings, cache writes and attention as one Triton kernel
-(`fused_attention`, kernels/decode_attention.py) instead of several.
+(`fused_attention`, kernels/decode_attention.py) instead of several. `fused_linears` (off by default)
+lets INT4 layers that run the Marlin-style CUDA kernel take the RMSNorm before them, SiLU x up before
+the down projection and the residual add after them into that kernel, which Inductor cannot fuse into:
+fewer kernels per step, but on the H200 a slower step (kernels/marlin/NOTES.md, kernels/DECODE.json).
 """
 import copy
 import statistics
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import WorkshopError
+from .quant.qlinear import QuantLinear
 
 
 class TransformersStep:
@@ -46,7 +50,6 @@ def concat_linears(layers):
     layers concatenate their codes, scales and zeros row-wise, provided the formats match and the
     scales are per row (a per-tensor FP8 scale is not).
     """
-    from .quant.qlinear import QuantLinear
     first = layers[0]
     if all(type(m) is torch.nn.Linear for m in layers):
         fused = torch.nn.Linear(first.in_features, sum(m.out_features for m in layers), bias=first.bias is not None,
@@ -85,14 +88,17 @@ class LeanLlamaStep(torch.nn.Module):
     What a step does, without the generality of the transformers code: q/k/v in one matmul and
     gate/up in one, rotary embeddings from a table, a KV cache owned here, and logits for the last
     position only. The same greedy tokens as the model itself (tested). With `fused_attention`, a step
-    of one token runs each layer's rotary embeddings, cache write and attention as one Triton kernel.
+    of one token runs each layer's rotary embeddings, cache write and attention as one Triton kernel;
+    with `fused_linears`, each INT4 layer on the Marlin-style kernel also does its neighbours (`project`).
     """
 
     def __init__(self, model, batch_size: int, max_len: int, gemv_as_reduction: bool = False,
-                 fused_attention: bool = False):
+                 fused_attention: bool = False, fused_linears: bool = False):
         super().__init__()
         config = model.config
         self.gemv_as_reduction, self.fused_attention = gemv_as_reduction, fused_attention
+        self.fused_linears = fused_linears
+        self.silu_mlp = getattr(config, "hidden_act", None) in ("silu", "swish")  # what the kernel computes
         unsupported = [n for n, _ in model.named_modules() if n.endswith(("q_norm", "k_norm"))]
         if config.model_type not in ("llama", "mistral", "qwen2") or unsupported or \
                 getattr(config, "sliding_window", None) and config.sliding_window < max_len:
@@ -133,6 +139,28 @@ class LeanLlamaStep(torch.nn.Module):
             return out if layer.bias is None else out + layer.bias
         return layer(x)
 
+    def project(self, layer, x, norm=None, act=None, residual=None):
+        """layer(f(x)) (+ residual): f is the RMSNorm `norm`, or with `act` act(gate) * up of x = [gate, up].
+
+        With `fused_linears`, an INT4 QuantLinear that runs on the Marlin-style kernel (a GPU, few rows)
+        does it all in that one kernel (kernels/marlin, `w4a16_marlin`); anything else runs it in PyTorch,
+        where the compiled step's Inductor fuses the pieces with its own kernels.
+        """
+        if self.fused_linears and isinstance(layer, QuantLinear) and (act is None or self.silu_mlp) and \
+                (marlin := layer.marlin_for(x)) is not None:
+            from kernels.marlin import w4a16_marlin
+            out = w4a16_marlin(x, marlin.packed, marlin.splits, residual=residual, silu_mul=act is not None,
+                               norm_weight=None if norm is None else norm.weight.to(x.dtype),
+                               eps=1e-6 if norm is None else norm.variance_epsilon)
+            return out if layer.bias is None else out + layer.bias.to(x.dtype)
+        if norm is not None:
+            x = norm(x)
+        if act is not None:
+            gate, up = x.chunk(2, dim=-1)
+            x = act(gate) * up
+        out = self.linear(layer, x)
+        return out if residual is None else residual + out
+
     def forward(self, tokens, positions, mask):
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
         inner = self.model.model
@@ -147,7 +175,7 @@ class LeanLlamaStep(torch.nn.Module):
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         for i, layer in enumerate(inner.layers):
             attn, mlp = layer.self_attn, layer.mlp
-            qkv = self.linear(self.qkv[i], layer.input_layernorm(h))
+            qkv = self.project(self.qkv[i], h, norm=layer.input_layernorm)
             if fused:
                 out = decode_attention(qkv, self.cos, self.sin, self.k_cache, self.v_cache, i, positions, mask,
                                        self.heads, self.kv_heads, self.head_dim, attn.scaling)
@@ -162,10 +190,10 @@ class LeanLlamaStep(torch.nn.Module):
                 out = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask,
                                                      scale=attn.scaling, enable_gqa=True)
                 out = out.transpose(1, 2).reshape(batch, length, q_size)
-            h = h + self.linear(attn.o_proj, out)
-            gate, up = self.linear(self.gate_up[i], layer.post_attention_layernorm(h)).chunk(2, dim=-1)
-            h = h + self.linear(mlp.down_proj, mlp.act_fn(gate) * up)
-        return self.linear(self.model.lm_head, inner.norm(h[:, -1]))
+            h = self.project(attn.o_proj, out, residual=h)
+            gate_up = self.project(self.gate_up[i], h, norm=layer.post_attention_layernorm)
+            h = self.project(mlp.down_proj, gate_up, act=mlp.act_fn, residual=h)
+        return self.project(self.model.lm_head, h[:, -1], norm=inner.norm)
 
 
 class StaticGreedyDecoder:
@@ -174,20 +202,24 @@ class StaticGreedyDecoder:
     `lean=True` runs `LeanLlamaStep` instead of the model's own forward; `compile=True` compiles the
     step with torch.compile before the CUDA graph captures it. `fused_attention` (lean only; by default
     on CUDA) attends in decode steps with one Triton kernel per layer; on the CPU that kernel runs only
-    in Triton's interpreter (TRITON_INTERPRET=1, for tests).
+    in Triton's interpreter (TRITON_INTERPRET=1, for tests). `fused_linears` (lean only, off by default:
+    measured slower, see the module's docstring) lets INT4 layers on the Marlin-style kernel do their
+    RMSNorm, SiLU x up and residual add.
     """
 
     def __init__(self, model, batch_size: int, max_len: int, cuda_graph: bool = True, compile: bool = False,
-                 lean: bool = False, fused_attention: bool | None = None):
+                 lean: bool = False, fused_attention: bool | None = None, fused_linears: bool = False):
         self.model, self.batch_size, self.max_len = model, batch_size, max_len
         self.device = next(model.parameters()).device
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         self.fused_attention = lean and self.device.type == "cuda" if fused_attention is None else fused_attention
-        if self.fused_attention and not lean:
-            raise WorkshopError("fused_attention replaces the attention of the lean decode step; lean=False "
-                                "runs the model's own forward.", "Pass lean=True, or leave fused_attention out.")
+        self.fused_linears = fused_linears
+        if (self.fused_attention or self.fused_linears) and not lean:
+            raise WorkshopError("fused_attention and fused_linears change the lean decode step; lean=False runs "
+                                "the model's own forward.", "Pass lean=True, or leave them out.")
         self.forward = LeanLlamaStep(model, batch_size, max_len, gemv_as_reduction=compile,
-                                     fused_attention=self.fused_attention) if lean else TransformersStep(model, max_len)
+                                     fused_attention=self.fused_attention, fused_linears=self.fused_linears) \
+            if lean else TransformersStep(model, max_len)
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.position = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.mask = torch.zeros(batch_size, 1, 1, max_len, dtype=torch.bool, device=self.device)
@@ -241,10 +273,10 @@ class StaticGreedyDecoder:
 
 def measure_static_decode(model, batch_size: int = 1, prompt_len: int = 64, new_tokens: int = 128,
                           repeats: int = 5, cuda_graph: bool = True, compile: bool = False, lean: bool = False,
-                          fused_attention: bool | None = None) -> dict:
+                          fused_attention: bool | None = None, fused_linears: bool = False) -> dict:
     """Decode tokens/s of StaticGreedyDecoder (median of repeats, CUDA-synchronised)."""
     decoder = StaticGreedyDecoder(model, batch_size, prompt_len + new_tokens + 1, cuda_graph, compile, lean,
-                                  fused_attention)
+                                  fused_attention, fused_linears)
     prompt = torch.randint(0, model.config.vocab_size, (batch_size, prompt_len), generator=torch.Generator().manual_seed(0))
     times = []
     for _ in range(repeats + 1):  # the first run captures the graph and is not counted
@@ -258,5 +290,5 @@ def measure_static_decode(model, batch_size: int = 1, prompt_len: int = 64, new_
         times.append(time.perf_counter() - t0)
     seconds = statistics.median(times[1:])
     return {"batch_size": batch_size, "new_tokens": new_tokens, "cuda_graph": decoder.cuda_graph, "compiled": compile, "lean": lean,
-            "fused_attention": decoder.fused_attention,
+            "fused_attention": decoder.fused_attention, "fused_linears": decoder.fused_linears,
             "decode_tokens_per_s": batch_size * new_tokens / seconds, "ms_per_step": 1000 * seconds / new_tokens}

@@ -7,9 +7,10 @@ shapes, not values), so the speed-ups are those a 135M model's launch overhead h
 linear layer, the head included, round-to-nearest INT4 with groups of 128, or 64 where 128 does not
 divide a layer's input (smollm2-135m-shaped: 576) (QuantLinear; on a GPU its
 forward runs the Marlin-style kernel for up to 64 rows). Decoded by `common.decode.StaticGreedyDecoder`
-(static KV cache, one CUDA graph per step) with the lean step in three ways: eager, compiled, and
-compiled with each layer's rotary + KV write + attention in one kernel (kernels/decode_attention.py);
-tokens/s is the median of 3 repeats of 128 tokens after a 64-token prompt. Each row also gives the
+(static KV cache, one CUDA graph per step) with the lean step in four ways: eager, compiled,
+compiled with each layer's rotary + KV write + attention in one kernel (kernels/decode_attention.py),
+and that with the INT4 layers' RMSNorm, SiLU x up and residual add inside the Marlin-style kernel
+(`fused_linears`; bf16 has no such layers, so its last two rows are the same step measured twice); tokens/s is the median of 3 repeats of 128 tokens after a 64-token prompt. Each row also gives the
 weight bytes a step reads, the bound that sets at the device's copy bandwidth, and the kernels one step
 launches with their summed GPU time (the profiler, one step outside the graph): where that sum is far
 below the step's time, the step waits between kernels, not in them.
@@ -42,14 +43,17 @@ def weight_bytes(model) -> int:
     return total
 
 
-MODES = {"graph": (False, False), "compiled": (True, False), "compiled, fused attention": (True, True)}
+# mode: (compile, fused_attention, fused_linears)
+MODES = {"graph": (False, False, False), "compiled": (True, False, False),
+         "compiled, fused attention": (True, True, False), "compiled, fused attention + linears": (True, True, True)}
 
 
-def decode_run(model, compile: bool, fused_attention: bool, repeats: int = 3) -> dict:
+def decode_run(model, compile: bool, fused_attention: bool, fused_linears: bool, repeats: int = 3) -> dict:
     """Tokens/s at batch 1 (median of repeats after one that captures the graph) and the CUDA kernels
     one step launches (the step run once outside the graph under the profiler)."""
+    torch._dynamo.reset()  # every decoder compiles its own step: without this, Dynamo's limit of 8 recompiles ends the run
     decoder = StaticGreedyDecoder(model, 1, PROMPT + NEW_TOKENS + 1, cuda_graph=True, compile=compile, lean=True,
-                                  fused_attention=fused_attention)
+                                  fused_attention=fused_attention, fused_linears=fused_linears)
     prompt = torch.zeros(1, PROMPT, dtype=torch.long)
     times = []
     for _ in range(repeats + 1):
@@ -77,13 +81,13 @@ def bench(spec: str, copy_bytes_per_s: float, modes: list) -> list:
             replace_linears(model, "int4", group_size=group, skip=(), progress=False)
         nbytes = weight_bytes(model)
         for mode in modes:
-            compile, fused = MODES[mode]
-            row = {"spec": spec, "format": fmt, "mode": mode, "compiled": compile, "fused_attention": fused,
-                   **decode_run(model, compile, fused), "weight_bytes": nbytes,
+            compile, attention, linears = MODES[mode]
+            row = {"spec": spec, "format": fmt, "mode": mode, "compiled": compile, "fused_attention": attention,
+                   "fused_linears": linears, **decode_run(model, compile, attention, linears), "weight_bytes": nbytes,
                    "bound_tokens_per_s": decode_bound_tokens_per_s(nbytes, copy_bytes_per_s)}
             row["fraction_of_bound"] = row["tokens_per_s"] / row["bound_tokens_per_s"]
             rows.append(row)
-            print(f"{spec:16s} {fmt:5s} {mode:26s} {row['tokens_per_s']:8,.0f} tok/s  "
+            print(f"{spec:16s} {fmt:5s} {mode:35s} {row['tokens_per_s']:8,.0f} tok/s  "
                   f"{nbytes / 1e6:7.0f} MB/step  bound {row['bound_tokens_per_s']:8,.0f}  "
                   f"{row['fraction_of_bound']:.0%}  {row['kernels_per_step']} kernels/step, "
                   f"{row['kernel_us_per_step']:,.0f} us in them", flush=True)

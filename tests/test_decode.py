@@ -69,3 +69,28 @@ def test_compiled_lean_step_with_fused_gemvs_gives_the_models_tokens(tiny):
     lean, tokens = greedy(model, prompt, 24, 6, compile=True, lean=True)
     assert lean.forward.gemv_as_reduction
     assert torch.equal(tokens, reference)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Marlin-style kernel needs a CUDA GPU (sm_80+)")
+def test_fused_linears_compute_the_same_step_without_separate_norms_or_silu(tiny):
+    from common.decode import LeanLlamaStep
+    model = replace_linears(copy.deepcopy(tiny[0]).to("cuda", torch.bfloat16), "int4", group_size=64, progress=False)
+    layers, length, max_len = model.config.num_hidden_layers, 8, 16
+    prompt = torch.randint(0, 256, (1, length), generator=torch.Generator().manual_seed(7)).cuda()
+    causal = torch.ones(length, max_len, dtype=torch.bool, device="cuda").tril()
+    causal[:, length:] = False
+    positions = torch.arange(length, device="cuda")[None]
+    next_mask = torch.arange(max_len, device="cuda") <= length
+    logits, ops = {}, {}
+    for fused in (False, True):
+        step = LeanLlamaStep(model, 1, max_len, fused_linears=fused)
+        with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            prefill = step(prompt, positions, causal[None, None])        # 8 rows: the kernel takes them too
+            one = step(prefill.argmax(-1, keepdim=True), positions[:, -1:] + 1, next_mask[None, None, None])
+        logits[fused] = torch.cat([prefill, one]).float()
+        ops[fused] = [e.name for e in prof.events()]
+    head_fused = isinstance(model.lm_head, QuantLinear)  # the final norm goes into the head's kernel only then
+    assert ops[False].count("aten::rsqrt") == 2 * (2 * layers + 1) and ops[False].count("aten::silu") == 2 * layers
+    assert ops[True].count("aten::rsqrt") == (0 if head_fused else 2) and "aten::silu" not in ops[True]
+    scale = logits[False].abs().max()
+    assert (logits[True] - logits[False]).abs().max() <= 0.03 * scale

@@ -102,8 +102,8 @@ def test_the_kernel_compiles_for_sm90(tmp_path):
     result = subprocess.run([NVCC, "-arch=sm_90", "-O3", "-std=c++20", *COMMON_NVCC_FLAGS, "-Xptxas", "-v", "-c", cu,
                              "-o", str(tmp_path / "w4a16.o")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
-    # ptxas reports one entry per instantiation (2 dtypes x 4 row tiles x K tiles of 64 and 128): no spills
-    assert result.stderr.count("Compiling entry function") == 16, result.stderr[-2000:]
+    # ptxas reports one entry per instantiation (2 dtypes x 4 row tiles x K tiles of 64 and 128 x 3 prologues): no spills
+    assert result.stderr.count("Compiling entry function") == 48, result.stderr[-2000:]
     assert " 0 bytes spill stores" in result.stderr
     spills = [line for line in result.stderr.splitlines()
               if "spill stores" in line and " 0 bytes spill stores" not in line]
@@ -161,6 +161,56 @@ def test_kernel_matches_the_dequantized_matmul(m, dtype, n, k, group, splits, k_
     assert (excess <= 0).all(), f"max excess {excess.max().item():.3g} at {divmod(int(excess.argmax()), n)}"
     assert not locks_for(x.device).any()  # the last K slice of every column tile reset its counter
     assert torch.equal(w4a16_marlin(x, packed, splits=splits, k_tile=k_tile), out)  # slices added in a fixed order
+
+
+# The fused forms: f(x) is rounded to the 16-bit dtype once per value before the MMA (RMSNorm: x * weight, its
+# 1/rms applied to the fp32 result), which adds at most one ulp-sized term per product to the bound above.
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")
+@pytest.mark.parametrize("m", [1, 7, 33, 64])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n, k, group", [(192, 576, 64), (512, 2048, 128)])  # K tiles of 64 and of 128
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("fusion", ["norm", "silu_mul", "residual", "norm+residual"])
+def test_fused_norm_silu_and_residual_match_the_reference(m, dtype, n, k, group, splits, fusion):
+    from kernels.marlin import fused_reference, locks_for, w4a16_marlin
+    layer = random_layer(n, k, group, dtype, seed=m + n).cuda()
+    packed = repack(layer.qweight, layer.scales, layer.zeros, group)
+    g = torch.Generator().manual_seed(m)
+    width = 2 * k if fusion == "silu_mul" else k
+    x = (3 * torch.randn(m, width, generator=g)).to(dtype).cuda()  # rms far from 1: a missing 1/rms shows
+    options = {}
+    if "norm" in fusion:
+        options.update(norm_weight=(1 + torch.rand(k, generator=g)).to(dtype).cuda(), eps=1e-5)
+    if fusion == "silu_mul":
+        options.update(silu_mul=True)
+    if "residual" in fusion:
+        options.update(residual=torch.randn(m, n, generator=g).to(dtype).cuda())
+    w = layer.dequantized_weight(dtype)
+    ref, f_x = fused_reference(x, w, **options)
+    out = w4a16_marlin(x, packed, splits=splits, **options)
+    assert out.dtype == dtype and out.shape == (m, n) and torch.isfinite(out).all()
+    eps = 2.0 ** -10 if dtype == torch.float16 else 2.0 ** -7
+    bound = eps * ref.abs() + (eps + k * 2.0 ** -24) * (f_x.abs() @ w.double().abs().T) + 1e-6
+    excess = (out.double() - ref).abs() - bound
+    assert (excess <= 0).all(), f"max excess {excess.max().item():.3g} at {divmod(int(excess.argmax()), n)}"
+    assert not locks_for(x.device).any()
+    assert torch.equal(w4a16_marlin(x, packed, splits=splits, **options), out)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")
+def test_fused_inputs_are_checked():
+    from kernels.marlin import w4a16_marlin
+    layer = random_layer(64, 128, 64, torch.bfloat16).cuda()
+    packed = repack(layer.qweight, layer.scales, layer.zeros, 64)
+    x = torch.randn(2, 128, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(WorkshopError, match="2K"):
+        w4a16_marlin(x, packed, silu_mul=True)  # gate and up side by side are 256 wide
+    with pytest.raises(WorkshopError, match="different"):
+        w4a16_marlin(torch.cat([x, x], -1), packed, silu_mul=True, norm_weight=torch.ones(128, device="cuda"))
+    with pytest.raises(WorkshopError, match="norm_weight"):
+        w4a16_marlin(x, packed, norm_weight=torch.ones(128, device="cuda"))  # float32, not x's dtype
+    with pytest.raises(WorkshopError, match="residual"):
+        w4a16_marlin(x, packed, residual=torch.zeros(2, 32, device="cuda", dtype=torch.bfloat16))
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")

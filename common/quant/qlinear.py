@@ -196,7 +196,7 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
         rows = x.numel() // x.shape[-1]
-        if self.fmt == "int4" and rows <= MARLIN_MAX_ROWS and (marlin := self.marlin_weight(x)) is not None:
+        if (marlin := self.marlin_for(x)) is not None:
             # Few rows (decode, small batches) on a GPU: the CUDA kernel on the repacked codes.
             from kernels.marlin import w4a16_marlin
             out = w4a16_marlin(x, marlin.packed, marlin.splits)
@@ -257,6 +257,12 @@ class QuantLinear(nn.Module):
         scale_a = self.input_scale.expand(x.shape[0], 1).contiguous()
         return torch._scaled_mm(x_fp8, self.qweight.t(), scale_a=scale_a, scale_b=self.scales.view(1, -1),
                                 out_dtype=torch.bfloat16)
+
+    def marlin_for(self, x: torch.Tensor):
+        """`marlin_weight(x)` where forward(x) runs the Marlin-style kernel (INT4 codes, at most 64 rows of
+        input), else None."""
+        rows = x.numel() // x.shape[-1]
+        return self.marlin_weight(x) if self.fmt == "int4" and rows <= MARLIN_MAX_ROWS else None
 
     def marlin_weight(self, x: torch.Tensor):
         """The codes, scales and zeros repacked for the Marlin-style CUDA kernel (kernels/marlin), with the

@@ -195,36 +195,58 @@ def locks_for(device: torch.device) -> torch.Tensor:
 
 @torch.library.custom_op("workshop::w4a16_marlin", mutates_args=())
 def _gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, locks: torch.Tensor,
-          group_size: int, splits: int, k_tile: int) -> torch.Tensor:
+          group_size: int, splits: int, k_tile: int, norm_weight: torch.Tensor | None, eps: float, silu_mul: bool,
+          residual: torch.Tensor | None) -> torch.Tensor:
     # A registered operator, so torch.compile (decode's compiled step) keeps it as one opaque call. The
     # counters in `locks` are back at zero when it returns: no mutation anyone can see.
     with torch.cuda.device(x.device):
-        return load_extension().w4a16_gemm(x, qweight, scales, zeros, locks, group_size, splits, k_tile,
-                                           torch.cuda.current_stream(x.device).cuda_stream)
+        return load_extension().w4a16_gemm(x, qweight, scales, zeros, locks, group_size, splits, k_tile, norm_weight,
+                                           eps, silu_mul, residual, torch.cuda.current_stream(x.device).cuda_stream)
 
 
 @_gemm.register_fake
-def _(x, qweight, scales, zeros, locks, group_size, splits, k_tile):
+def _(x, qweight, scales, zeros, locks, group_size, splits, k_tile, norm_weight, eps, silu_mul, residual):
     return x.new_empty(x.shape[0], qweight.shape[1] // 8)
 
 
-def w4a16_marlin(x: torch.Tensor, packed: MarlinWeight, splits: int | None = None, k_tile: int = 0) -> torch.Tensor:
-    """out[..., N] = x[..., K] @ W^T on the GPU, W given by `repack`; x fp16 or bf16 with at most 64 rows
-    (leading dimensions flattened); scales/zeros are cast to x's dtype if needed. splits: K slices (None:
+def w4a16_marlin(x: torch.Tensor, packed: MarlinWeight, splits: int | None = None, k_tile: int = 0, *,
+                 norm_weight: torch.Tensor | None = None, eps: float = 1e-6, silu_mul: bool = False,
+                 residual: torch.Tensor | None = None) -> torch.Tensor:
+    """out[..., N] = f(x) @ W^T (+ residual) on the GPU, W given by `repack`; x fp16 or bf16 with at most 64
+    rows (leading dimensions flattened); scales/zeros are cast to x's dtype if needed. splits: K slices (None:
     `choose_splits`) and k_tile (K per pipeline stage, 64 or 128; 0: `k_tile_for`) are for benchmarks and
-    for callers that choose them once (QuantLinear)."""
+    for callers that choose them once (QuantLinear).
+
+    What a decode step does next to a linear layer, done inside the same kernel (`fused_reference` is the
+    same in plain PyTorch): f = RMSNorm with `norm_weight` and `eps` (Llama's, x / sqrt(mean(x^2) + eps) *
+    weight), or with `silu_mul` the input is gate and up side by side, [..., 2K], and f = silu(gate) * up;
+    `residual` [..., N] is added to the result."""
     N, K = packed.shape
+    width = 2 * K if silu_mul else K
     # Checked here as well as in the binding: on the H200 image an error thrown by the compiled
     # extension crashed the process (segmentation fault) instead of reaching Python.
-    if x.shape[-1] != K:
-        raise WorkshopError(f"x has {x.shape[-1]} features, the weight takes {K}.", "Pass the layer's input.")
+    if x.shape[-1] != width:
+        raise WorkshopError(f"x has {x.shape[-1]} features, the weight takes {K}" +
+                            (" (with silu_mul: gate and up side by side, 2K)." if silu_mul else "."),
+                            "Pass the layer's input.")
     if x.dtype not in MAGIC:
         raise WorkshopError(f"The Marlin W4A16 kernel takes float16 or bfloat16 activations, got {x.dtype}.",
                             "Cast them (x.to(torch.bfloat16)) or use the dequantize-then-matmul path for float32.")
-    x2 = x.reshape(-1, K).contiguous()
-    if not 1 <= x2.shape[0] <= MAX_ROWS:
-        raise WorkshopError(f"The Marlin W4A16 kernel takes 1..{MAX_ROWS} rows, got {x2.shape[0]}.",
+    if norm_weight is not None and silu_mul:
+        raise WorkshopError("RMSNorm (norm_weight) and silu_mul are inputs of different layers (q/k/v or gate/up, "
+                            "and down).", "Pass one of them.")
+    if norm_weight is not None and (norm_weight.shape != (K,) or norm_weight.dtype != x.dtype):
+        raise WorkshopError(f"norm_weight is {tuple(norm_weight.shape)} {norm_weight.dtype}; the RMSNorm before this "
+                            f"layer has a [{K}] weight of x's dtype ({x.dtype}).", "Pass norm.weight.to(x.dtype).")
+    x2 = x.reshape(-1, width).contiguous()
+    rows = x2.shape[0]
+    if not 1 <= rows <= MAX_ROWS:
+        raise WorkshopError(f"The Marlin W4A16 kernel takes 1..{MAX_ROWS} rows, got {rows}.",
                             "For prefill, dequantize once and use a dense matmul, or call it per 64-row chunk.")
+    if residual is not None and (residual.shape[:-1].numel() != rows or residual.shape[-1] != N or
+                                 residual.dtype != x.dtype):
+        raise WorkshopError(f"residual is {tuple(residual.shape)} {residual.dtype}; the output is {rows} x {N} "
+                            f"{x.dtype}.", "Pass the tensor the layer's output is added to.")
     # (under torch.compile, Inductor's buffers are aligned and data_ptr cannot be traced)
     if not torch.compiler.is_compiling() and x2.data_ptr() % 16:
         raise WorkshopError("x does not start on a 16-byte boundary (cp.async copies 16 bytes).",
@@ -238,8 +260,25 @@ def w4a16_marlin(x: torch.Tensor, packed: MarlinWeight, splits: int | None = Non
     if not torch.compiler.is_compiling():
         load_extension()  # a build failure is a WorkshopError here, not inside the operator
     out = _gemm(x2, packed.qweight, packed.scales.to(x.dtype), packed.zeros.to(x.dtype), locks_for(x.device),
-                packed.group_size, splits, k_tile)
+                packed.group_size, splits, k_tile, None if norm_weight is None else norm_weight.contiguous(), eps,
+                silu_mul, None if residual is None else residual.reshape(rows, N).contiguous())
     return out.reshape(*x.shape[:-1], N)
+
+
+def fused_reference(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tensor | None = None,
+                    eps: float = 1e-6, silu_mul: bool = False,
+                    residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What `w4a16_marlin` computes with a prologue and a residual, in float64 PyTorch on the dense weight
+    [N, K] (e.g. QuantLinear.dequantized_weight), with f(x) as the second result: the reference its tests
+    compare with (the kernel rounds f(x) to x's 16-bit dtype; this does not)."""
+    x = x.double()
+    if norm_weight is not None:
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * norm_weight.double()
+    if silu_mul:
+        gate, up = x.chunk(2, dim=-1)
+        x = torch.nn.functional.silu(gate) * up
+    out = x @ weight.double().T
+    return (out if residual is None else out + residual.double()), x
 
 
 _unusable: dict = {}  # device index -> why the kernel cannot run there (said once)

@@ -14,7 +14,8 @@ bool aligned16(const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.da
 
 torch::Tensor w4a16_gemm(const torch::Tensor& x, const torch::Tensor& qweight, const torch::Tensor& scales,
                          const torch::Tensor& zeros, const torch::Tensor& locks, int64_t group_size, int64_t splits,
-                         int64_t k_tile, int64_t stream) {
+                         int64_t k_tile, const std::optional<torch::Tensor>& norm_weight, double eps, bool silu_mul,
+                         const std::optional<torch::Tensor>& residual, int64_t stream) {
   TORCH_CHECK(x.is_cuda() && qweight.is_cuda() && scales.is_cuda() && zeros.is_cuda(),
               "w4a16_marlin: all tensors must be on the GPU (move them with .cuda(); on a CPU use the "
               "dequantize-then-matmul reference, QuantLinear's own forward)");
@@ -29,7 +30,11 @@ torch::Tensor w4a16_gemm(const torch::Tensor& x, const torch::Tensor& qweight, c
   TORCH_CHECK(qweight.scalar_type() == torch::kInt32 && qweight.dim() == 2,
               "w4a16_marlin: qweight must be the int32 [K/64, 8N] tensor that kernels.marlin.repack returns");
   TORCH_CHECK(x.dim() == 2, "w4a16_marlin: x must be 2-D [M, K]; flatten the leading dimensions first");
-  const int64_t M = x.size(0), K = x.size(1);
+  const int64_t M = x.size(0), K = silu_mul ? x.size(1) / 2 : x.size(1);
+  TORCH_CHECK(!silu_mul || x.size(1) % 2 == 0, "w4a16_marlin: silu_mul takes gate and up side by side, [M, 2K]; "
+              "x has an odd width ", x.size(1));
+  TORCH_CHECK(!(silu_mul && norm_weight.has_value()), "w4a16_marlin: RMSNorm and silu_mul are two different "
+              "inputs (before q/k/v or gate/up, and before down); pass one of them");
   TORCH_CHECK(M >= 1 && M <= kMaxRows, "w4a16_marlin: takes 1..", kMaxRows, " rows, got ", M,
               "; for more rows (prefill) dequantize once and use a dense matmul, or call it per 64-row chunk");
   TORCH_CHECK(K % kTileK == 0, "w4a16_marlin: K = ", K, " is not a multiple of ", kTileK,
@@ -62,14 +67,38 @@ torch::Tensor w4a16_gemm(const torch::Tensor& x, const torch::Tensor& qweight, c
               "w4a16_marlin: locks must be a zeroed int32 tensor of at least N/64 = ", N / kTileN,
               " elements on x's GPU (kernels.marlin keeps one per GPU)");
 
+  if (norm_weight.has_value()) {
+    const auto& w = *norm_weight;
+    TORCH_CHECK(w.is_cuda() && w.device() == x.device() && w.scalar_type() == x.scalar_type() && w.dim() == 1 &&
+                    w.size(0) == K && w.is_contiguous() && aligned16(w),
+                "w4a16_marlin: norm_weight must be the RMSNorm's weight, a contiguous [", K, "] tensor of x's dtype "
+                "on x's GPU; got ", w.sizes(), " ", w.scalar_type());
+  }
+  if (residual.has_value()) {
+    const auto& r = *residual;
+    TORCH_CHECK(r.is_cuda() && r.device() == x.device() && r.scalar_type() == x.scalar_type() && r.dim() == 2 &&
+                    r.size(0) == M && r.size(1) == N && r.is_contiguous(),
+                "w4a16_marlin: residual must be a contiguous [", M, ", ", N, "] tensor of x's dtype on x's GPU; got ",
+                r.sizes(), " ", r.scalar_type());
+  }
+
   auto out = torch::empty({M, N}, x.options());
-  torch::Tensor partials;  // each K slice's fp32 sums; the last slice per column tile adds them up
-  if (splits > 1) partials = torch::empty({splits, M, N}, x.options().dtype(torch::kFloat32));
-  const cudaError_t err = marlin_w4a16::launch_w4a16(
-      x.data_ptr(), qweight.data_ptr(), scales.data_ptr(), zeros.data_ptr(), out.data_ptr(),
-      splits > 1 ? partials.data_ptr<float>() : nullptr, locks.data_ptr<int>(), static_cast<int>(M),
-      static_cast<int>(N), static_cast<int>(K), static_cast<int>(group_size), static_cast<int>(splits),
-      static_cast<int>(k_tile), x.scalar_type() == torch::kBFloat16, reinterpret_cast<cudaStream_t>(stream));
+  torch::Tensor workspace;  // each K slice's fp32 sums; the last slice per column tile adds them up
+  const size_t floats = marlin_w4a16::workspace_floats(static_cast<int>(M), static_cast<int>(N), static_cast<int>(splits));
+  if (floats) workspace = torch::empty({static_cast<int64_t>(floats)}, x.options().dtype(torch::kFloat32));
+  marlin_w4a16::Problem p{};
+  p.x = x.data_ptr(), p.qweight = qweight.data_ptr(), p.scales = scales.data_ptr(), p.zeros = zeros.data_ptr();
+  p.norm_weight = norm_weight.has_value() ? norm_weight->data_ptr() : nullptr;
+  p.eps = static_cast<float>(eps);
+  p.silu_mul = silu_mul;
+  p.residual = residual.has_value() ? residual->data_ptr() : nullptr;
+  p.out = out.data_ptr();
+  p.workspace = floats ? workspace.data_ptr<float>() : nullptr;
+  p.locks = locks.data_ptr<int>();
+  p.M = static_cast<int>(M), p.N = static_cast<int>(N), p.K = static_cast<int>(K);
+  p.group = static_cast<int>(group_size), p.splits = static_cast<int>(splits), p.k_tile = static_cast<int>(k_tile);
+  p.bf16 = x.scalar_type() == torch::kBFloat16;
+  const cudaError_t err = marlin_w4a16::launch_w4a16(p, reinterpret_cast<cudaStream_t>(stream));
   TORCH_CHECK(err == cudaSuccess, "w4a16_marlin: kernel launch failed: ", cudaGetErrorString(err));
   return out;
 }
@@ -77,9 +106,12 @@ torch::Tensor w4a16_gemm(const torch::Tensor& x, const torch::Tensor& qweight, c
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("w4a16_gemm", &w4a16_gemm, "out[M, N] = x[M, K] @ W^T, W the repacked INT4 weight (kernels/marlin)",
+  m.def("w4a16_gemm", &w4a16_gemm,
+        "out[M, N] = f(x) @ W^T (+ residual), W the repacked INT4 weight, f RMSNorm, SiLU x up or nothing "
+        "(kernels/marlin)",
         pybind11::arg("x"), pybind11::arg("qweight"), pybind11::arg("scales"), pybind11::arg("zeros"),
         pybind11::arg("locks"), pybind11::arg("group_size"), pybind11::arg("splits"), pybind11::arg("k_tile"),
+        pybind11::arg("norm_weight"), pybind11::arg("eps"), pybind11::arg("silu_mul"), pybind11::arg("residual"),
         pybind11::arg("stream"));
   m.def("k_tile_for", &marlin_w4a16::k_tile_for, "K per pipeline stage the kernel picks for (K, group)",
         pybind11::arg("K"), pybind11::arg("group"));  // tests compare it with kernels.marlin.k_tile_for

@@ -20,6 +20,9 @@
 //   5. K can be split over gridDim.y for parallelism when N / 64 blocks would leave SMs idle. Each slice
 //      writes its fp32 partial sums to a workspace; the last slice of a column tile to finish (a counter
 //      per tile) adds them up in slice order and writes the output: one launch, no zeroing, no cast.
+//   6. A decode step's neighbours of a linear layer come along, so they launch nothing of their own: on the
+//      way in, RMSNorm (x * weight; the 1/rms factor, known only once the whole row has gone by, scales
+//      the output) or SiLU(gate) * up; on the way out, a residual added to the result.
 //
 // Thread block: 4 warps, 64 output columns (16 per warp), all M rows (M_TILES x 16; rows past M are
 // computed but never stored), K in tiles of 64. Each warp computes its own 16 columns over the block's
@@ -55,12 +58,14 @@ template <> struct Dtype<half> {
   static constexpr uint32_t kMagic2 = 0x64006400u;  // fp16 1024.0 in both halves: ulp 1 up to 2048
   static __device__ __forceinline__ T2 pack(float a, float b) { return __floats2half2_rn(a, b); }
   static __device__ __forceinline__ T2 broadcast(half v) { return __half2half2(v); }
+  static __device__ __forceinline__ float2 to_float2(T2 v) { return __half22float2(v); }
 };
 template <> struct Dtype<__nv_bfloat16> {
   using T2 = __nv_bfloat162;
   static constexpr uint32_t kMagic2 = 0x43004300u;  // bf16 128.0 in both halves: ulp 1 up to 256
   static __device__ __forceinline__ T2 pack(float a, float b) { return __floats2bfloat162_rn(a, b); }
   static __device__ __forceinline__ T2 broadcast(__nv_bfloat16 v) { return __bfloat162bfloat162(v); }
+  static __device__ __forceinline__ float2 to_float2(T2 v) { return __bfloat1622float2(v); }
 };
 
 template <typename T2> __device__ __forceinline__ uint32_t as_u32(T2 v) { return *reinterpret_cast<uint32_t*>(&v); }
@@ -147,19 +152,84 @@ __device__ __forceinline__ void dequant_word(uint32_t word, typename Dtype<T>::T
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Everything one launch needs (the launcher fills it from Problem, w4a16.h).
+template <typename T>
+struct Args {
+  const T* x;               // [M, x_stride]: the layer's input, or with kSiluMul the gate half (up at x + K)
+  const uint32_t* qweight;
+  const T* scales;
+  const T* zeros;
+  const T* aux;             // kRmsNorm: the norm's weight [K] (aux_stride 0); kSiluMul: x + K; else unused
+  const T* residual;        // [M, N] added to the output, or null
+  T* out;
+  float* partials;          // splits > 1: [slices, M, N] partial sums, then [slices, N / 64, M] row sums of x^2
+  int* locks;
+  int M, N, K, group, tiles_per_split, x_stride, aux_stride;
+  float eps;
+};
+// A template parameter, not a runtime flag: built with a runtime flag, the plain kernel itself was slower
+// (kernels/marlin/NOTES.md, fourth version).
+enum Prologue : int { kPlain = 0, kRmsNorm = 1, kSiluMul = 2 };
+
+// ---------------------------------------------------------------------------------------------------
+// Prologue on one 16-byte chunk (8 values) of the activation tile that this thread copied itself, once its
+// copy has landed and before the barrier that publishes the tile: x * weight for RMSNorm (returns the chunk's
+// sum of squares, for the 1/rms factor the epilogue applies), silu(gate) * up for an MLP's down projection.
+// fp32 arithmetic, one rounding back to 16 bits per value.
+template <typename T, int PROLOGUE>
+__device__ __forceinline__ float prologue_chunk(T* x_chunk, const T* aux_chunk) {
+  using T2 = typename Dtype<T>::T2;
+  uint4 xv = *reinterpret_cast<const uint4*>(x_chunk);
+  const uint4 av = *reinterpret_cast<const uint4*>(aux_chunk);
+  T2* xp = reinterpret_cast<T2*>(&xv);
+  const T2* ap = reinterpret_cast<const T2*>(&av);
+  float sq = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = Dtype<T>::to_float2(xp[i]), w = Dtype<T>::to_float2(ap[i]);
+    if (PROLOGUE == kRmsNorm) {
+      sq += v.x * v.x + v.y * v.y;
+      xp[i] = Dtype<T>::pack(v.x * w.x, v.y * w.y);
+    } else {  // silu(g) = g / (1 + e^-g)
+      xp[i] = Dtype<T>::pack(__fdividef(v.x, 1.f + __expf(-v.x)) * w.x, __fdividef(v.y, 1.f + __expf(-v.y)) * w.y);
+    }
+  }
+  *reinterpret_cast<uint4*>(x_chunk) = xv;
+  return sq;
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Epilogue. Accumulator layout of m16n8: c0, c1 at (row lane/4, cols 2(lane%4) + 0/1),
-// c2, c3 at row + 8. One K slice (gridDim.y == 1): round and store. Several: every slice stores its fp32
-// partial sums in its own part of `partials` [slices, M, N]; the slice that finishes last for this column
-// tile (counted in locks[blockIdx.x]) adds the parts in slice order, so the result does not depend on
-// timing, writes the output and sets the counter back to zero for the next call.
-template <typename T, int M_TILES>
-__device__ __forceinline__ void store_output(const float (&acc)[M_TILES][2][4], T* __restrict__ out,
-                                             float* __restrict__ partials, int* __restrict__ locks, int M, int N) {
+// c2, c3 at row + 8. One K slice (gridDim.y == 1): finish and store. Several: every slice stores its fp32
+// partial sums in its own part of `partials` [slices, M, N] (and, for RMSNorm, its rows' sums of squares);
+// the slice that finishes last for this column tile (counted in locks[blockIdx.x]) adds the parts in slice
+// order, so the result does not depend on timing, finishes and stores, and sets the counter back to zero.
+// Finishing = times 1/rms of the row (RMSNorm) plus the residual, in fp32, then one rounding.
+template <typename T, int PROLOGUE>
+__device__ __forceinline__ typename Dtype<T>::T2 finish(const Args<T>& a, float v0, float v1, float sum_sq, int row,
+                                                        int n) {
+  if (PROLOGUE == kRmsNorm) {
+    const float inv_rms = rsqrtf(sum_sq / a.K + a.eps);
+    v0 *= inv_rms;
+    v1 *= inv_rms;
+  }
+  if (a.residual != nullptr) {
+    const float2 r = Dtype<T>::to_float2(*reinterpret_cast<const typename Dtype<T>::T2*>(a.residual + (size_t)row * a.N + n));
+    v0 += r.x;
+    v1 += r.y;
+  }
+  return Dtype<T>::pack(v0, v1);
+}
+
+template <typename T, int M_TILES, int PROLOGUE>
+__device__ __forceinline__ void store_output(const Args<T>& a, const float (&acc)[M_TILES][2][4],
+                                             const float* row_sq) {
   using T2 = typename Dtype<T>::T2;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int M = a.M, N = a.N;
   const int n_block = blockIdx.x * kTileN;
   const bool split = gridDim.y > 1;
-  float* part = partials + (size_t)blockIdx.y * M * N;
+  float* part = a.partials + (size_t)blockIdx.y * M * N;
 #pragma unroll
   for (int mt = 0; mt < M_TILES; ++mt) {
 #pragma unroll
@@ -173,29 +243,36 @@ __device__ __forceinline__ void store_output(const float (&acc)[M_TILES][2][4], 
         if (split)
           *reinterpret_cast<float2*>(part + (size_t)row * N + n) = make_float2(v0, v1);
         else
-          *reinterpret_cast<T2*>(out + (size_t)row * N + n) = Dtype<T>::pack(v0, v1);
+          *reinterpret_cast<T2*>(a.out + (size_t)row * N + n) = finish<T, PROLOGUE>(a, v0, v1, row_sq[row], row, n);
       }
     }
   }
   if (!split) return;
+  // Row sums of squares of this slice, per column tile: every tile's blocks compute the same values, but
+  // each writes its own copy, so no two blocks write one address.
+  float* slice_sq = a.partials + (size_t)gridDim.y * M * N;
+  if (PROLOGUE == kRmsNorm && threadIdx.x < M)
+    slice_sq[((size_t)blockIdx.y * gridDim.x + blockIdx.x) * M + threadIdx.x] = row_sq[threadIdx.x];
   __shared__ bool last;
   __threadfence();  // this thread's partial sums are visible device-wide before the counter moves
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(locks + blockIdx.x, 1) == (int)gridDim.y - 1;
+  if (threadIdx.x == 0) last = atomicAdd(a.locks + blockIdx.x, 1) == (int)gridDim.y - 1;
   __syncthreads();
   if (!last) return;
   __threadfence();
   for (int i = threadIdx.x; i < M * (kTileN / 2); i += kThreads) {  // two columns per step
     const int row = i / (kTileN / 2), n = n_block + 2 * (i % (kTileN / 2));
     float2 sum = make_float2(0.f, 0.f);
+    float sum_sq = 0.f;
     for (int y = 0; y < (int)gridDim.y; ++y) {  // .cg: from L2, where the other blocks' stores are
-      const float2 v = __ldcg(reinterpret_cast<const float2*>(partials + ((size_t)y * M + row) * N + n));
+      const float2 v = __ldcg(reinterpret_cast<const float2*>(a.partials + ((size_t)y * M + row) * N + n));
       sum.x += v.x;
       sum.y += v.y;
+      if (PROLOGUE == kRmsNorm) sum_sq += __ldcg(slice_sq + ((size_t)y * gridDim.x + blockIdx.x) * M + row);
     }
-    *reinterpret_cast<T2*>(out + (size_t)row * N + n) = Dtype<T>::pack(sum.x, sum.y);
+    *reinterpret_cast<T2*>(a.out + (size_t)row * N + n) = finish<T, PROLOGUE>(a, sum.x, sum.y, sum_sq, row, n);
   }
-  if (threadIdx.x == 0) locks[blockIdx.x] = 0;
+  if (threadIdx.x == 0) a.locks[blockIdx.x] = 0;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -205,6 +282,8 @@ __device__ __forceinline__ void store_output(const float (&acc)[M_TILES][2][4], 
 // ldmatrix matrix would all hit the same banks (an 8-way conflict); with it they cover all 32 banks.
 // Rows M..16 M_TILES - 1 of the tile are never written: row i of an MMA's result depends on row i of A
 // only, and the epilogue stores rows < M only, so whatever those rows hold never reaches the output.
+// With a prologue, a second tile of the same layout (kAux, allocated only then) receives the norm's weight
+// or the up half, chunk for chunk beside the activations it transforms.
 template <typename T, int M_TILES, int SUB>
 struct SharedLayout {
   static constexpr int kStages = stages_for<M_TILES, SUB>();
@@ -214,28 +293,33 @@ struct SharedLayout {
   static constexpr int kX = kStages * M_TILES * 16 * kTileK;            // activations
   static constexpr int kScales = kStages * kGroupsMax * kTileN;         // scales, then as many zeros
   static constexpr int kBytes = 4 * kWords + sizeof(T) * (kX + 2 * kScales);
+  static constexpr int kAuxBytes = sizeof(T) * kX;
+  // 16-byte activation chunks per row of a stage, and per thread at most (all 16 M_TILES rows)
+  static constexpr int kChunksPerRow = kTileK / 8;
+  static constexpr int kChunksPerThread = M_TILES * 16 * kChunksPerRow / kThreads;
 };
 
-template <typename T, int M_TILES, int SUB>
-__global__ void __launch_bounds__(kThreads)
-w4a16_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, const T* __restrict__ scales,
-             const T* __restrict__ zeros, T* __restrict__ out, float* __restrict__ partials, int* __restrict__ locks,
-             int M, int N, int K, int group, int tiles_per_split) {
+template <typename T, int M_TILES, int SUB, int PROLOGUE>
+__global__ void __launch_bounds__(kThreads) w4a16_kernel(const Args<T> a) {
   using T2 = typename Dtype<T>::T2;
   using L = SharedLayout<T, M_TILES, SUB>;
-  constexpr int kStages = L::kStages, kTileK = L::kTileK, kRows = M_TILES * 16;
+  constexpr int kStages = L::kStages, kTileK = L::kTileK, kRows = M_TILES * 16, kCpr = L::kChunksPerRow;
   extern __shared__ __align__(16) unsigned char smem[];
   uint32_t* sm_w = reinterpret_cast<uint32_t*>(smem);                    // [stage][sub][512]
   T* sm_x = reinterpret_cast<T*>(sm_w + L::kWords);                      // [stage][row][kTileK]
   T* sm_s = sm_x + L::kX;                                                // [stage][group slot][64]
   T* sm_z = sm_s + L::kScales;
+  T* sm_aux = sm_z + L::kScales;                                         // like sm_x, with a prologue only
+  constexpr bool kNorm = PROLOGUE == kRmsNorm;
+  __shared__ float sm_row_sq[kNorm ? kRows : 1];                         // RMSNorm: sum of x^2 per row
 
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
+  const int M = a.M, N = a.N, K = a.K, group = a.group;
   const int n_block = blockIdx.x * kTileN;
   const int tiles_k = K / kTileK;
-  const int tile_begin = blockIdx.y * tiles_per_split;
-  const int tile_end = min(tile_begin + tiles_per_split, tiles_k);
+  const int tile_begin = blockIdx.y * a.tiles_per_split;
+  const int tile_end = min(tile_begin + a.tiles_per_split, tiles_k);
   const int n_tiles = tile_end - tile_begin;  // >= 1: the launcher sizes the grid
   // Groups per stage (1, 2 or 4) and MMA steps per group (2, 4 or 8: a power of two, see launch_w4a16).
   const int group_span = min(group, kTileK);
@@ -250,13 +334,16 @@ w4a16_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, cons
 #pragma unroll
     for (int u = 0; u < SUB; ++u)
       cp_async16(sm_w + (stage * SUB + u) * kWordsPerSub + threadIdx.x * 4,
-                 qweight + (size_t)(tile * SUB + u) * (8 * (size_t)N) + (size_t)blockIdx.x * kWordsPerSub +
+                 a.qweight + (size_t)(tile * SUB + u) * (8 * (size_t)N) + (size_t)blockIdx.x * kWordsPerSub +
                      threadIdx.x * 4);
-    // (b) activations: kTileK / 8 chunks of 16 bytes per row, only the M real rows.
-    for (int i = threadIdx.x; i < M * (kTileK / 8); i += kThreads) {
-      const int row = i / (kTileK / 8), chunk = i % (kTileK / 8);
-      cp_async16(sm_x + (stage * kRows + row) * kTileK + (chunk ^ (row % 8)) * 8,
-                 x + (size_t)row * K + (size_t)tile * kTileK + chunk * 8);
+    // (b) activations: kCpr chunks of 16 bytes per row, only the M real rows; thread t always takes the
+    //     same chunks (the prologue below relies on that), and with a prologue their aux chunks too.
+    for (int i = threadIdx.x; i < M * kCpr; i += kThreads) {
+      const int row = i / kCpr, chunk = i % kCpr;
+      const int at = (stage * kRows + row) * kTileK + (chunk ^ (row % 8)) * 8;
+      const size_t k = (size_t)tile * kTileK + chunk * 8;
+      cp_async16(sm_x + at, a.x + (size_t)row * a.x_stride + k);
+      if (PROLOGUE != kPlain) cp_async16(sm_aux + at, a.aux + (size_t)row * a.aux_stride + k);
     }
     // (c) scales and zeros, transposed offline to [groups, N] so the block's 64 columns are 128
     //     contiguous bytes: 8 chunks per group row and tensor. They are tiny and stay in L2.
@@ -266,7 +353,7 @@ w4a16_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, cons
       const int i = threadIdx.x % chunks, r = i / (kTileN / 8), chunk = i % (kTileN / 8);
       const int g = tile * kTileK / group + r;
       cp_async16((is_zero ? sm_z : sm_s) + (stage * L::kGroupsMax + r) * kTileN + chunk * 8,
-                 (is_zero ? zeros : scales) + (size_t)g * N + n_block + chunk * 8);
+                 (is_zero ? a.zeros : a.scales) + (size_t)g * N + n_block + chunk * 8);
     }
   };
 
@@ -277,6 +364,11 @@ w4a16_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, cons
     for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.f;
+  // RMSNorm: sum of x^2 over each of this thread's chunks (one row each), in slots only this thread touches
+  // (shared memory rather than registers: an array of up to 8 live floats cost the 64-row kernels 50 registers)
+  __shared__ float sm_chunk_sq[kNorm ? L::kChunksPerThread * kThreads : 1];
+  if (kNorm)
+    for (int j = 0; j < L::kChunksPerThread; ++j) sm_chunk_sq[j * kThreads + threadIdx.x] = 0.f;
 
   // Prologue: fill kStages - 1 slots. A group is committed even when there is no tile left to load, so
   // that the group count, and hence the wait below, stays uniform.
@@ -295,6 +387,14 @@ w4a16_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, cons
     // then a barrier so every thread's copies are visible and every warp is done with slot
     // (t - 1) % kStages, which the prefetch below overwrites.
     cp_async_wait<kStages - 2>();
+    if (PROLOGUE != kPlain) {  // this thread's own chunks have landed: transform them before the barrier
+      for (int i = threadIdx.x; i < M * kCpr; i += kThreads) {
+        const int row = i / kCpr, chunk = i % kCpr;
+        const int at = (stage * kRows + row) * kTileK + (chunk ^ (row % 8)) * 8;
+        const float sq = prologue_chunk<T, PROLOGUE>(sm_x + at, sm_aux + at);
+        if (kNorm) sm_chunk_sq[i] += sq;  // slot j * kThreads + threadIdx.x, j = i / kThreads
+      }
+    }
     __syncthreads();
     if (t + kStages - 1 < n_tiles) load_tile((t + kStages - 1) % kStages, tile_begin + t + kStages - 1);
     cp_async_commit();
@@ -325,65 +425,86 @@ w4a16_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, cons
       for (int mt = 0; mt < M_TILES; ++mt) {
         const int row = mt * 16 + lane % 16;
         const int chunk = step * 2 + lane / 16;
-        uint32_t a[4];
-        ldmatrix_x4(a, stage_x + row * kTileK + (chunk ^ (row % 8)) * 8);
-        mma_16816<T>(acc[mt][0], a, b[0]);
-        mma_16816<T>(acc[mt][1], a, b[1]);
+        uint32_t am[4];
+        ldmatrix_x4(am, stage_x + row * kTileK + (chunk ^ (row % 8)) * 8);
+        mma_16816<T>(acc[mt][0], am, b[0]);
+        mma_16816<T>(acc[mt][1], am, b[1]);
       }
     }
   }
   cp_async_wait<0>();  // nothing useful is pending, but leave no copy in flight at exit
 
-  store_output<T, M_TILES>(acc, out, partials, locks, M, N);
+  if (kNorm) {  // the kCpr threads of a row are adjacent lanes of one warp: add theirs up
+    for (int j = 0; j < L::kChunksPerThread; ++j) {  // every lane takes part in the shuffles
+      float v = sm_chunk_sq[j * kThreads + threadIdx.x];
+#pragma unroll
+      for (int offset = kCpr / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+      const int i = threadIdx.x + j * kThreads;
+      if (i % kCpr == 0 && i < M * kCpr) sm_row_sq[i / kCpr] = v;
+    }
+    __syncthreads();
+  }
+  store_output<T, M_TILES, PROLOGUE>(a, acc, sm_row_sq);
 }
 
 // ---------------------------------------------------------------------------------------------------
-struct Launch {
-  const void *x, *qweight, *scales, *zeros;
-  void* out;
-  float* partials;
-  int* locks;
-  int M, N, K, group, splits;
-  cudaStream_t stream;
-};
-
 // K tiles per slice for `splits` slices of tiles_k tiles, and the grid that leaves no slice empty.
-static dim3 grid_for(const Launch& a, int tile_k, int* tiles_per_split) {
-  const int tiles_k = a.K / tile_k;
-  *tiles_per_split = (tiles_k + a.splits - 1) / a.splits;
-  return dim3(a.N / kTileN, (tiles_k + *tiles_per_split - 1) / *tiles_per_split);
+static dim3 grid_for(const Problem& p, int tile_k, int* tiles_per_split) {
+  const int tiles_k = p.K / tile_k;
+  *tiles_per_split = (tiles_k + p.splits - 1) / p.splits;
+  return dim3(p.N / kTileN, (tiles_k + *tiles_per_split - 1) / *tiles_per_split);
 }
 
-template <typename T, int M_TILES, int SUB>
-static cudaError_t launch_tiles(const Launch& a) {
+template <typename T, int M_TILES, int SUB, int PROLOGUE>
+static cudaError_t launch_kernel(const Problem& p, cudaStream_t stream) {
   using L = SharedLayout<T, M_TILES, SUB>;
-  auto kernel = w4a16_kernel<T, M_TILES, SUB>;
+  auto kernel = w4a16_kernel<T, M_TILES, SUB, PROLOGUE>;
+  constexpr int prologue = PROLOGUE;
+  const int bytes = L::kBytes + (prologue != kPlain ? L::kAuxBytes : 0);
   // Above 48 KB of dynamic shared memory a kernel must opt in; cheap, so done at every launch.
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes);
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (err != cudaSuccess) return err;
-  int tiles_per_split;
-  const dim3 grid = grid_for(a, L::kTileK, &tiles_per_split);
-  kernel<<<grid, kThreads, L::kBytes, a.stream>>>(
-      static_cast<const T*>(a.x), static_cast<const uint32_t*>(a.qweight), static_cast<const T*>(a.scales),
-      static_cast<const T*>(a.zeros), static_cast<T*>(a.out), a.partials, a.locks, a.M, a.N, a.K, a.group,
-      tiles_per_split);
+  Args<T> a;
+  const T* x = static_cast<const T*>(p.x);
+  a.x = x;
+  a.qweight = static_cast<const uint32_t*>(p.qweight);
+  a.scales = static_cast<const T*>(p.scales);
+  a.zeros = static_cast<const T*>(p.zeros);
+  a.aux = prologue == kRmsNorm ? static_cast<const T*>(p.norm_weight) : prologue == kSiluMul ? x + p.K : nullptr;
+  a.residual = static_cast<const T*>(p.residual);
+  a.out = static_cast<T*>(p.out);
+  a.partials = p.workspace;
+  a.locks = p.locks;
+  a.M = p.M, a.N = p.N, a.K = p.K, a.group = p.group;
+  a.x_stride = prologue == kSiluMul ? 2 * p.K : p.K;
+  a.aux_stride = prologue == kSiluMul ? 2 * p.K : 0;
+  a.eps = p.eps;
+  const dim3 grid = grid_for(p, L::kTileK, &a.tiles_per_split);
+  kernel<<<grid, kThreads, bytes, stream>>>(a);
   return cudaGetLastError();
 }
 
+template <typename T, int M_TILES, int SUB>
+static cudaError_t launch_tiles(const Problem& p, cudaStream_t stream) {
+  if (p.norm_weight) return launch_kernel<T, M_TILES, SUB, kRmsNorm>(p, stream);
+  if (p.silu_mul) return launch_kernel<T, M_TILES, SUB, kSiluMul>(p, stream);
+  return launch_kernel<T, M_TILES, SUB, kPlain>(p, stream);
+}
+
 template <typename T, int SUB>
-static cudaError_t launch_rows(const Launch& a) {
-  switch ((a.M + 15) / 16) {  // one instantiation per 16-row MMA tile count: accumulators stay in registers
-    case 1: return launch_tiles<T, 1, SUB>(a);
-    case 2: return launch_tiles<T, 2, SUB>(a);
-    case 3: return launch_tiles<T, 3, SUB>(a);
-    case 4: return launch_tiles<T, 4, SUB>(a);
+static cudaError_t launch_rows(const Problem& p, cudaStream_t stream) {
+  switch ((p.M + 15) / 16) {  // one instantiation per 16-row MMA tile count: accumulators stay in registers
+    case 1: return launch_tiles<T, 1, SUB>(p, stream);
+    case 2: return launch_tiles<T, 2, SUB>(p, stream);
+    case 3: return launch_tiles<T, 3, SUB>(p, stream);
+    case 4: return launch_tiles<T, 4, SUB>(p, stream);
     default: return cudaErrorInvalidValue;
   }
 }
 
 template <typename T>
-static cudaError_t launch_typed(const Launch& a, int k_tile) {
-  return k_tile == 128 ? launch_rows<T, 2>(a) : launch_rows<T, 1>(a);
+static cudaError_t launch_typed(const Problem& p, int k_tile, cudaStream_t stream) {
+  return k_tile == 128 ? launch_rows<T, 2>(p, stream) : launch_rows<T, 1>(p, stream);
 }
 
 int k_tile_for(int K, int group) {
@@ -391,19 +512,22 @@ int k_tile_for(int K, int group) {
   return K % 128 == 0 && (group <= 64 || group % 128 == 0) ? 128 : 64;
 }
 
-cudaError_t launch_w4a16(const void* x, const void* qweight, const void* scales, const void* zeros, void* out,
-                         float* partials, int* locks, int M, int N, int K, int group, int splits, int k_tile,
-                         bool bf16, cudaStream_t stream) {
+size_t workspace_floats(int M, int N, int splits) {
+  return splits > 1 ? (size_t)splits * M * N + (size_t)splits * (N / kTileN) * M : 0;
+}
+
+cudaError_t launch_w4a16(const Problem& p, cudaStream_t stream) {
   // The binding checks all of this with readable messages; this is the last line of defence for
   // other callers.
+  const int group = p.group;
   const bool group_ok = group == 32 || (group > 0 && group % kSubK == 0);
-  if (k_tile == 0) k_tile = k_tile_for(K, group);
-  const bool k_tile_ok = k_tile == 64 || (k_tile == 128 && k_tile_for(K, group) == 128);
-  if (M < 1 || M > 64 || N <= 0 || N % kTileN || K <= 0 || K % kSubK || !group_ok || K % group || splits < 1 ||
-      !k_tile_ok || (splits > 1 && (partials == nullptr || locks == nullptr)))
+  const int k_tile = p.k_tile == 0 ? k_tile_for(p.K, group) : p.k_tile;
+  const bool k_tile_ok = k_tile == 64 || (k_tile == 128 && k_tile_for(p.K, group) == 128);
+  if (p.M < 1 || p.M > 64 || p.N <= 0 || p.N % kTileN || p.K <= 0 || p.K % kSubK || !group_ok || p.K % group ||
+      p.splits < 1 || !k_tile_ok || (p.norm_weight && p.silu_mul) ||
+      (p.splits > 1 && (p.workspace == nullptr || p.locks == nullptr)))
     return cudaErrorInvalidValue;
-  const Launch a{x, qweight, scales, zeros, out, partials, locks, M, N, K, group, splits, stream};
-  return bf16 ? launch_typed<__nv_bfloat16>(a, k_tile) : launch_typed<half>(a, k_tile);
+  return p.bf16 ? launch_typed<__nv_bfloat16>(p, k_tile, stream) : launch_typed<half>(p, k_tile, stream);
 }
 
 }  // namespace marlin_w4a16
