@@ -46,21 +46,32 @@ def table_text(result: dict) -> str:
 
 
 def calibration_table(model, tokenizer, protocol, calib_texts: list, jobs: list, references: list = (),
-                      progress: bool = True) -> dict:
+                      progress: bool = True, measured: dict | None = None, baseline: dict | None = None) -> dict:
     """Which methods fit their calibration text: every job in `jobs` [(name, method(model, calib) -> model)]
     calibrated on each text of `calib_texts` (names or '+' mixes), evaluated on every evaluation text of
     `protocol`; `references` are calibration-free rows (RTN, magnitude) measured once.
+    `measured`: {(name, calib text or None for a reference): {text: ppl}} of cells already measured on
+    this model with this protocol's calibration size and evaluation windows (a notebook's earlier runs),
+    taken over instead of run again; `baseline`: the model's {text: ppl} on this protocol, likewise.
     Returns {"rows": [{"method", "calib", "ppl": {text: ppl}}], "baseline": {text: ppl}}."""
     from dataclasses import replace
+    measured = measured or {}
 
     def measure(m):
         return {text: r.ppl for text, r in protocol.evaluate(m, tokenizer, progress=False).items()}
 
-    rows = [{"method": name, "calib": None, "ppl": measure(method(copy.deepcopy(model), None))}
-            for name, method in references]
+    def cell(name, calib_data, method, calib):
+        if (name, calib_data) in measured:
+            return dict(measured[(name, calib_data)])
+        return measure(method(copy.deepcopy(model), calib))
+
+    rows = [{"method": name, "calib": None, "ppl": cell(name, None, method, None)} for name, method in references]
     for calib_data in tqdm(calib_texts, desc="calibration texts", disable=not progress):
-        calib = replace(protocol, calib_data=calib_data).calibration(tokenizer, model=model)
+        if all((name, calib_data) in measured for name, _ in jobs):
+            calib = None   # every cell of this text was measured already
+        else:
+            calib = replace(protocol, calib_data=calib_data).calibration(tokenizer, model=model)
         for name, method in jobs:
-            rows.append({"method": name, "calib": calib_data, "ppl": measure(method(copy.deepcopy(model), calib))})
-    return {"baseline": measure(model), "rows": rows, "calibration": protocol.calibration_label(),
-            "protocol": protocol.describe()}
+            rows.append({"method": name, "calib": calib_data, "ppl": cell(name, calib_data, method, calib)})
+    return {"baseline": dict(baseline) if baseline is not None else measure(model), "rows": rows,
+            "calibration": protocol.calibration_label(), "protocol": protocol.describe()}

@@ -256,3 +256,31 @@ def test_group_size_check_on_576_wide_layers():
     with pytest.raises(WorkshopError, match="group_size=-4"):
         from common.quant.rtn import RTNConfig
         RTNConfig(group_size=-4)                                # configs check themselves
+
+
+def test_calibration_table_takes_over_measured_cells_and_runs_the_rest(tiny):
+    """Cells a notebook measured already (same model, calibration size and windows) are not run again,
+    and a run cell equals what the table computes without them."""
+    from common.protocol import DataProtocol
+    from common.tables import calibration_table
+    model, tokenizer = tiny
+    protocol = DataProtocol.for_budget(calib_samples=2, calib_seqlen=32, seqlen=64, max_windows=1)
+    rtn = ("RTN W4", lambda m, c: quantize_rtn(m, RTNConfig(bits=4, group_size=None), c))
+    gptq = ("GPTQ W4", lambda m, c: quantize_gptq(m, GPTQConfig(bits=4, group_size=None), c, progress=False))
+    full = calibration_table(model, tokenizer, protocol, ["wiki"], [gptq], [rtn], progress=False)
+
+    def must_not_run(m, c):
+        raise AssertionError("a measured cell was run again")
+
+    fake = {"wiki": 1.5, "python-docs": 2.5}
+    reused = calibration_table(model, tokenizer, protocol, ["wiki"], [("GPTQ W4", must_not_run)],
+                               [("RTN W4", must_not_run)], progress=False, baseline=fake,
+                               measured={("RTN W4", None): fake, ("GPTQ W4", "wiki"): fake})
+    assert reused["baseline"] == fake
+    assert [(r["method"], r["calib"], r["ppl"]) for r in reused["rows"][:2]] == [("RTN W4", None, fake), ("GPTQ W4", "wiki", fake)]
+    with pytest.raises(AssertionError, match="run again"):   # python-docs was not measured: it runs
+        calibration_table(model, tokenizer, protocol, ["python-docs"], [("GPTQ W4", must_not_run)], progress=False,
+                          measured={("GPTQ W4", "wiki"): fake})
+    again = calibration_table(model, tokenizer, protocol, ["wiki"], [gptq], [rtn], progress=False,
+                              measured={("RTN W4", None): full["rows"][0]["ppl"]})
+    assert again["rows"] == full["rows"] and again["baseline"] == full["baseline"]
