@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 
 from .commands import (add_model_options, bench_kernels, distill, doctor, eval as eval_command, export, pipeline, prune,
                        quantize, reproduce, slides)
@@ -45,6 +46,10 @@ def main(argv=None) -> int:
     except WorkshopError as e:
         if _is_rank0():
             print(f"error: {e}", file=sys.stderr)
+        else:
+            # torchrun stops every worker as soon as one exits with an error: had this rank left first,
+            # rank 0 could be stopped before printing the message. Rank 0's exit ends this wait.
+            time.sleep(RANK_EXIT_DELAY_S)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -52,6 +57,9 @@ def main(argv=None) -> int:
     if _is_rank0():
         print(json.dumps(output.result, indent=2, default=str) if args.json else output.text, file=stdout)
     return output.exit_code
+
+
+RANK_EXIT_DELAY_S = 20
 
 
 def _is_rank0() -> bool:
