@@ -151,7 +151,7 @@ class LeanLlamaStep(torch.nn.Module):
             from kernels.marlin import w4a16_marlin
             out = w4a16_marlin(x, marlin.packed, marlin.splits, residual=residual, silu_mul=act is not None,
                                norm_weight=None if norm is None else norm.weight.to(x.dtype),
-                               eps=1e-6 if norm is None else norm.variance_epsilon)
+                               eps=getattr(norm, "variance_epsilon", 0.0))
             return out if layer.bias is None else out + layer.bias.to(x.dtype)
         if norm is not None:
             x = norm(x)

@@ -10,7 +10,8 @@ forward runs the Marlin-style kernel for up to 64 rows). Decoded by `common.deco
 (static KV cache, one CUDA graph per step) with the lean step in four ways: eager, compiled,
 compiled with each layer's rotary + KV write + attention in one kernel (kernels/decode_attention.py),
 and that with the INT4 layers' RMSNorm, SiLU x up and residual add inside the Marlin-style kernel
-(`fused_linears`; bf16 has no such layers, so its last two rows are the same step measured twice); tokens/s is the median of 3 repeats of 128 tokens after a 64-token prompt. Each row also gives the
+(`fused_linears`; bf16 has no such layers, so its last two rows are the same step measured twice);
+tokens/s is the median of 3 repeats of 128 tokens after a 64-token prompt. Each row also gives the
 weight bytes a step reads, the bound that sets at the device's copy bandwidth, and the kernels one step
 launches with their summed GPU time (the profiler, one step outside the graph): where that sum is far
 below the step's time, the step waits between kernels, not in them.

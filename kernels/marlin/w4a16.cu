@@ -459,8 +459,7 @@ template <typename T, int M_TILES, int SUB, int PROLOGUE>
 static cudaError_t launch_kernel(const Problem& p, cudaStream_t stream) {
   using L = SharedLayout<T, M_TILES, SUB>;
   auto kernel = w4a16_kernel<T, M_TILES, SUB, PROLOGUE>;
-  constexpr int prologue = PROLOGUE;
-  const int bytes = L::kBytes + (prologue != kPlain ? L::kAuxBytes : 0);
+  const int bytes = L::kBytes + (PROLOGUE != kPlain ? L::kAuxBytes : 0);
   // Above 48 KB of dynamic shared memory a kernel must opt in; cheap, so done at every launch.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (err != cudaSuccess) return err;
@@ -470,14 +469,14 @@ static cudaError_t launch_kernel(const Problem& p, cudaStream_t stream) {
   a.qweight = static_cast<const uint32_t*>(p.qweight);
   a.scales = static_cast<const T*>(p.scales);
   a.zeros = static_cast<const T*>(p.zeros);
-  a.aux = prologue == kRmsNorm ? static_cast<const T*>(p.norm_weight) : prologue == kSiluMul ? x + p.K : nullptr;
+  a.aux = PROLOGUE == kRmsNorm ? static_cast<const T*>(p.norm_weight) : PROLOGUE == kSiluMul ? x + p.K : nullptr;
   a.residual = static_cast<const T*>(p.residual);
   a.out = static_cast<T*>(p.out);
   a.partials = p.workspace;
   a.locks = p.locks;
   a.M = p.M, a.N = p.N, a.K = p.K, a.group = p.group;
-  a.x_stride = prologue == kSiluMul ? 2 * p.K : p.K;
-  a.aux_stride = prologue == kSiluMul ? 2 * p.K : 0;
+  a.x_stride = PROLOGUE == kSiluMul ? 2 * p.K : p.K;
+  a.aux_stride = PROLOGUE == kSiluMul ? 2 * p.K : 0;
   a.eps = p.eps;
   const dim3 grid = grid_for(p, L::kTileK, &a.tiles_per_split);
   kernel<<<grid, kThreads, bytes, stream>>>(a);
