@@ -149,7 +149,7 @@ class LeanLlamaStep(torch.nn.Module):
         if self.fused_linears and isinstance(layer, QuantLinear) and (act is None or self.silu_mlp) and \
                 (marlin := layer.marlin_for(x)) is not None:
             from kernels.marlin import w4a16_marlin
-            out = w4a16_marlin(x, marlin.packed, marlin.splits, residual=residual, silu_mul=act is not None,
+            out = w4a16_marlin(x, marlin.packed, marlin.splits_for(x), residual=residual, silu_mul=act is not None,
                                norm_weight=None if norm is None else norm.weight.to(x.dtype),
                                eps=getattr(norm, "variance_epsilon", 0.0))
             return out if layer.bias is None else out + layer.bias.to(x.dtype)

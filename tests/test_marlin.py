@@ -102,8 +102,9 @@ def test_the_kernel_compiles_for_sm90(tmp_path):
     result = subprocess.run([NVCC, "-arch=sm_90", "-O3", "-std=c++20", *COMMON_NVCC_FLAGS, "-Xptxas", "-v", "-c", cu,
                              "-o", str(tmp_path / "w4a16.o")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
-    # ptxas reports one entry per instantiation (2 dtypes x 4 row tiles x K tiles of 64 and 128 x 3 prologues): no spills
-    assert result.stderr.count("Compiling entry function") == 48, result.stderr[-2000:]
+    # ptxas reports one entry per instantiation: 2 dtypes x 4 row tiles x 3 prologues x (K tile, steps per group)
+    # in (64, 2), (64, 4), (128, 2), (128, 4), (128, 8). No spills
+    assert result.stderr.count("Compiling entry function") == 120, result.stderr[-2000:]
     assert " 0 bytes spill stores" in result.stderr
     spills = [line for line in result.stderr.splitlines()
               if "spill stores" in line and " 0 bytes spill stores" not in line]
@@ -248,6 +249,23 @@ def test_k_tile_rule_is_the_kernels():
         for group in (32, 64, 128, 192, 256, K):
             if K % group == 0:
                 assert k_tile_for(K, group) == ext.k_tile_for(K, group), (K, group)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")
+def test_splits_keep_every_block_resident():
+    from kernels.marlin import MAX_BLOCKS_PER_SM, TILE_N, choose_splits, k_tile_for, resident_blocks
+    device = torch.cuda.current_device()
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    # 64 rows hold four times the accumulators and activation tiles of 16: no more of its blocks fit on an SM
+    assert resident_blocks(device, 64, 4096, 128, 128, True) <= resident_blocks(device, 16, 4096, 128, 128, True)
+    for n, k in [(14336, 4096), (4096, 14336), (2048, 8192), (576, 576), (128256, 4096)]:
+        for rows in (1, 16, 32, 64):
+            splits = choose_splits(n, k, 128 if k % 128 == 0 else 64, rows)
+            kt = k_tile_for(k, 128 if k % 128 == 0 else 64)
+            fit = min(MAX_BLOCKS_PER_SM, resident_blocks(device, rows, k, 128 if k % 128 == 0 else 64, kt, True)) * sms
+            assert 1 <= splits <= max(1, k // kt // 2), (n, k, rows, splits)
+            assert splits == 1 or n // TILE_N * splits <= fit, (n, k, rows, splits, fit)
+            assert n // TILE_N * (splits + 1) > fit or splits == max(1, k // kt // 2), (n, k, rows, splits)
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")

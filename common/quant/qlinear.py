@@ -36,7 +36,10 @@ ACTIVATION_FORMAT = {"int8_per_token": "int8", "int8_static": "int8", "fp8_stati
 class MarlinCache(NamedTuple):
     key: tuple          # (tensor versions, device, dtype, data pointer) it was made from
     packed: object      # kernels.marlin.MarlinWeight
-    splits: int
+    splits: tuple       # K slices for 1-16, 17-32, 33-48 and 49-64 rows (kernels.marlin.choose_splits)
+
+    def splits_for(self, x: torch.Tensor) -> int:
+        return self.splits[(x.numel() // x.shape[-1] - 1) // 16]
 
 
 KERNEL_MAX_ROWS = 16  # above this, dequantize + cuBLAS beats the Triton kernel (kernels/RESULTS.md)
@@ -199,7 +202,7 @@ class QuantLinear(nn.Module):
         if (marlin := self.marlin_for(x)) is not None:
             # Few rows (decode, small batches) on a GPU: the CUDA kernel on the repacked codes.
             from kernels.marlin import w4a16_marlin
-            out = w4a16_marlin(x, marlin.packed, marlin.splits)
+            out = w4a16_marlin(x, marlin.packed, marlin.splits_for(x))
             return out if bias is None else out + bias
         if self.fmt == "int4" and self.uses_kernel(x) and rows <= KERNEL_MAX_ROWS:
             # Few rows (decode): the fused Triton W4A16 kernel reads the 4-bit codes directly.
@@ -291,8 +294,8 @@ class QuantLinear(nn.Module):
         if not torch.equal(self.zeros, self.zeros.round()) or not marlin.usable(x.device):
             return None
         packed = marlin.repack(self.qweight, self.scales.to(x.dtype), self.zeros.to(x.dtype), group)
-        splits = marlin.choose_splits(self.out_features, self.in_features,
-                                      marlin.k_tile_for(self.in_features, group), x.device)
+        splits = tuple(marlin.choose_splits(self.out_features, self.in_features, group, rows, 0, x.device, x.dtype)
+                       for rows in range(16, MARLIN_MAX_ROWS + 1, 16))
         self._marlin = MarlinCache(key, packed, splits)
         return self._marlin
 

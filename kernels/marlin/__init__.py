@@ -18,6 +18,7 @@ Repacked layout, for the weight of a QuantLinear (N = out_features, K = in_featu
 """
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from pathlib import Path
@@ -106,9 +107,11 @@ def dequantize_repacked(packed: MarlinWeight, dtype: torch.dtype) -> torch.Tenso
     """What the kernel's registers hold, modelled in PyTorch from the repacked tensors alone: [N, K] in `dtype`.
 
     Follows w4a16.cu step by step: per lane and word, register j = (word >> 4j) & 0x000F000F | MAGIC (two
-    16-bit floats MAGIC + code), then (v - (MAGIC + zero)) * scale in `dtype`, with the lane -> (n, k)
-    mapping of the mma.m16n8k16 B fragment. Each 16-bit operation rounds once, like the GPU's HSUB2/HMUL2.
-    For integer zeros this equals QuantLinear.dequantized_weight(dtype) exactly (tests/test_marlin.py)."""
+    16-bit floats MAGIC + code), then (v - (MAGIC + zero)) * scale in `dtype`, with the lane -> (n, k) mapping
+    of the mma.m16n8k16 B fragment; for float16 and odd j, the kernel's shorter form: the codes left at bits
+    4-7, (word >> 4(j - 1)) & 0x00F000F0 | MAGIC = MAGIC + 16 code, then fma(v, 1/16, -(MAGIC / 16 + zero)).
+    Each 16-bit operation rounds once, like the GPU's HSUB2/HFMA2/HMUL2. For integer zeros this equals
+    QuantLinear.dequantized_weight(dtype) exactly (tests/test_marlin.py)."""
     if dtype not in MAGIC:
         raise WorkshopError(f"The kernel computes in float16 or bfloat16, not {dtype}.", "Pass one of those.")
     N, K = packed.shape
@@ -122,16 +125,22 @@ def dequantize_repacked(packed: MarlinWeight, dtype: torch.dtype) -> torch.Tenso
     out = torch.empty(N, K, dtype=dtype, device=packed.qweight.device)
     scales, zeros = packed.scales.to(dtype), packed.zeros.to(dtype)
     for reg in range(4):                                           # the four B registers of a word
-        v = ((words >> (4 * reg)) & 0x000F000F) | (bits | (bits << 16))
         tile, kh = reg // 2, reg % 2                               # n8 tile (h) and k half of this register
+        in_place = kh == 1 and dtype == torch.float16              # MAGIC + 16 code
+        mask = 0x00F000F0 if in_place else 0x000F000F
+        v = ((words >> (4 * reg - 4 * in_place)) & mask) | (bits | (bits << 16))
         n = (16 * j[None, :, None, None] + 8 * tile + r[None, None, :, None]).expand(K // TILE_K, -1, -1, 4)
         for pair, half in ((0, v & 0xFFFF), (1, v >> 16)):          # low half: k0, high half: k0 + 1
             k = (TILE_K * t[:, None, None, None] + 16 * step[None, None, None, :] + 8 * kh
                  + 2 * c[None, None, :, None] + pair).expand(-1, N // 16, -1, -1)
-            q_magic = half.to(torch.int16).view(dtype)             # MAGIC + code (< 0x8000: no sign bit)
+            q_magic = half.to(torch.int16).view(dtype)             # MAGIC + (16) code (< 0x8000: no sign bit)
             grp = k // packed.group_size
-            z_magic = zeros[grp, n] + torch.tensor(value, dtype=dtype)  # MAGIC + zero, in dtype (exact)
-            out[n, k] = (q_magic - z_magic) * scales[grp, n]         # one rounding each, in dtype
+            if not in_place:
+                centred = q_magic - (zeros[grp, n] + torch.tensor(value, dtype=dtype))  # MAGIC + zero: exact
+            else:  # an fma rounds once: its exact result, then one rounding
+                neg_zero = -(zeros[grp, n] + torch.tensor(value / 16, dtype=dtype))
+                centred = (q_magic.double() * (1 / 16) + neg_zero.double()).to(dtype)
+            out[n, k] = centred * scales[grp, n]                     # one rounding each, in dtype
     return out
 
 
@@ -164,16 +173,29 @@ def k_tile_for(K: int, group_size: int) -> int:
     return 128 if K % 128 == 0 and (group_size <= 64 or group_size % 128 == 0) else 64
 
 
-def choose_splits(N: int, K: int, k_tile: int, device: torch.device | None = None, blocks_per_sm: int = 4) -> int:
-    """K slices per output block: enough blocks for `blocks_per_sm` per SM (a block keeps only a few K tiles
-    in flight, and one SM's warps must hide the latency of each other's dependent instructions), each
-    slice at least 2 K tiles. kernels/marlin/NOTES.md has the sweeps this was read from (with the split-K
-    reduction inside the kernel, slices of 2 tiles cost less than idle SMs)."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    blocks_n = N // TILE_N
-    tiles = K // k_tile
-    want = -(-blocks_per_sm * sms // blocks_n)
-    return max(1, min(want, tiles // 2))
+MAX_BLOCKS_PER_SM = 4  # blocks per SM choose_splits aims for, where they fit
+
+
+@functools.lru_cache(maxsize=None)
+def resident_blocks(device_index: int, rows: int, K: int, group_size: int, k_tile: int, bf16: bool) -> int:
+    """Blocks of the kernel launched for `rows` rows, K, group and K tile that fit on one SM of the GPU at once
+    (CUDA's occupancy calculator: registers and shared memory of that instantiation)."""
+    with torch.cuda.device(device_index):
+        return load_extension().resident_blocks(rows, K, group_size, k_tile, bf16)
+
+
+def choose_splits(N: int, K: int, group_size: int, rows: int = 1, k_tile: int = 0,
+                  device: torch.device | None = None, dtype: torch.dtype = torch.bfloat16) -> int:
+    """K slices per column tile: the most that keep every block of the launch resident at once, at most
+    MAX_BLOCKS_PER_SM per SM (a block keeps only a few K tiles in flight, and one SM's warps hide each other's
+    latency), each slice at least 2 K tiles. A second wave of blocks costs more than the slices gain: the
+    earlier rule ignored how many blocks fit, and at 32 rows on the 8B gate/up layer took 3 slices where 2
+    took 17% less time (kernels/marlin/NOTES.md, fifth version, has the sweeps)."""
+    k_tile = k_tile or k_tile_for(K, group_size)
+    index = _device_index(torch.device("cuda") if device is None else torch.device(device))
+    sms = torch.cuda.get_device_properties(index).multi_processor_count
+    per_sm = min(MAX_BLOCKS_PER_SM, resident_blocks(index, rows, K, group_size, k_tile, dtype == torch.bfloat16))
+    return max(1, min(per_sm * sms // (N // TILE_N), (K // k_tile) // 2))
 
 
 def _device_index(device: torch.device) -> int:
@@ -256,7 +278,7 @@ def w4a16_marlin(x: torch.Tensor, packed: MarlinWeight, splits: int | None = Non
                             "Use 0 (the kernel's choice) or 64.")
     k_tile = k_tile or k_tile_for(K, packed.group_size)
     if splits is None:
-        splits = choose_splits(N, K, k_tile, x.device)
+        splits = choose_splits(N, K, packed.group_size, rows, k_tile, x.device, x.dtype)
     if not torch.compiler.is_compiling():
         load_extension()  # a build failure is a WorkshopError here, not inside the operator
     out = _gemm(x2, packed.qweight, packed.scales.to(x.dtype), packed.zeros.to(x.dtype), locks_for(x.device),

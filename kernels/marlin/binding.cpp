@@ -103,6 +103,20 @@ torch::Tensor w4a16_gemm(const torch::Tensor& x, const torch::Tensor& qweight, c
   return out;
 }
 
+// Blocks of the kernel that `w4a16_gemm` would launch for these sizes that fit on one SM of the current GPU.
+int64_t resident_blocks(int64_t M, int64_t K, int64_t group_size, int64_t k_tile, bool bf16) {
+  TORCH_CHECK(M >= 1 && M <= kMaxRows && K % kTileK == 0 && K % group_size == 0,
+              "w4a16_marlin.resident_blocks: M in 1..64, K a multiple of 64 and of the group");
+  int blocks = 0;
+  marlin_w4a16::Problem p{};
+  p.M = static_cast<int>(M), p.N = static_cast<int>(kTileN), p.K = static_cast<int>(K);
+  p.group = static_cast<int>(group_size), p.splits = 1, p.k_tile = static_cast<int>(k_tile), p.bf16 = bf16;
+  p.resident_blocks = &blocks;
+  const cudaError_t err = marlin_w4a16::launch_w4a16(p, nullptr);
+  TORCH_CHECK(err == cudaSuccess, "w4a16_marlin.resident_blocks: ", cudaGetErrorString(err));
+  return blocks;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -113,6 +127,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("locks"), pybind11::arg("group_size"), pybind11::arg("splits"), pybind11::arg("k_tile"),
         pybind11::arg("norm_weight"), pybind11::arg("eps"), pybind11::arg("silu_mul"), pybind11::arg("residual"),
         pybind11::arg("stream"));
+  m.def("resident_blocks", &resident_blocks, "blocks per SM of the kernel w4a16_gemm launches for (M, K, group, "
+        "k_tile, bf16) on the current GPU", pybind11::arg("M"), pybind11::arg("K"), pybind11::arg("group_size"),
+        pybind11::arg("k_tile"), pybind11::arg("bf16"));
   m.def("k_tile_for", &marlin_w4a16::k_tile_for, "K per pipeline stage the kernel picks for (K, group)",
         pybind11::arg("K"), pybind11::arg("group"));  // tests compare it with kernels.marlin.k_tile_for
 }

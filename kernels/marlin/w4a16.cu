@@ -56,6 +56,9 @@ template <typename T> struct Dtype;
 template <> struct Dtype<half> {
   using T2 = half2;
   static constexpr uint32_t kMagic2 = 0x64006400u;  // fp16 1024.0 in both halves: ulp 1 up to 2048
+  static constexpr bool kHighNibblesInPlace = true;          // see dequant_word
+  static constexpr uint32_t kMagic2Sixteenth = 0x54005400u;  // 64.0 = MAGIC / 16
+  static constexpr uint32_t kSixteenth2 = 0x2C002C00u;       // 1 / 16
   static __device__ __forceinline__ T2 pack(float a, float b) { return __floats2half2_rn(a, b); }
   static __device__ __forceinline__ T2 broadcast(half v) { return __half2half2(v); }
   static __device__ __forceinline__ float2 to_float2(T2 v) { return __half22float2(v); }
@@ -63,6 +66,7 @@ template <> struct Dtype<half> {
 template <> struct Dtype<__nv_bfloat16> {
   using T2 = __nv_bfloat162;
   static constexpr uint32_t kMagic2 = 0x43004300u;  // bf16 128.0 in both halves: ulp 1 up to 256
+  static constexpr bool kHighNibblesInPlace = false;
   static __device__ __forceinline__ T2 pack(float a, float b) { return __floats2bfloat162_rn(a, b); }
   static __device__ __forceinline__ T2 broadcast(__nv_bfloat16 v) { return __bfloat162bfloat162(v); }
   static __device__ __forceinline__ float2 to_float2(T2 v) { return __bfloat1622float2(v); }
@@ -99,10 +103,10 @@ __device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t
 // address of row (l % 16), 8-column half (l / 16): lanes 0-7 matrix 0 (rows 0-7, k 0-7), 8-15 matrix 1
 // (rows 8-15, k 0-7), 16-23 matrix 2 (rows 0-7, k 8-15), 24-31 matrix 3 (rows 8-15, k 8-15): exactly
 // the a0..a7 order of mma.m16n8k16.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&a)[4], const void* smem) {
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&a)[4], uint32_t smem_address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
-               : "r"(smem_addr(smem)));
+               : "r"(smem_address));
 }
 
 template <typename T>
@@ -132,23 +136,50 @@ __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const ui
 //   nibble 1: (n = r,     k0+8)  nibble 5: (n = r,     k0 + 9)   -> tile 0, register b1
 //   nibble 2: (n = r + 8, k0)    nibble 6: (n = r + 8, k0 + 1)   -> tile 1, register b0
 //   nibble 3: (n = r + 8, k0+8)  nibble 7: (n = r + 8, k0 + 9)   -> tile 1, register b1
-// so (word >> 4j) & 0x000F000F holds nibbles j and j + 4 in the low and high halves: one shift and one
-// LOP3 give the register pair, then (MAGIC + q) - (MAGIC + z) and * s, two paired 16-bit operations.
+// so nibbles j and j + 4 sit 16 bits apart: one LOP3 per register pair.
+//   even j: ((w >> 4j) & 0x000F000F) | MAGIC = MAGIC + q, then (MAGIC + q) - (MAGIC + z)     (HSUB2)
+//   odd j, fp16: (w >> 4(j - 1)) & 0x00F000F0 | MAGIC = MAGIC + 16 q: bits 4-7 are still mantissa under fp16's
+//           10-bit field, so this saves a shift; then (MAGIC + 16 q) / 16 - (MAGIC / 16 + z) in one HFMA2.
+//           (bf16 has 7 mantissa bits, bit 7 is its exponent's: it shifts for every pair.)
+// Every value on the way is an integer the 16-bit type holds exactly (MAGIC + 16 q <= 1264 in fp16), so each
+// form gives q - z exactly; one multiply by the scale then rounds once.
 template <typename T>
-__device__ __forceinline__ void dequant_word(uint32_t word, typename Dtype<T>::T2 zm0, typename Dtype<T>::T2 s0,
-                                             typename Dtype<T>::T2 zm1, typename Dtype<T>::T2 s1,
-                                             uint32_t (&b)[2][2]) {
+struct GroupConstants {  // of one group and one n8 tile: the lane's column's scale and zero, broadcast
+  typename Dtype<T>::T2 scale, magic_zero, neg_magic16_zero;  // s, MAGIC + z, -(MAGIC / 16 + z) (fp16 only)
+};
+
+template <typename T>
+__device__ __forceinline__ GroupConstants<T> group_constants(T scale, T zero) {
   using T2 = typename Dtype<T>::T2;
-  constexpr uint32_t kMask = 0x000F000Fu;
-  const uint32_t magic = Dtype<T>::kMagic2;
-  const T2 v0 = as_t2<T2>(lop3_and_or(word, kMask, magic));
-  const T2 v1 = as_t2<T2>(lop3_and_or(word >> 4, kMask, magic));
-  const T2 v2 = as_t2<T2>(lop3_and_or(word >> 8, kMask, magic));
-  const T2 v3 = as_t2<T2>(lop3_and_or(word >> 12, kMask, magic));
-  b[0][0] = as_u32(__hmul2(__hsub2(v0, zm0), s0));
-  b[0][1] = as_u32(__hmul2(__hsub2(v1, zm0), s0));
-  b[1][0] = as_u32(__hmul2(__hsub2(v2, zm1), s1));
-  b[1][1] = as_u32(__hmul2(__hsub2(v3, zm1), s1));
+  const T2 z = Dtype<T>::broadcast(zero);
+  GroupConstants<T> g{Dtype<T>::broadcast(scale), __hadd2(z, as_t2<T2>(Dtype<T>::kMagic2)), {}};  // exact: integer z
+  if constexpr (Dtype<T>::kHighNibblesInPlace) g.neg_magic16_zero = __hneg2(__hadd2(z, as_t2<T2>(Dtype<T>::kMagic2Sixteenth)));
+  return g;
+}
+
+// The register pair of nibbles j + 1 and j + 5 (odd), from `w` = word >> 4j.
+template <typename T>
+__device__ __forceinline__ uint32_t odd_pair(uint32_t w, const GroupConstants<T>& g) {
+  using T2 = typename Dtype<T>::T2;
+  if constexpr (Dtype<T>::kHighNibblesInPlace) {
+    const T2 v = as_t2<T2>(lop3_and_or(w, 0x00F000F0u, Dtype<T>::kMagic2));
+    return as_u32(__hmul2(__hfma2(v, as_t2<T2>(Dtype<T>::kSixteenth2), g.neg_magic16_zero), g.scale));
+  } else {
+    const T2 v = as_t2<T2>(lop3_and_or(w >> 4, 0x000F000Fu, Dtype<T>::kMagic2));
+    return as_u32(__hmul2(__hsub2(v, g.magic_zero), g.scale));
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void dequant_word(uint32_t word, const GroupConstants<T> (&g)[2], uint32_t (&b)[2][2]) {
+  using T2 = typename Dtype<T>::T2;
+  const uint32_t high = word >> 8;
+  const T2 v0 = as_t2<T2>(lop3_and_or(word, 0x000F000Fu, Dtype<T>::kMagic2));
+  const T2 v2 = as_t2<T2>(lop3_and_or(high, 0x000F000Fu, Dtype<T>::kMagic2));
+  b[0][0] = as_u32(__hmul2(__hsub2(v0, g[0].magic_zero), g[0].scale));
+  b[0][1] = odd_pair<T>(word, g[0]);
+  b[1][0] = as_u32(__hmul2(__hsub2(v2, g[1].magic_zero), g[1].scale));
+  b[1][1] = odd_pair<T>(high, g[1]);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -260,17 +291,52 @@ __device__ __forceinline__ void store_output(const Args<T>& a, const float (&acc
   __syncthreads();
   if (!last) return;
   __threadfence();
-  for (int i = threadIdx.x; i < M * (kTileN / 2); i += kThreads) {  // two columns per step
-    const int row = i / (kTileN / 2), n = n_block + 2 * (i % (kTileN / 2));
-    float2 sum = make_float2(0.f, 0.f);
-    float sum_sq = 0.f;
-    for (int y = 0; y < (int)gridDim.y; ++y) {  // .cg: from L2, where the other blocks' stores are
-      const float2 v = __ldcg(reinterpret_cast<const float2*>(a.partials + ((size_t)y * M + row) * N + n));
-      sum.x += v.x;
-      sum.y += v.y;
-      if (PROLOGUE == kRmsNorm) sum_sq += __ldcg(slice_sq + ((size_t)y * gridDim.x + blockIdx.x) * M + row);
+  // The last slice adds the parts, four columns per item. Loads from L2 cost a round trip each when one waits for
+  // the next, so each thread requests kChunk slices of kPass items before adding any of them (the third and
+  // fourth versions loaded one value at a time: M = 16 and 64 paid for it, NOTES.md).
+  constexpr int kQuads = kTileN / 4;
+  constexpr int kItems = M_TILES * 16 * kQuads / kThreads;  // per thread, at most (rows past M skip)
+  constexpr int kPass = kItems < 4 ? kItems : 4;            // items added up together
+  constexpr int kChunk = 8 / kPass;                          // slices requested together: <= 8 loads in flight
+  const int slices = gridDim.y;
+#pragma unroll
+  for (int j0 = 0; j0 < kItems; j0 += kPass) {
+    float4 sum[kPass];
+    float sum_sq[kPass];
+#pragma unroll
+    for (int j = 0; j < kPass; ++j) sum[j] = make_float4(0.f, 0.f, 0.f, 0.f), sum_sq[j] = 0.f;
+    for (int y0 = 0; y0 < slices; y0 += kChunk) {
+      float4 v[kPass][kChunk];
+      float q[kPass][kChunk];
+#pragma unroll
+      for (int j = 0; j < kPass; ++j) {
+        const int i = threadIdx.x + (j0 + j) * kThreads, row = i / kQuads, n = n_block + 4 * (i % kQuads);
+#pragma unroll
+        for (int u = 0; u < kChunk; ++u) {  // .cg: from L2, where the other blocks' stores are
+          const bool live = j0 + j < kItems && row < M && y0 + u < slices;
+          v[j][u] = live ? __ldcg(reinterpret_cast<const float4*>(a.partials + ((size_t)(y0 + u) * M + row) * N + n))
+                         : make_float4(0.f, 0.f, 0.f, 0.f);
+          if (PROLOGUE == kRmsNorm)
+            q[j][u] = live ? __ldcg(slice_sq + ((size_t)(y0 + u) * gridDim.x + blockIdx.x) * M + row) : 0.f;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kPass; ++j)
+#pragma unroll
+        for (int u = 0; u < kChunk; ++u) {  // in slice order: the result does not depend on timing
+          if (y0 + u >= slices) continue;
+          sum[j].x += v[j][u].x, sum[j].y += v[j][u].y, sum[j].z += v[j][u].z, sum[j].w += v[j][u].w;
+          if (PROLOGUE == kRmsNorm) sum_sq[j] += q[j][u];
+        }
     }
-    *reinterpret_cast<T2*>(a.out + (size_t)row * N + n) = finish<T, PROLOGUE>(a, sum.x, sum.y, sum_sq, row, n);
+#pragma unroll
+    for (int j = 0; j < kPass; ++j) {
+      const int i = threadIdx.x + (j0 + j) * kThreads, row = i / kQuads, n = n_block + 4 * (i % kQuads);
+      if (j0 + j >= kItems || row >= M) continue;
+      T2 pair[2] = {finish<T, PROLOGUE>(a, sum[j].x, sum[j].y, sum_sq[j], row, n),
+                    finish<T, PROLOGUE>(a, sum[j].z, sum[j].w, sum_sq[j], row, n + 2)};
+      *reinterpret_cast<uint2*>(a.out + (size_t)row * N + n) = *reinterpret_cast<uint2*>(pair);
+    }
   }
   if (threadIdx.x == 0) a.locks[blockIdx.x] = 0;
 }
@@ -299,11 +365,16 @@ struct SharedLayout {
   static constexpr int kChunksPerThread = M_TILES * 16 * kChunksPerRow / kThreads;
 };
 
-template <typename T, int M_TILES, int SUB, int PROLOGUE>
+// GROUP_STEPS: k16 MMA steps per quantization group inside one stage (2 for group 32, 4 for 64, and kTileK / 16
+// when a group spans the whole stage or more). A template parameter so that the scale loads sit at fixed
+// steps of the unrolled loop; as a runtime value they were tested at every step (fourth version's SASS).
+template <typename T, int M_TILES, int SUB, int GROUP_STEPS, int PROLOGUE>
 __global__ void __launch_bounds__(kThreads) w4a16_kernel(const Args<T> a) {
   using T2 = typename Dtype<T>::T2;
   using L = SharedLayout<T, M_TILES, SUB>;
   constexpr int kStages = L::kStages, kTileK = L::kTileK, kRows = M_TILES * 16, kCpr = L::kChunksPerRow;
+  constexpr int kSteps = kTileK / 16, kGroupsPerStage = kSteps / GROUP_STEPS;
+  static_assert(kSteps % GROUP_STEPS == 0 && kGroupsPerStage <= L::kGroupsMax, "a group tiles the stage");
   extern __shared__ __align__(16) unsigned char smem[];
   uint32_t* sm_w = reinterpret_cast<uint32_t*>(smem);                    // [stage][sub][512]
   T* sm_x = reinterpret_cast<T*>(sm_w + L::kWords);                      // [stage][row][kTileK]
@@ -321,10 +392,6 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const Args<T> a) {
   const int tile_begin = blockIdx.y * a.tiles_per_split;
   const int tile_end = min(tile_begin + a.tiles_per_split, tiles_k);
   const int n_tiles = tile_end - tile_begin;  // >= 1: the launcher sizes the grid
-  // Groups per stage (1, 2 or 4) and MMA steps per group (2, 4 or 8: a power of two, see launch_w4a16).
-  const int group_span = min(group, kTileK);
-  const int groups_per_stage = kTileK / group_span;
-  const int group_shift = __ffs(group_span / 16) - 1;  // log2 of the MMA steps per group
 
   // Issue the cp.async copies of K tile `tile` into ring slot `stage`. Every thread issues its own
   // copies; the caller commits them as one group.
@@ -347,7 +414,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const Args<T> a) {
     }
     // (c) scales and zeros, transposed offline to [groups, N] so the block's 64 columns are 128
     //     contiguous bytes: 8 chunks per group row and tensor. They are tiny and stay in L2.
-    const int chunks = groups_per_stage * (kTileN / 8);
+    constexpr int chunks = kGroupsPerStage * (kTileN / 8);
     if (threadIdx.x < 2 * chunks) {
       const bool is_zero = threadIdx.x >= chunks;
       const int i = threadIdx.x % chunks, r = i / (kTileN / 8), chunk = i % (kTileN / 8);
@@ -378,11 +445,19 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const Args<T> a) {
     cp_async_commit();
   }
 
-  const T2 magic = as_t2<T2>(Dtype<T>::kMagic2);
   const int col = warp * 16 + lane / 4;  // this lane's column in tile 0 (tile 1: col + 8), block-relative
+  // The lane's ldmatrix address in a stage, per MMA step, as a byte offset from the stage's tile: row lane % 16,
+  // chunk 2 step + lane / 16, swizzled by XOR with row % 8. Steps 4..7 are steps 0..3 plus 8 chunks (the XOR
+  // touches the low three bits only), and row tile mt adds 16 rows: constants, so four registers hold them all.
+  constexpr int kOffsets = kSteps < 4 ? kSteps : 4;
+  uint32_t x_offset[kOffsets];
+#pragma unroll
+  for (int step = 0; step < kOffsets; ++step)
+    x_offset[step] = ((lane % 16) * kTileK + ((2 * step + lane / 16) ^ (lane % 8)) * 8) * sizeof(T);
+  const uint32_t sm_x_address = smem_addr(sm_x);
 
+  int stage = 0, next_stage = kStages - 1;  // ring slots of tile t and of tile t + kStages - 1
   for (int t = 0; t < n_tiles; ++t) {
-    const int stage = t % kStages;
     // Wait for this thread's copies of tile t (at most kStages - 2 newer groups may still be in flight),
     // then a barrier so every thread's copies are visible and every warp is done with slot
     // (t - 1) % kStages, which the prefetch below overwrites.
@@ -396,7 +471,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const Args<T> a) {
       }
     }
     __syncthreads();
-    if (t + kStages - 1 < n_tiles) load_tile((t + kStages - 1) % kStages, tile_begin + t + kStages - 1);
+    if (t + kStages - 1 < n_tiles) load_tile(next_stage, tile_begin + t + kStages - 1);
     cp_async_commit();
 
     // This stage's codes: one 16-byte shared load per code tile (conflict-free: consecutive lanes,
@@ -407,30 +482,31 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const Args<T> a) {
       const uint4 w = *reinterpret_cast<const uint4*>(sm_w + (stage * SUB + u) * kWordsPerSub + threadIdx.x * 4);
       word[4 * u] = w.x; word[4 * u + 1] = w.y; word[4 * u + 2] = w.z; word[4 * u + 3] = w.w;
     }
-    const T* stage_x = sm_x + stage * kRows * kTileK;
-    T2 s2[2], zm2[2];  // scale and MAGIC + zero of the lane's two columns, for the current group
+    const uint32_t stage_x = sm_x_address + stage * (kRows * kTileK * sizeof(T));
+    const T* stage_s = sm_s + stage * L::kGroupsMax * kTileN + col;
+    const T* stage_z = sm_z + stage * L::kGroupsMax * kTileN + col;
+    GroupConstants<T> g[2];  // the current group's, for the lane's two columns
 #pragma unroll
-    for (int step = 0; step < kTileK / 16; ++step) {
-      if ((step & ((1 << group_shift) - 1)) == 0) {  // first step of a group: its scales and zeros
-        const int slot = stage * L::kGroupsMax + (step >> group_shift);
+    for (int step = 0; step < kSteps; ++step) {
+      if (step % GROUP_STEPS == 0) {  // first step of a group: its scales and zeros
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
-          s2[nt] = Dtype<T>::broadcast(sm_s[slot * kTileN + col + 8 * nt]);
-          zm2[nt] = __hadd2(Dtype<T>::broadcast(sm_z[slot * kTileN + col + 8 * nt]), magic);  // exact: integer z
+          const int at = (step / GROUP_STEPS) * kTileN + 8 * nt;
+          g[nt] = group_constants<T>(stage_s[at], stage_z[at]);
         }
       }
       uint32_t b[2][2];
-      dequant_word<T>(word[step], zm2[0], s2[0], zm2[1], s2[1], b);
+      dequant_word<T>(word[step], g, b);
 #pragma unroll
       for (int mt = 0; mt < M_TILES; ++mt) {
-        const int row = mt * 16 + lane % 16;
-        const int chunk = step * 2 + lane / 16;
         uint32_t am[4];
-        ldmatrix_x4(am, stage_x + row * kTileK + (chunk ^ (row % 8)) * 8);
+        ldmatrix_x4(am, stage_x + x_offset[step % 4] + (step / 4) * 8 * 8 * sizeof(T) + mt * 16 * kTileK * sizeof(T));
         mma_16816<T>(acc[mt][0], am, b[0]);
         mma_16816<T>(acc[mt][1], am, b[1]);
       }
     }
+    stage = stage == kStages - 1 ? 0 : stage + 1;
+    next_stage = next_stage == kStages - 1 ? 0 : next_stage + 1;
   }
   cp_async_wait<0>();  // nothing useful is pending, but leave no copy in flight at exit
 
@@ -455,14 +531,16 @@ static dim3 grid_for(const Problem& p, int tile_k, int* tiles_per_split) {
   return dim3(p.N / kTileN, (tiles_k + *tiles_per_split - 1) / *tiles_per_split);
 }
 
-template <typename T, int M_TILES, int SUB, int PROLOGUE>
+template <typename T, int M_TILES, int SUB, int GROUP_STEPS, int PROLOGUE>
 static cudaError_t launch_kernel(const Problem& p, cudaStream_t stream) {
   using L = SharedLayout<T, M_TILES, SUB>;
-  auto kernel = w4a16_kernel<T, M_TILES, SUB, PROLOGUE>;
+  auto kernel = w4a16_kernel<T, M_TILES, SUB, GROUP_STEPS, PROLOGUE>;
   const int bytes = L::kBytes + (PROLOGUE != kPlain ? L::kAuxBytes : 0);
   // Above 48 KB of dynamic shared memory a kernel must opt in; cheap, so done at every launch.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (err != cudaSuccess) return err;
+  if (p.resident_blocks != nullptr)
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(p.resident_blocks, kernel, kThreads, bytes);
   Args<T> a;
   const T* x = static_cast<const T*>(p.x);
   a.x = x;
@@ -483,11 +561,20 @@ static cudaError_t launch_kernel(const Problem& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+template <typename T, int M_TILES, int SUB, int GROUP_STEPS>
+static cudaError_t launch_prologue(const Problem& p, cudaStream_t stream) {
+  if (p.norm_weight) return launch_kernel<T, M_TILES, SUB, GROUP_STEPS, kRmsNorm>(p, stream);
+  if (p.silu_mul) return launch_kernel<T, M_TILES, SUB, GROUP_STEPS, kSiluMul>(p, stream);
+  return launch_kernel<T, M_TILES, SUB, GROUP_STEPS, kPlain>(p, stream);
+}
+
 template <typename T, int M_TILES, int SUB>
 static cudaError_t launch_tiles(const Problem& p, cudaStream_t stream) {
-  if (p.norm_weight) return launch_kernel<T, M_TILES, SUB, kRmsNorm>(p, stream);
-  if (p.silu_mul) return launch_kernel<T, M_TILES, SUB, kSiluMul>(p, stream);
-  return launch_kernel<T, M_TILES, SUB, kPlain>(p, stream);
+  // MMA steps per group within a stage: group 32 -> 2, 64 -> 4, a group of a whole stage or more -> all of them
+  // (launch_w4a16 has checked that the group is 32 or a multiple of 64, and k_tile_for that 128 fits it).
+  if (p.group == 32) return launch_prologue<T, M_TILES, SUB, 2>(p, stream);
+  if constexpr (SUB == 1) return launch_prologue<T, M_TILES, SUB, 4>(p, stream);
+  else return p.group == 64 ? launch_prologue<T, M_TILES, SUB, 4>(p, stream) : launch_prologue<T, M_TILES, SUB, 8>(p, stream);
 }
 
 template <typename T, int SUB>
@@ -524,7 +611,7 @@ cudaError_t launch_w4a16(const Problem& p, cudaStream_t stream) {
   const bool k_tile_ok = k_tile == 64 || (k_tile == 128 && k_tile_for(p.K, group) == 128);
   if (p.M < 1 || p.M > 64 || p.N <= 0 || p.N % kTileN || p.K <= 0 || p.K % kSubK || !group_ok || p.K % group ||
       p.splits < 1 || !k_tile_ok || (p.norm_weight && p.silu_mul) ||
-      (p.splits > 1 && (p.workspace == nullptr || p.locks == nullptr)))
+      (p.splits > 1 && p.resident_blocks == nullptr && (p.workspace == nullptr || p.locks == nullptr)))
     return cudaErrorInvalidValue;
   return p.bf16 ? launch_typed<__nv_bfloat16>(p, k_tile, stream) : launch_typed<half>(p, k_tile, stream);
 }

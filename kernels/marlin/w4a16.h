@@ -34,6 +34,8 @@ struct Problem {
   int* locks;
   int M, N, K, group, splits, k_tile;
   bool bf16;
+  int* resident_blocks;     // not null: launch nothing, store how many blocks of the kernel this problem
+                            // takes fit on one SM at once (registers, shared memory); tensors may be null
 };
 
 // Returns the launch's cudaError_t (cudaErrorInvalidValue for arguments the kernel cannot take).
