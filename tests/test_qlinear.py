@@ -123,3 +123,12 @@ def test_low_precision_gemm_paths_match_the_reference(fmt, group_size, activatio
     assert fast.shape == (*shape, 256)
     q.uses_low_precision_gemm = lambda: False   # the dequantize-then-matmul reference
     assert relative_error(q(x).float(), fast.float()) < 1e-2
+
+
+def test_marlin_cache_picks_the_slices_of_the_inputs_row_tile():
+    from common.quant.qlinear import MarlinCache
+    cache = MarlinCache(key=(), packed=None, splits=(8, 6, 4, 2))  # one choice per 16-row tile of the kernel
+    picked = {rows: cache.splits_for(torch.zeros(rows, 64)) for rows in (1, 16, 17, 32, 33, 48, 49, 64)}
+    assert picked == {1: 8, 16: 8, 17: 6, 32: 6, 33: 4, 48: 4, 49: 2, 64: 2}
+    assert cache.splits_for(torch.zeros(2, 3, 64)) == 8  # leading dimensions are rows too: 6 of them
+    assert cache.splits_for(torch.zeros(2, 9, 64)) == 6  # 18 rows
