@@ -259,10 +259,11 @@ def test_splits_keep_every_block_resident():
     # 64 rows hold four times the accumulators and activation tiles of 16: no more of its blocks fit on an SM
     assert resident_blocks(device, 64, 4096, 128, 128, True) <= resident_blocks(device, 16, 4096, 128, 128, True)
     for n, k in [(14336, 4096), (4096, 14336), (2048, 8192), (576, 576), (128256, 4096)]:
+        group = 128 if k % 128 == 0 else 64
+        kt = k_tile_for(k, group)
         for rows in (1, 16, 32, 64):
-            splits = choose_splits(n, k, 128 if k % 128 == 0 else 64, rows)
-            kt = k_tile_for(k, 128 if k % 128 == 0 else 64)
-            fit = min(MAX_BLOCKS_PER_SM, resident_blocks(device, rows, k, 128 if k % 128 == 0 else 64, kt, True)) * sms
+            splits = choose_splits(n, k, group, rows)
+            fit = min(MAX_BLOCKS_PER_SM, resident_blocks(device, rows, k, group, kt, True)) * sms
             assert 1 <= splits <= max(1, k // kt // 2), (n, k, rows, splits)
             assert splits == 1 or n // TILE_N * splits <= fit, (n, k, rows, splits, fit)
             assert n // TILE_N * (splits + 1) > fit or splits == max(1, k // kt // 2), (n, k, rows, splits)

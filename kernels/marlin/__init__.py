@@ -126,9 +126,9 @@ def dequantize_repacked(packed: MarlinWeight, dtype: torch.dtype) -> torch.Tenso
     scales, zeros = packed.scales.to(dtype), packed.zeros.to(dtype)
     for reg in range(4):                                           # the four B registers of a word
         tile, kh = reg // 2, reg % 2                               # n8 tile (h) and k half of this register
-        in_place = kh == 1 and dtype == torch.float16              # MAGIC + 16 code
-        mask = 0x00F000F0 if in_place else 0x000F000F
-        v = ((words >> (4 * reg - 4 * in_place)) & mask) | (bits | (bits << 16))
+        in_place = kh == 1 and dtype == torch.float16              # MAGIC + 16 code: nibbles left at bits 4-7
+        shift, mask = (4 * (reg - 1), 0x00F000F0) if in_place else (4 * reg, 0x000F000F)
+        v = ((words >> shift) & mask) | (bits | (bits << 16))
         n = (16 * j[None, :, None, None] + 8 * tile + r[None, None, :, None]).expand(K // TILE_K, -1, -1, 4)
         for pair, half in ((0, v & 0xFFFF), (1, v >> 16)):          # low half: k0, high half: k0 + 1
             k = (TILE_K * t[:, None, None, None] + 16 * step[None, None, None, :] + 8 * kh

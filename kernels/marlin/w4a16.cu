@@ -611,7 +611,7 @@ cudaError_t launch_w4a16(const Problem& p, cudaStream_t stream) {
   const bool k_tile_ok = k_tile == 64 || (k_tile == 128 && k_tile_for(p.K, group) == 128);
   if (p.M < 1 || p.M > 64 || p.N <= 0 || p.N % kTileN || p.K <= 0 || p.K % kSubK || !group_ok || p.K % group ||
       p.splits < 1 || !k_tile_ok || (p.norm_weight && p.silu_mul) ||
-      (p.splits > 1 && p.resident_blocks == nullptr && (p.workspace == nullptr || p.locks == nullptr)))
+      (p.splits > 1 && (p.workspace == nullptr || p.locks == nullptr)))
     return cudaErrorInvalidValue;
   return p.bf16 ? launch_typed<__nv_bfloat16>(p, k_tile, stream) : launch_typed<half>(p, k_tile, stream);
 }

@@ -36,6 +36,7 @@ struct Problem {
   bool bf16;
   int* resident_blocks;     // not null: launch nothing, store how many blocks of the kernel this problem
                             // takes fit on one SM at once (registers, shared memory); tensors may be null
+                            // (with splits = 1)
 };
 
 // Returns the launch's cudaError_t (cudaErrorInvalidValue for arguments the kernel cannot take).
