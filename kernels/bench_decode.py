@@ -14,7 +14,8 @@ and that with the INT4 layers' RMSNorm, SiLU x up and residual add inside the Ma
 tokens/s is the median of 3 repeats of 128 tokens after a 64-token prompt. Each row also gives the
 weight bytes a step reads, the bound that sets at the device's copy bandwidth, and the kernels one step
 launches with their summed GPU time (the profiler, one step outside the graph): where that sum is far
-below the step's time, the step waits between kernels, not in them.
+below the step's time, the step waits between kernels, not in them; and the part of it spent in the
+Marlin-style kernel (kernels/limits.py uses it).
 """
 import argparse
 import datetime
@@ -69,7 +70,8 @@ def decode_run(model, compile: bool, fused_attention: bool, fused_linears: bool,
         torch.cuda.synchronize()
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     return {"tokens_per_s": NEW_TOKENS / statistics.median(times[1:]), "kernels_per_step": len(kernels),
-            "kernel_us_per_step": sum(e.time_range.elapsed_us() for e in kernels)}
+            "kernel_us_per_step": sum(e.time_range.elapsed_us() for e in kernels),
+            "marlin_us_per_step": sum(e.time_range.elapsed_us() for e in kernels if "w4a16_kernel" in e.name)}
 
 
 def bench(spec: str, copy_bytes_per_s: float, modes: list) -> list:

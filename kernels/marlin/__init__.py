@@ -146,15 +146,15 @@ def dequantize_repacked(packed: MarlinWeight, dtype: torch.dtype) -> torch.Tenso
 
 # ------------------------------------------------------------------------------------------------------
 # The CUDA extension, built at first use.
-_extension = None
+_extensions: dict = {}  # W4A16_PROBE value (w4a16.cu) -> the built module; 0 is the real kernel
 
 
-def load_extension(verbose: bool = False):
+def load_extension(verbose: bool = False, probe: int = 0):
     """Build (once, cached by torch under ~/.cache/torch_extensions) and import the extension. torch compiles
-    for the visible GPUs' architectures unless TORCH_CUDA_ARCH_LIST says otherwise (e.g. "9.0")."""
-    global _extension
-    if _extension is not None:
-        return _extension
+    for the visible GPUs' architectures unless TORCH_CUDA_ARCH_LIST says otherwise (e.g. "9.0"). `probe` 1 or 2
+    builds the copies kernels/limits.py times (w4a16.cu's W4A16_PROBE: the copies only, the math only)."""
+    if probe in _extensions:
+        return _extensions[probe]
     if not torch.cuda.is_available():
         raise WorkshopError("The Marlin W4A16 kernel needs a CUDA GPU; none is visible.",
                             "On a CPU, use QuantLinear's dequantize-then-matmul path.")
@@ -163,9 +163,11 @@ def load_extension(verbose: bool = False):
         raise WorkshopError(f"The Marlin W4A16 kernel needs compute capability 8.0+ (cp.async, bf16 mma.sync); "
                             f"this GPU is {major}.{minor}.", "Use the Triton kernel (kernels.w4a16) on this GPU.")
     from torch.utils.cpp_extension import load
-    _extension = load(name="workshop_marlin_w4a16", sources=[str(s) for s in SOURCES],
-                      extra_cflags=["-O3"], extra_cuda_cflags=["-O3", "-lineinfo"], verbose=verbose)
-    return _extension
+    _extensions[probe] = load(name="workshop_marlin_w4a16" + (f"_probe{probe}" if probe else ""),
+                              sources=[str(s) for s in SOURCES], extra_cflags=["-O3"],
+                              extra_cuda_cflags=["-O3", "-lineinfo", *([f"-DW4A16_PROBE={probe}"] if probe else [])],
+                              verbose=verbose)
+    return _extensions[probe]
 
 
 def k_tile_for(K: int, group_size: int) -> int:

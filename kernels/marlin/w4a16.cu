@@ -34,6 +34,14 @@
 
 #include "w4a16.h"
 
+// W4A16_PROBE is for kernels/limits.py only, which builds a second copy of the extension to time the kernel's
+// parts apart: 1 keeps the copies, waits and barriers and drops the dequantization and MMAs; 2 keeps the math
+// and drops every copy after the ring's first fill (later tiles reuse what the ring holds). Their outputs mean
+// nothing. Either build has the bf16 plain instantiations only. The real build leaves it 0.
+#ifndef W4A16_PROBE
+#define W4A16_PROBE 0
+#endif
+
 namespace marlin_w4a16 {
 
 constexpr int kWarps = 4;
@@ -471,38 +479,39 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const Args<T> a) {
       }
     }
     __syncthreads();
-    if (t + kStages - 1 < n_tiles) load_tile(next_stage, tile_begin + t + kStages - 1);
+    if (W4A16_PROBE != 2 && t + kStages - 1 < n_tiles) load_tile(next_stage, tile_begin + t + kStages - 1);
     cp_async_commit();
-
-    // This stage's codes: one 16-byte shared load per code tile (conflict-free: consecutive lanes,
-    // consecutive chunks).
-    uint32_t word[4 * SUB];
+    if constexpr (W4A16_PROBE != 1) {
+      // This stage's codes: one 16-byte shared load per code tile (conflict-free: consecutive lanes,
+      // consecutive chunks).
+      uint32_t word[4 * SUB];
 #pragma unroll
-    for (int u = 0; u < SUB; ++u) {
-      const uint4 w = *reinterpret_cast<const uint4*>(sm_w + (stage * SUB + u) * kWordsPerSub + threadIdx.x * 4);
-      word[4 * u] = w.x; word[4 * u + 1] = w.y; word[4 * u + 2] = w.z; word[4 * u + 3] = w.w;
-    }
-    const uint32_t stage_x = sm_x_address + stage * (kRows * kTileK * sizeof(T));
-    const T* stage_s = sm_s + stage * L::kGroupsMax * kTileN + col;
-    const T* stage_z = sm_z + stage * L::kGroupsMax * kTileN + col;
-    GroupConstants<T> g[2];  // the current group's, for the lane's two columns
-#pragma unroll
-    for (int step = 0; step < kSteps; ++step) {
-      if (step % GROUP_STEPS == 0) {  // first step of a group: its scales and zeros
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          const int at = (step / GROUP_STEPS) * kTileN + 8 * nt;
-          g[nt] = group_constants<T>(stage_s[at], stage_z[at]);
-        }
+      for (int u = 0; u < SUB; ++u) {
+        const uint4 w = *reinterpret_cast<const uint4*>(sm_w + (stage * SUB + u) * kWordsPerSub + threadIdx.x * 4);
+        word[4 * u] = w.x; word[4 * u + 1] = w.y; word[4 * u + 2] = w.z; word[4 * u + 3] = w.w;
       }
-      uint32_t b[2][2];
-      dequant_word<T>(word[step], g, b);
+      const uint32_t stage_x = sm_x_address + stage * (kRows * kTileK * sizeof(T));
+      const T* stage_s = sm_s + stage * L::kGroupsMax * kTileN + col;
+      const T* stage_z = sm_z + stage * L::kGroupsMax * kTileN + col;
+      GroupConstants<T> g[2];  // the current group's, for the lane's two columns
 #pragma unroll
-      for (int mt = 0; mt < M_TILES; ++mt) {
-        uint32_t am[4];
-        ldmatrix_x4(am, stage_x + x_offset[step % 4] + (step / 4) * 8 * 8 * sizeof(T) + mt * 16 * kTileK * sizeof(T));
-        mma_16816<T>(acc[mt][0], am, b[0]);
-        mma_16816<T>(acc[mt][1], am, b[1]);
+      for (int step = 0; step < kSteps; ++step) {
+        if (step % GROUP_STEPS == 0) {  // first step of a group: its scales and zeros
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            const int at = (step / GROUP_STEPS) * kTileN + 8 * nt;
+            g[nt] = group_constants<T>(stage_s[at], stage_z[at]);
+          }
+        }
+        uint32_t b[2][2];
+        dequant_word<T>(word[step], g, b);
+#pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt) {
+          uint32_t am[4];
+          ldmatrix_x4(am, stage_x + x_offset[step % 4] + (step / 4) * 8 * 8 * sizeof(T) + mt * 16 * kTileK * sizeof(T));
+          mma_16816<T>(acc[mt][0], am, b[0]);
+          mma_16816<T>(acc[mt][1], am, b[1]);
+        }
       }
     }
     stage = stage == kStages - 1 ? 0 : stage + 1;
@@ -563,8 +572,12 @@ static cudaError_t launch_kernel(const Problem& p, cudaStream_t stream) {
 
 template <typename T, int M_TILES, int SUB, int GROUP_STEPS>
 static cudaError_t launch_prologue(const Problem& p, cudaStream_t stream) {
-  if (p.norm_weight) return launch_kernel<T, M_TILES, SUB, GROUP_STEPS, kRmsNorm>(p, stream);
-  if (p.silu_mul) return launch_kernel<T, M_TILES, SUB, GROUP_STEPS, kSiluMul>(p, stream);
+  if constexpr (W4A16_PROBE == 0) {
+    if (p.norm_weight) return launch_kernel<T, M_TILES, SUB, GROUP_STEPS, kRmsNorm>(p, stream);
+    if (p.silu_mul) return launch_kernel<T, M_TILES, SUB, GROUP_STEPS, kSiluMul>(p, stream);
+  } else if (p.norm_weight || p.silu_mul) {
+    return cudaErrorInvalidValue;
+  }
   return launch_kernel<T, M_TILES, SUB, GROUP_STEPS, kPlain>(p, stream);
 }
 
@@ -613,7 +626,11 @@ cudaError_t launch_w4a16(const Problem& p, cudaStream_t stream) {
       p.splits < 1 || !k_tile_ok || (p.norm_weight && p.silu_mul) ||
       (p.splits > 1 && (p.workspace == nullptr || p.locks == nullptr)))
     return cudaErrorInvalidValue;
+#if W4A16_PROBE
+  return p.bf16 ? launch_typed<__nv_bfloat16>(p, k_tile, stream) : cudaErrorInvalidValue;
+#else
   return p.bf16 ? launch_typed<__nv_bfloat16>(p, k_tile, stream) : launch_typed<half>(p, k_tile, stream);
+#endif
 }
 
 }  // namespace marlin_w4a16
