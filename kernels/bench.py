@@ -53,6 +53,12 @@ def time_rotating(fn, operands: list, repeats: int = 20) -> float:
     return statistics.median(times)
 
 
+def weight_copies(nbytes: int) -> int:
+    """How many distinct copies of a weight of `nbytes` to cycle through so that together they exceed twice
+    the L2 cache (2 to 32): no path is timed reading from cache."""
+    return max(2, min(32, -(-2 * L2_BYTES // nbytes)))
+
+
 def quantize_w4(w: torch.Tensor, group_size: int):
     """Round-to-nearest INT4 of `w` as QuantLinear stores it: (packed codes, scales, zeros, codes)."""
     linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
@@ -64,8 +70,7 @@ def quantize_w4(w: torch.Tensor, group_size: int):
 def bench_shape(name: str, n: int, k: int, batch_sizes) -> list:
     dtype = torch.bfloat16
     group_size = 128 if k % 128 == 0 else 64
-    # distinct weight copies, together over 2x L2 for the int4 paths (bf16 copies are 4x larger)
-    copies = max(2, min(32, -(-2 * L2_BYTES // (n * k // 2))))
+    copies = weight_copies(n * k // 2)  # enough for the int4 paths (bf16 copies are 4x larger)
     weights = [torch.randn(n, k, device="cuda", dtype=dtype) * 0.02 for _ in range(copies)]
     w4 = []
     for w in weights:

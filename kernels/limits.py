@@ -23,7 +23,7 @@ import torch
 
 from common.hardware import device_description, machine_ceilings, package_versions
 
-from .bench import L2_BYTES, time_rotating
+from .bench import time_rotating, weight_copies
 from .marlin import choose_splits, load_extension, locks_for
 
 SHAPES = {"llama3-8b gate/up": (14336, 4096), "llama3-8b down": (4096, 14336),  # name: (N, K)
@@ -57,17 +57,13 @@ def step_parts(bf16: dict, w4a16: dict, bandwidth: float, floor_us: float) -> di
             "floor_step_us": step_floor_us(w4a16["kernels_per_step"], w4a16["weight_bytes"], floor_us, bandwidth)}
 
 
-def _copies(nbytes: int) -> int:
-    return max(2, min(32, -(-2 * L2_BYTES // nbytes)))  # weight copies together over 2x L2, as bench-kernels
-
-
 def shape_limits(name: str, n: int, k: int, m: int) -> dict:
     """bf16, the code-sized bf16 read, and the kernel whole and in parts, on one layer shape and row count."""
     group = 128 if k % 128 == 0 else 64
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     linear = lambda a, w: a @ w.t()
-    dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(_copies(2 * n * k))]
-    code_sized = [torch.randn(n, k // 4, device="cuda", dtype=torch.bfloat16) for _ in range(_copies(n * k // 2))]
+    dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(weight_copies(2 * n * k))]
+    code_sized = [torch.randn(n, k // 4, device="cuda", dtype=torch.bfloat16) for _ in range(weight_copies(n * k // 2))]
     row = {"shape": name, "N": n, "K": k, "M": m, "group": group,
            "bf16_us": time_rotating(linear, [(x, w) for w in dense]),
            "code_bytes_us": time_rotating(linear, [(x[:, :k // 4].contiguous(), w) for w in code_sized])}
@@ -76,7 +72,7 @@ def shape_limits(name: str, n: int, k: int, m: int) -> dict:
     weights = [(torch.randint(-2**31, 2**31 - 1, (k // 64, 8 * n), device="cuda", dtype=torch.int32),
                 torch.rand(k // group, n, device="cuda", dtype=torch.bfloat16) * 0.01,
                 torch.randint(0, 16, (k // group, n), device="cuda").to(torch.bfloat16))
-               for _ in range(_copies(n * k // 2))]
+               for _ in range(weight_copies(n * k // 2))]
     row["splits"] = splits = choose_splits(n, k, group, m)
     locks = locks_for(x.device)
     for key, probe in PARTS.items():

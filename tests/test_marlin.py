@@ -95,12 +95,17 @@ def test_unsupported_shapes_are_refused_with_advice():
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
 
 
+def _compile_for_sm90(tmp_path, *defines):
+    """nvcc on w4a16.cu as torch's load() builds it, with ptxas's per-function report on stderr."""
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS  # the -D__CUDA_NO_HALF_*__ flags load() adds
+    return subprocess.run([NVCC, "-arch=sm_90", "-O3", "-std=c++20", *COMMON_NVCC_FLAGS, *defines, "-Xptxas", "-v",
+                           "-c", str(SOURCES[1]), "-o", str(tmp_path / "w4a16.o")], capture_output=True, text=True,
+                          timeout=300)
+
+
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 def test_the_kernel_compiles_for_sm90(tmp_path):
-    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS  # the -D__CUDA_NO_HALF_*__ flags load() adds
-    cu = str(SOURCES[1])
-    result = subprocess.run([NVCC, "-arch=sm_90", "-O3", "-std=c++20", *COMMON_NVCC_FLAGS, "-Xptxas", "-v", "-c", cu,
-                             "-o", str(tmp_path / "w4a16.o")], capture_output=True, text=True, timeout=300)
+    result = _compile_for_sm90(tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     # ptxas reports one entry per instantiation: 2 dtypes x 4 row tiles x 3 prologues x (K tile, steps per group)
     # in (64, 2), (64, 4), (128, 2), (128, 4), (128, 8). No spills
@@ -115,10 +120,7 @@ def test_the_kernel_compiles_for_sm90(tmp_path):
 @pytest.mark.parametrize("probe", [1, 2])
 def test_the_limit_probes_compile_with_the_bf16_plain_kernels_only(tmp_path, probe):
     # kernels/limits.py builds these (w4a16.cu's W4A16_PROBE): 4 row tiles x 5 (K tile, steps per group)
-    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
-    result = subprocess.run([NVCC, "-arch=sm_90", "-O3", "-std=c++20", *COMMON_NVCC_FLAGS, f"-DW4A16_PROBE={probe}",
-                             "-Xptxas", "-v", "-c", str(SOURCES[1]), "-o", str(tmp_path / "probe.o")],
-                            capture_output=True, text=True, timeout=300)
+    result = _compile_for_sm90(tmp_path, f"-DW4A16_PROBE={probe}")
     assert result.returncode == 0, result.stderr[-4000:]
     entries = [line for line in result.stderr.splitlines() if "Compiling entry function" in line]
     assert len(entries) == 20 and all("__nv_bfloat16" in line and "ELi0EEEv" in line for line in entries), entries
@@ -313,10 +315,6 @@ def test_quantlinear_kernel_runs_under_torch_compile():
     assert torch.equal(compiled(x), eager)
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
-
-
 # ------------------------------------------------------------------------------------------------------
 # kernels/limits.py: the arithmetic of its decode floors (CPU), and what its probe builds leave out (GPU).
 def test_step_parts_keeps_the_rest_and_puts_the_linears_at_the_copy_bandwidth():
@@ -365,3 +363,7 @@ def test_the_probe_builds_drop_what_they_say():
     assert (out[1] == 0).all()                      # copies only: no MMA ever adds to the accumulators
     assert not torch.equal(out[2], out[0])          # math only: later tiles reuse the ring's first ones
     assert torch.equal(locks_for(x.device)[:8], torch.zeros(8, dtype=torch.int32, device="cuda"))
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
