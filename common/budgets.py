@@ -1,6 +1,8 @@
 """Every budget the labs and the CLI use, in one place, keyed by mode.
 
-quick: a laptop or CI CPU; small windows, few samples, few steps, but the same code paths.
+quick: a laptop or CI CPU; the whole model with small budgets (few windows, samples and steps) and the
+       same code paths. Calibration has 8,192 tokens: GPTQ's and SparseGPT's Hessians need several
+       times the widest layer input (1,536) to be well conditioned.
 full:  a GPU; the protocol of the papers (2048-token windows over the whole evaluation text).
 smoke: the check that every lab runs to its end with its exercises unsolved (make test, make
        test-labs): quick's code paths on the embedded model cut to its first few decoder
@@ -40,29 +42,26 @@ class Budget:
     pipeline_finetune_steps: int   # steps of the short CE fine-tune that ends a pipeline's P step
     pipeline_eval_seqlen: int      # tokens per perplexity window after each step of a pipeline
     pipeline_eval_windows: int | None  # perplexity windows per text after each step of a pipeline
-    pipeline_layers: int | None    # decoder layers of lab 05's model (None: all; its fifteen pipelines are slow on a CPU)
-    export_layers: int | None      # decoder layers of the model lab 07 exports (None: all; ONNX export is slow on a CPU)
     model_layers: int | None = None  # decoder layers load_model keeps of the embedded model (None: all; smoke mode)
 
 
 QUICK = Budget(mode="quick", dtype="float32", eval_seqlen=512, eval_max_windows=3,
-               calib_samples=8, calib_seqlen=256, train_steps=8, train_batch=2, train_seqlen=64,
+               calib_samples=16, calib_seqlen=512, train_steps=12, train_batch=4, train_seqlen=128,
                teacher_samples=4, generate_batch=4,
                bench_repeats=3, decode_tokens=8, decode_batches=(1, 4), prefill_shape=(1, 128),
                sweep_eval_windows=2, sweep_sparsities=(0.5,), sensitivity_layers=3, long_context=1024,
-               pipeline_train_steps=2, pipeline_finetune_steps=1, pipeline_eval_seqlen=128, pipeline_eval_windows=1,
-               pipeline_layers=6, export_layers=2)
+               pipeline_train_steps=2, pipeline_finetune_steps=1, pipeline_eval_seqlen=256, pipeline_eval_windows=2)
 FULL = Budget(mode="full", dtype="bfloat16", eval_seqlen=2048, eval_max_windows=None,
               calib_samples=32, calib_seqlen=512, train_steps=300, train_batch=32, train_seqlen=512,
               teacher_samples=512, generate_batch=256,
               bench_repeats=10, decode_tokens=64, decode_batches=(1, 4, 16, 64, 256), prefill_shape=(16, 2048),
               sweep_eval_windows=None, sweep_sparsities=(0.3, 0.5, 0.6, 0.7, 0.8), sensitivity_layers=30,
               long_context=8192, pipeline_train_steps=300, pipeline_finetune_steps=50, pipeline_eval_seqlen=2048,
-              pipeline_eval_windows=None, pipeline_layers=None, export_layers=None)
+              pipeline_eval_windows=None)
 SMOKE = replace(QUICK, mode="smoke", model_layers=2, eval_seqlen=256, eval_max_windows=1, calib_samples=4,
                 calib_seqlen=128, train_steps=2, teacher_samples=2, generate_batch=2, bench_repeats=1,
                 decode_tokens=4, sweep_eval_windows=1, sensitivity_layers=2, long_context=512,
-                pipeline_train_steps=1, pipeline_eval_seqlen=64, pipeline_layers=None)  # model_layers cuts already
+                pipeline_train_steps=1, pipeline_eval_seqlen=64, pipeline_eval_windows=1)
 BUDGETS = {"quick": QUICK, "full": FULL, "smoke": SMOKE}
 
 

@@ -77,6 +77,11 @@ def _timings(fn, device: torch.device, repeats: int, warmup: int = 2) -> list:
     return times
 
 
+def median_seconds(fn, device: torch.device, repeats: int) -> float:
+    """The median time of `fn()` over `repeats` runs after two warm-up runs (CUDA events on a GPU)."""
+    return statistics.median(_timings(fn, device, repeats))
+
+
 def _rates(work: float, times: list) -> tuple:
     """(median, slowest, fastest) of work / time."""
     return work / statistics.median(times), work / max(times), work / min(times)

@@ -6,6 +6,9 @@ function's body becomes a TODO and `raise NotImplementedError`; an answer at the
 becomes a TODO and `name = ...` for each name it binds that the rest of the notebook reads. The
 check under it gives back the reference answer while the `...` or the NotImplementedError is still
 there, so a lab runs top to bottom with every exercise unsolved.
+
+In a solution's markdown cells, the text between `<!-- BEGIN ANSWER -->` and `<!-- END ANSWER -->` is
+the answer to an "explain" exercise; the lab shows a line to write one instead.
 """
 import ast
 import copy
@@ -23,6 +26,8 @@ SOLUTIONS = REPO_ROOT / "solutions"
 LABS = REPO_ROOT / "labs"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 TODO = "# TODO: your code here"
+ANSWER_BEGIN, ANSWER_END = "<!-- BEGIN ANSWER -->", "<!-- END ANSWER -->"
+ANSWER_PLACEHOLDER = "*Your answer:* (write it here; the solution notebook in `solutions/` has one)"
 
 
 def _python(source: str) -> str:
@@ -91,6 +96,28 @@ def strip_solutions(source: str, read_elsewhere: set = frozenset()) -> str:
     return "\n".join(out + lines[done:])
 
 
+def strip_answers(markdown: str) -> str:
+    """A markdown cell with each explained answer replaced by a line to write one."""
+    if ANSWER_BEGIN not in markdown and ANSWER_END not in markdown:
+        return markdown
+    out, inside = [], False
+    for line in markdown.splitlines():
+        if line.strip() == ANSWER_BEGIN:
+            if inside:
+                raise ValueError("an answer is opened twice")
+            inside = True
+            out.append(ANSWER_PLACEHOLDER)
+        elif line.strip() == ANSWER_END:
+            if not inside:
+                raise ValueError("an answer is closed and never opened")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise ValueError("an answer is opened and never closed")
+    return "\n".join(out)
+
+
 def _without_solutions(source: str) -> str:
     lines = source.splitlines()
     for begin, end, indent in reversed(_regions(source)):
@@ -108,6 +135,8 @@ def make_lab(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
         cell.execution_count = None
     for cell in lab.cells:
         cell.metadata.pop("execution", None)
+        if cell.cell_type == "markdown":
+            cell.source = strip_answers(cell.source)
     return lab
 
 

@@ -96,8 +96,11 @@ def write_summary(status: dict) -> None:
         md += [f"## {lab}", "", f"Run: {status.get(lab, 'not run this time')}; {meta}", "",
                "| what | value | unit | note |", "|---|---|---|---|"]
         page += [f"<h2><a href='{lab}.html'>{html.escape(lab)}</a></h2>",
-                 f"<p>Run: {html.escape(status.get(lab, 'not run this time'))}; {html.escape(meta)}</p>",
-                 "<table><tr><th>what</th><th>value</th><th>unit</th><th>note</th></tr>"]
+                 f"<p>Run: {html.escape(status.get(lab, 'not run this time'))}; {html.escape(meta)}</p>"]
+        if entry.get("takeaways"):
+            md[-2:-2] = ["What you learned:", ""] + [f"{k}. {t}" for k, t in enumerate(entry["takeaways"], 1)] + [""]
+            page += ["<p>What you learned:</p><ol>"] + [f"<li>{html.escape(t)}</li>" for t in entry["takeaways"]] + ["</ol>"]
+        page.append("<table><tr><th>what</th><th>value</th><th>unit</th><th>note</th></tr>")
         for r in entry.get("rows", []):
             value = f"{r['value']:.4g}" if isinstance(r["value"], float) else str(r["value"])
             md.append(f"| {r['what']} | {value} | {r['unit']} | {r['note']} |")
@@ -125,6 +128,16 @@ class LabResults:
     """Rows of (what, value, unit, note) for one lab; `save()` merges them into results.json."""
     lab: str
     rows: list = field(default_factory=list)
+    takeaways: list = field(default_factory=list)
+
+    def what_you_learned(self, *points: str):
+        """The lab's closing takeaways (sentences whose numbers the lab computed), kept for results.json,
+        the report and the slides; shown as a numbered list."""
+        from IPython.display import Markdown
+        if len(points) != 3:
+            raise ValueError(f"a lab ends with three takeaways, got {len(points)}")
+        self.takeaways = list(points)
+        return Markdown("\n".join(f"{k}. {point}" for k, point in enumerate(points, start=1)))
 
     def add(self, what: str, value, unit: str = "", note: str = "") -> None:
         self.rows = [r for r in self.rows if r["what"] != what]
@@ -135,7 +148,8 @@ class LabResults:
         from .hardware import device_description, package_versions
         date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         run = {"mode": current_mode(), "device": device_description(), "versions": package_versions(),
-               "date": date, "rows": self.rows}
+               "date": date, "rows": self.rows,
+               "takeaways": self.takeaways}
         write_json_atomic(results_path(), with_run(load_results(), self.lab, run))
         write_summary({self.lab: f"saved by the notebook at {date}"})
         return results_path()

@@ -277,3 +277,18 @@ def test_tensorrt_is_optional_and_says_why_it_skips(tmp_path):
     with pytest.raises(WorkshopError, match="No TensorRT engine"):
         build_engine(tmp_path / "x.onnx", tmp_path / "x.engine")
     assert not list(tmp_path.iterdir())
+
+
+def test_the_engine_timing_helper_times_any_engine_beside_the_model_on_its_device(tiny):
+    from common.export.tensorrt import time_against_pytorch
+    model = tiny
+    calls = []
+
+    def engine(ids):   # stands in for a TensorRT Engine: input_ids in, logits out
+        calls.append(tuple(ids.shape))
+        return model(ids, use_cache=False).logits
+
+    rows = time_against_pytorch(engine, model, shapes=((1, 1), (2, 8)), repeats=3)
+    assert [(r["batch"], r["tokens"]) for r in rows] == [(1, 1), (2, 8)]
+    assert all(r["tensorrt_ms"] > 0 and r["pytorch_ms"] > 0 for r in rows)
+    assert calls.count((2, 8)) == 3 + 2   # the timed runs and two warm-up runs

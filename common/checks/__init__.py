@@ -48,3 +48,50 @@ def _shown(value) -> str:
     """A count as a count (53,084,160), anything else to six significant digits."""
     value = float(value)
     return f"{int(value):,}" if value.is_integer() and abs(value) < 2 ** 53 else f"{value:.6g}"
+
+
+# Predict, then measure: a prediction is written into a variable before the run and printed beside the
+# measurement after it. A prediction is never right or wrong for the checker; an empty or malformed one
+# is said in one line and the lab goes on without it.
+
+def predicted(name: str, value, choices: tuple | None = None):
+    """The learner's prediction `value` for `name`: a number, or one of `choices` (case-insensitive).
+
+    Returns the prediction (a float, or the matching choice), or None when there is none to use: the
+    `...` left in place (said as NOT SOLVED YET, like any open exercise) or a value of the wrong kind.
+    """
+    if unsolved(value):
+        print(f"NOT SOLVED YET: prediction \u00ab{name}\u00bb. No prediction written; the lab goes on and "
+              "prints the measurement alone.")
+        return None
+    if choices is not None:
+        match = next((c for c in choices if isinstance(value, str) and value.strip().lower() == c.lower()), None)
+        if match is None:
+            print(f"Your prediction \u00ab{name}\u00bb should be one of {', '.join(map(repr, choices))}; got "
+                  f"{value!r}. The lab goes on without it.")
+            return None
+        print(f"prediction recorded: {name}: {match}")
+        return match
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        print(f"Your prediction \u00ab{name}\u00bb should be a number (e.g. 2.5); got {value!r}. "
+              "The lab goes on without it.")
+        return None
+    print(f"prediction recorded: {name}: {_shown(value)}")
+    return float(value)
+
+
+def compare_prediction(name: str, prediction, measured, unit: str = "") -> str:
+    """Print the prediction beside the measurement; returns the line printed."""
+    shown = f"{_shown(measured) if isinstance(measured, (int, float)) else measured}{unit}"
+    if prediction is None:
+        line = f"\u00ab{name}\u00bb: measured {shown} (no prediction was recorded)"
+    elif isinstance(prediction, str):
+        line = (f"\u00ab{name}\u00bb: you predicted {prediction}, measured {shown}: "
+                + ("as predicted" if prediction == measured else "not what you predicted"))
+    else:
+        ratio = float(measured) / prediction if prediction else math.inf
+        off = "exactly" if ratio == 1 else f"{max(ratio, 1 / ratio) if ratio > 0 else math.inf:.2g}x " + (
+            "higher" if ratio > 1 else "lower") + " than predicted"
+        line = f"\u00ab{name}\u00bb: you predicted {_shown(prediction)}{unit}, measured {shown}: {off}"
+    print(line)
+    return line

@@ -85,17 +85,17 @@ class Engine:
         return logits
 
 
-def time_against_pytorch(engine: Engine, model, shapes=((1, 1), (1, 2048)), repeats: int = 10) -> list:
+def time_against_pytorch(engine, model, shapes=((1, 1), (1, 2048)), repeats: int = 10) -> list:
     """[{batch, tokens, tensorrt_ms, pytorch_ms}]: the median time of one forward pass (logits for every
-    token, no KV cache) of the engine and of the PyTorch `model`, at batch 1 decode-like and prefill
-    shapes."""
-    from ..hardware import _time_median
-    device = torch.device("cuda")
+    token, no KV cache) of the engine and of the PyTorch `model`, on the model's device, at batch 1
+    decode-like and prefill shapes. `engine` maps input_ids to logits (an `Engine`)."""
+    from ..hardware import median_seconds
+    device = next(model.parameters()).device
     rows = []
     for batch, tokens in shapes:
         ids = torch.randint(0, model.config.vocab_size, (batch, tokens), device=device)
         with torch.no_grad():
-            pytorch = _time_median(lambda: model(ids, use_cache=False), device, repeats)
-        rows.append({"batch": batch, "tokens": tokens, "tensorrt_ms": 1e3 * _time_median(lambda: engine(ids), device, repeats),
-                     "pytorch_ms": 1e3 * pytorch})
+            pytorch = median_seconds(lambda: model(ids, use_cache=False), device, repeats)
+        rows.append({"batch": batch, "tokens": tokens, "pytorch_ms": 1e3 * pytorch,
+                     "tensorrt_ms": 1e3 * median_seconds(lambda: engine(ids), device, repeats)})
     return rows
