@@ -52,7 +52,10 @@ def main(argv=None) -> int:
             time.sleep(RANK_EXIT_DELAY_S)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        # A write in progress finishes its file before Python sees the interrupt; every output is written
+        # aside and renamed into place, or removed.
+        print("interrupted: nothing was left half-written (an output is written aside and renamed into place, "
+              "or removed)", file=sys.stderr)
         return 130
     if _is_rank0():
         print(json.dumps(output.result, indent=2, default=str) if args.json else output.text, file=stdout)

@@ -153,14 +153,25 @@ def embedded_corpus(name: str = "wiki") -> Split:
 
 def check_data(data: str, part: str = "eval") -> None:
     """Raise one clear error if `data` (a name, a '+' mix or a file) cannot give `part`."""
-    if data in TEXTS or Path(data).expanduser().is_file():
-        if data in TEXTS and part not in TEXTS[data].parts:
+    if data in TEXTS:
+        if data == "wikitext2":
+            _check_wikitext2_reachable()
+        if part not in TEXTS[data].parts:
             raise WorkshopError(f"The text {data!r} has no {part} part: {TEXTS[data].description}.",
                                 f"Use {data!r} only for {' and '.join(TEXTS[data].parts)}; evaluate on "
                                 f"{' or '.join(DEFAULT_EVAL)} or a file.")
         return
+    if Path(data).expanduser().is_file():
+        _check_text_file(Path(data).expanduser())
+        return
     if MIX in data:
-        for source in data.split(MIX):
+        sources = data.split(MIX)
+        if not all(source.strip() for source in sources):
+            where = "before the first" if not sources[0].strip() else "after the last" if not sources[-1].strip() \
+                else "between two"
+            raise WorkshopError(f"The mix {data!r} has an empty part {where} '+'.",
+                                f"Name a text on both sides of each '+', e.g. {DEFAULT_CALIB}+python-docs.")
+        for source in sources:
             check_data(source, part)
         return
     path = Path(data).expanduser()
@@ -170,6 +181,44 @@ def check_data(data: str, part: str = "eval") -> None:
         raise WorkshopError(f"The text file {data} does not exist.", "Give the path of an existing text file.")
     raise WorkshopError(f"Unknown text {data!r}: not a text name and not a file.",
                         f"Use one of {', '.join(TEXTS)}, a '+' mix of them, or the path of a text file.")
+
+
+def _check_text_file(path: Path, sample_bytes: int = 1 << 16) -> None:
+    """A file that is empty, or whose first 64 KB hold a NUL byte or mostly bytes that are not UTF-8 text,
+    is refused: a tokenizer turns anything into tokens, so a binary file would give a perplexity."""
+    head = path.read_bytes()[:sample_bytes] if path.stat().st_size <= sample_bytes else path.open("rb").read(sample_bytes)
+    if not head.strip():
+        raise WorkshopError(f"The text file {path} is empty.", "Give a file with text in it.")
+    undecodable = head.decode("utf-8", errors="replace").count("\ufffd")
+    if b"\0" in head or undecodable > 0.01 * len(head):
+        holds = "NUL bytes" if b"\0" in head else "bytes that are not UTF-8"
+        raise WorkshopError(f"{path} is not a text file (it holds {holds}).",
+                            "Give a UTF-8 text file (plain text, Markdown, code), or one of the course's texts, "
+                            f"e.g. {DEFAULT_EVAL[0]}.")
+
+
+def _check_wikitext2_reachable() -> None:
+    """wikitext-2 loads from the datasets cache, or else from the Hub: where neither can give it, fail
+    now, as for a Hub model, rather than after `datasets` has retried for about a minute."""
+    from .offline import hub_host_answers
+    if wikitext2_cached():
+        return
+    why = ("HF_DATASETS_OFFLINE=1 forbids the Hub" if os.environ.get("HF_DATASETS_OFFLINE") == "1" else
+           "the Hub cannot be reached from here (no network)" if not hub_host_answers() else None)
+    if why:
+        raise WorkshopError(f"wikitext-2 is not in the local datasets cache, and {why}.",
+                            "On a machine with network run `python -c \"import datasets; datasets.load_dataset("
+                            "'wikitext', 'wikitext-2-raw-v1')\"` once to cache it, pass the test text as a file, "
+                            "or use --eval-data wiki.")
+
+
+def wikitext2_cached() -> bool:
+    """Whether `datasets` has wikitext-2-raw in its cache (then it loads offline)."""
+    try:
+        from datasets import config
+        return any(config.HF_DATASETS_CACHE.glob("wikitext/wikitext-2-raw-v1*"))
+    except Exception:
+        return False
 
 
 def load_text(data: str = "wiki", part: str = "eval") -> str:
@@ -184,13 +233,11 @@ def load_text(data: str = "wiki", part: str = "eval") -> str:
                             "Use calibration_batch(..., model=model) or training_ids(..., model=model).")
     if MIX in data and not Path(data).expanduser().is_file():
         return "\n\n".join(load_text(source, part) for source in data.split(MIX))
-    text = Path(data).expanduser().read_text(encoding="utf-8", errors="replace")
-    if not text.strip():
-        raise WorkshopError(f"The text file {data} is empty.", "Give a file with text in it.")
-    return text
+    return Path(data).expanduser().read_text(encoding="utf-8", errors="replace")
 
 
 def _wikitext2(split: str) -> str:
+    _check_wikitext2_reachable()
     try:
         import datasets
         rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=split)

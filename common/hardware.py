@@ -155,6 +155,7 @@ def machine_ceilings(device: str | torch.device = "cuda", dtype=torch.bfloat16, 
 def doctor_report() -> dict:
     """Everything `workshop doctor` prints: versions, GPU, features, model/data availability, mode."""
     from .budgets import current_mode
+    from .data import wikitext2_cached
     from .errors import WorkshopError
     from .models import cache_root, find_embedded_gguf
     report = {"versions": package_versions(), "gpu": gpu_info(), "platform": platform.platform(),
@@ -169,13 +170,5 @@ def doctor_report() -> dict:
         report["embedded_model"] = f"missing: {e.fix}"
     cached = sorted(p.name for p in cache_root().glob("embedded-*")) if cache_root().is_dir() else []
     report["embedded_model_cache"] = cached or "not converted yet (the first load takes ~30 s)"
-    report["wikitext2_cached"] = _wikitext2_cached()
+    report["wikitext2_cached"] = wikitext2_cached()
     return report
-
-
-def _wikitext2_cached() -> bool:
-    try:
-        from datasets import config
-        return any(config.HF_DATASETS_CACHE.glob("wikitext/wikitext-2-raw-v1*"))
-    except Exception:
-        return False

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .errors import WorkshopError
+from .offline import hub_host_answers
 
 EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_GGUF_MD5 = "a1231443440b107ff29f02bdb38c9d0a"
@@ -238,23 +239,6 @@ def _load_directory(path: Path, dtype: torch.dtype):
     return model, tokenizer
 
 
-def _hub_host_answers(timeout: float = 2.0) -> bool:
-    """Whether the Hub's host accepts a TCP connection within `timeout` seconds (nothing is requested).
-    Behind an HTTPS proxy the host is not reached directly, so the hub client is left to try."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
-        return True
-    url = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
-            return True
-    except Exception:   # no route, no name, a timeout, or the course's own network guard
-        return False
-
-
 def _load_hub(repo_id: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False)
@@ -265,7 +249,7 @@ def _load_hub(repo_id: str, dtype: torch.dtype):
             if os.environ.get("HF_HUB_OFFLINE") == "1":
                 why = "HF_HUB_OFFLINE=1 forbids the Hub"
                 break
-            if not _hub_host_answers():
+            if not hub_host_answers():
                 why = "the Hub cannot be reached from here (no network)"
                 break
         try:

@@ -163,8 +163,9 @@ def write_labs() -> list:
     return written
 
 
-def execute_notebook(path: Path, mode: str, timeout: int = 3600):
+def execute_notebook(path: Path, mode: str, timeout: int = 3600, on_cell_start=None):
     """Run a notebook top to bottom in a fresh kernel with WORKSHOP_MODE=mode, in its own folder.
+    `on_cell_start(index, count)` is called before each code cell runs (index from 1, of `count`).
 
     Returns (notebook, None) when every cell ran, or (the notebook as far as it got, the error).
     """
@@ -176,7 +177,11 @@ def execute_notebook(path: Path, mode: str, timeout: int = 3600):
         # Unix sockets in a private folder rather than TCP ports on localhost: nothing else can
         # connect, and ipykernel has no cause to warn about unencrypted TCP.
         kernel = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "kernel"))
-        client = NotebookClient(nb, km=kernel, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
+        code = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
+        hook = (lambda cell, cell_index: on_cell_start(code.index(cell_index) + 1, len(code))
+                if cell_index in code else None) if on_cell_start else None
+        client = NotebookClient(nb, km=kernel, timeout=timeout, resources={"metadata": {"path": str(path.parent)}},
+                                on_cell_start=hook)
         try:
             # The mode goes to the kernel alone: this process's environment (and so the kernels that
             # nbval or a later call starts) keeps its own.

@@ -3,6 +3,7 @@
 Tests install it, and so does `import common` when WORKSHOP_BLOCK_NETWORK=1 (how `make test`
 runs the notebooks), so nothing in the course can quietly depend on a download.
 """
+import os
 import socket
 
 _original_connect = socket.socket.connect
@@ -38,3 +39,19 @@ def block_network() -> None:
 def allow_network() -> None:
     socket.socket.connect = _original_connect
     socket.getaddrinfo = _original_getaddrinfo
+
+
+def hub_host_answers(timeout: float = 2.0) -> bool:
+    """Whether the Hub's host accepts a TCP connection within `timeout` seconds (nothing is requested).
+    Behind an HTTPS proxy the host is not reached directly, so the hub client is left to try."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return True
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except Exception:   # no route, no name, a timeout, or the course's own network guard
+        return False

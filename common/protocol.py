@@ -79,7 +79,8 @@ class DataProtocol:
         return f"{self.calib_samples}x{self.calib_seqlen} tokens of {self.calib_data}:calib"
 
     def describe(self) -> str:
-        windows = "every window" if self.max_windows is None else f"at most {self.max_windows} windows"
+        windows = ("every window" if self.max_windows is None else
+                   f"at most {self.max_windows} window{'s' * (self.max_windows != 1)}")
         return (f"calibration {self.calibration_label()}; evaluation on {', '.join(self.eval_data)} "
                 f"({windows} of {self.seqlen}); training text {self.train_data}:train")
 

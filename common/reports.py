@@ -71,15 +71,46 @@ def save_figures(page_html: str, folder: Path, lab: str) -> list:
     return paths
 
 
+def shown_value(value, unit: str = "") -> tuple:
+    """(value, unit) as a person reads them: bytes in MB, counts with thousands separators, other
+    numbers to four significant digits."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value), unit
+    if unit == "B":
+        return f"{value / 1e6:,.1f}", "MB"
+    if float(value).is_integer() and abs(value) >= 1000:
+        return f"{value:,.0f}", unit
+    return (f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.4g}"), unit
+
+
+def _common_note(rows: list) -> str:
+    """The note most rows of a table share (a protocol), said once above it; '' if none recurs."""
+    notes = [r["note"] for r in rows if r.get("note")]
+    best = max(set(notes), key=notes.count) if notes else ""
+    return best if best and notes.count(best) >= 3 else ""
+
+
+def _status_text(line: str) -> str:
+    from .reproduce import duration
+    return re.sub(r"(ok in|after) (\d+) s", lambda m: f"{m[1]} {duration(int(m[2]))}", line)
+
+
 def write_summary(status: dict) -> None:
     """SUMMARY.md and index.html of the reports folder, from results.json: each lab's latest run, with
-    `status[lab]` (how that run went) or the line the summary already had for it."""
+    `status[lab]` (how that run went) or the line the summary already had for it. The page opens with
+    one screen per course (status, takeaways and verdicts of every lab), then the figures, then the
+    full tables, each with the note its rows share said once at its top."""
     results = load_results()
     status = run_lines(reports_dir()) | status
+    labs = sorted(set(results) | set(status))
     md = ["# Measured results", ""]
     page = ["<html><head><meta charset='utf-8'><title>Compressing LLMs: measured results</title>",
-            "<style>body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body><h1>Measured results</h1>"]
+            "<style>body{font-family:sans-serif;max-width:72em;margin:auto;padding:0 1em}"
+            "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 8px;"
+            "vertical-align:top}td.num{text-align:right;font-variant-numeric:tabular-nums}"
+            ".ok{color:#176317}.failed{color:#a01010;font-weight:bold}.holds{color:#176317}.fails{color:#a01010}"
+            "img{border:1px solid #ddd;margin:4px}ol{margin:0;padding-left:1.2em}.note{color:#555}</style>"
+            "</head><body><h1>Measured results</h1>"]
     machine = reports_dir() / "machine.json"
     if machine.is_file():
         from .hardware import Ceilings
@@ -87,25 +118,56 @@ def write_summary(status: dict) -> None:
         for ceilings in measured["ceilings"].values():
             line = f"Machine, measured once for the run started {measured['run']}: {Ceilings(**ceilings).describe()}"
             md += [line, ""]
-            page.append(f"<p>{html.escape(line)}</p>")
-    for lab in sorted(set(results) | set(status)):
+            page.append(f"<p class='note'>{html.escape(line)}</p>")
+    page += ["<h2>Summary</h2><table><tr><th>lab</th><th>run</th><th>what you learned</th><th>verdicts</th></tr>"]
+    for lab in labs:
+        entry = results.get(lab, {})
+        run = _status_text(status.get(lab, "not run this time"))
+        verdicts = [r["value"] for r in entry.get("rows", []) if str(r["what"]).startswith("verdict: ")]
+        counted = (f"<span class='holds'>{verdicts.count('holds')} hold</span>, <span class='fails'>"
+                   f"{len(verdicts) - verdicts.count('holds')} do not hold here</span>") if verdicts else ""
+        learned = "<ol>" + "".join(f"<li>{html.escape(t)}</li>" for t in entry.get("takeaways", [])) + "</ol>" \
+            if entry.get("takeaways") else ""
+        css = "ok" if run.startswith("ok") else "failed" if run.startswith("FAILED") else "note"
+        meta = f"{entry.get('mode', '?')} mode, {entry.get('device', '?')}, {str(entry.get('date', '?'))[:10]}"
+        page.append(f"<tr><td><a href='#{lab}'>{html.escape(lab)}</a></td><td><span class='{css}'>{html.escape(run)}"
+                    f"</span><br><span class='note'>{html.escape(meta)}</span></td><td>{learned}</td><td>{counted}</td></tr>")
+    page.append("</table>")
+    figures = [(lab, sorted((reports_dir() / "figures").glob(f"{lab}-*.png"),
+                            key=lambda p: int(p.stem.rsplit("-", 1)[1]))) for lab in labs]
+    if any(found for _, found in figures):
+        page.append("<h2>Figures</h2>")
+        for lab, found in figures:
+            if found:
+                page.append(f"<h3>{html.escape(lab)}</h3>" + "".join(
+                    f"<a href='figures/{p.name}'><img src='figures/{p.name}' height='160' alt='{p.stem}'></a>"
+                    for p in found))
+    page.append("<h2>Full tables</h2>")
+    for lab in labs:
         entry = results.get(lab, {})
         earlier = len(entry.get("earlier", []))
         meta = (f"{entry.get('device', '?')}, {entry.get('mode', '?')} mode, {entry.get('date', '?')}" +
                 (f" (the latest of {earlier + 1} runs in results.json)" if earlier else ""))
-        md += [f"## {lab}", "", f"Run: {status.get(lab, 'not run this time')}; {meta}", "",
-               "| what | value | unit | note |", "|---|---|---|---|"]
-        page += [f"<h2><a href='{lab}.html'>{html.escape(lab)}</a></h2>",
-                 f"<p>Run: {html.escape(status.get(lab, 'not run this time'))}; {html.escape(meta)}</p>"]
+        md += [f"## {lab}", "", f"Run: {status.get(lab, 'not run this time')}; {meta}", ""]
         if entry.get("takeaways"):
-            md[-2:-2] = ["What you learned:", ""] + [f"{k}. {t}" for k, t in enumerate(entry["takeaways"], 1)] + [""]
-            page += ["<p>What you learned:</p><ol>"] + [f"<li>{html.escape(t)}</li>" for t in entry["takeaways"]] + ["</ol>"]
+            md += ["What you learned:", ""] + [f"{k}. {t}" for k, t in enumerate(entry["takeaways"], 1)] + [""]
+        rows = entry.get("rows", [])
+        common = _common_note(rows)
+        page += [f"<h3 id='{lab}'><a href='{lab}.html'>{html.escape(lab)}</a></h3>",
+                 f"<p class='note'>Run: {html.escape(_status_text(status.get(lab, 'not run this time')))}; "
+                 f"{html.escape(meta)}</p>"]
+        if common:
+            md += [f"Unless a row says otherwise: {common}", ""]
+            page.append(f"<p class='note'>Unless a row says otherwise: {html.escape(common)}</p>")
+        md += ["| what | value | unit | note |", "|---|---|---|---|"]
         page.append("<table><tr><th>what</th><th>value</th><th>unit</th><th>note</th></tr>")
-        for r in entry.get("rows", []):
-            value = f"{r['value']:.4g}" if isinstance(r["value"], float) else str(r["value"])
-            md.append(f"| {r['what']} | {value} | {r['unit']} | {r['note']} |")
-            page.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>"
-                                         for c in (r["what"], value, r["unit"], r["note"])) + "</tr>")
+        for r in rows:
+            value, unit = shown_value(r["value"], r["unit"])
+            note = "" if r["note"] == common else r["note"]
+            md.append(f"| {r['what']} | {value} | {unit} | {note} |")
+            css = " class='num'" if isinstance(r["value"], (int, float)) and not isinstance(r["value"], bool) else ""
+            page.append(f"<tr><td>{html.escape(str(r['what']))}</td><td{css}>{html.escape(value)}</td>"
+                        f"<td>{html.escape(unit)}</td><td>{html.escape(str(note))}</td></tr>")
         md.append("")
         page.append("</table>")
     page.append("</body></html>")

@@ -4,16 +4,18 @@ reports/ then holds each executed notebook (.ipynb and .html), results.json with
 measured table, and a summary page (index.html and SUMMARY.md) built from results.json.
 """
 import datetime
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import nbformat
 
 from .budgets import current_mode
 from .errors import WorkshopError
 from .notebooks import SOLUTIONS, execute_notebook
-from .reports import reports_dir, save_figures, write_summary
+from .reports import reports_dir, save_figures, write_json_atomic, write_summary
 
 
 def select_solutions(labs: list | None) -> list:
@@ -27,21 +29,92 @@ def select_solutions(labs: list | None) -> list:
     return chosen
 
 
-def reproduce(labs: list | None = None, mode: str | None = None, timeout: int = 3600) -> dict:
+def duration(seconds: float) -> str:
+    """45 s, 3 min 5 s, 1 h 12 min: how long, for a person."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s" if seconds < 600 else f"{round(seconds / 60)} min"
+    return f"{seconds // 3600} h {round(seconds % 3600 / 60)} min"
+
+
+def timings_path() -> Path:
+    return reports_dir() / "timings.json"
+
+
+def recorded_timings(mode: str) -> dict:
+    """{lab: {seconds, device, date}} of the last recorded run of each lab in `mode` (reports/timings.json;
+    the repository holds a full-mode run on an H200 and a quick-mode run on a 2-core CPU)."""
+    path = timings_path()
+    return json.loads(path.read_text()).get(mode, {}) if path.is_file() else {}
+
+
+def record_timing(mode: str, lab: str, seconds: float, device: str) -> None:
+    path = timings_path()
+    timings = json.loads(path.read_text()) if path.is_file() else {}
+    date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    timings.setdefault(mode, {})[lab] = {"seconds": round(seconds), "device": device, "date": date}
+    write_json_atomic(path, timings)
+
+
+class Progress:
+    """Lines on stderr while a lab runs: the code cell reached and the time so far, at most every
+    `every` seconds (every cell where stderr is a terminal, on one line)."""
+
+    def __init__(self, lab: str, every: float = 30.0):
+        self.lab, self.every, self.start, self.last = lab, every, time.time(), time.time()
+        self.terminal = sys.stderr.isatty()
+
+    def __call__(self, index: int, count: int) -> None:
+        now = time.time()
+        line = f"[reproduce]     {self.lab}: cell {index}/{count}, {duration(now - self.start)} so far"
+        if self.terminal:
+            print(f"\r{line}\033[K", end="", file=sys.stderr, flush=True)
+        elif now - self.last >= self.every:
+            print(line, file=sys.stderr, flush=True)
+            self.last = now
+
+    def done(self) -> None:
+        if self.terminal:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+def reproduce(labs: list | None = None, mode: str | None = None, timeout: int = 3600, progress_every: float = 30.0) -> dict:
     from nbconvert import HTMLExporter
+
+    from .hardware import device_description
     mode = mode or current_mode()
     out = reports_dir()
     out.mkdir(parents=True, exist_ok=True)
+    chosen = select_solutions(labs)
+    device = device_description()
+    recorded = recorded_timings(mode)
+    known = [recorded[p.stem] for p in chosen if p.stem in recorded]
+    expected = (f"their last recorded runs took about {duration(sum(t['seconds'] for t in known))} in all"
+                f"{'' if len(known) == len(chosen) else f' ({len(known)} of them recorded)'}, on "
+                f"{', '.join(sorted({t['device'] for t in known}))}" if known else "no earlier run of them is recorded")
+    print(f"[reproduce] {len(chosen)} lab{'s' * (len(chosen) > 1)} in {mode} mode on {device}; {expected}. "
+          f"Reports go to {out}.", file=sys.stderr, flush=True)
     status = {}
     # one measurement of the machine for the whole run (machine_ceilings); the kernels inherit it
     os.environ["WORKSHOP_RUN_ID"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     try:
-        for path in select_solutions(labs):
+        for k, path in enumerate(chosen, start=1):
+            before = recorded.get(path.stem)
+            expect = (f"about {duration(before['seconds'])} last time" + ("" if before["device"] == device else
+                      f" on {before['device']}") + (f", {before['note']}" if before.get("note") else "")
+                      if before else "no earlier run recorded")
+            print(f"[reproduce] {k}/{len(chosen)} {path.stem}: running ({expect})...", file=sys.stderr, flush=True)
             t0 = time.time()
-            print(f"[reproduce] {path.name} ({mode} mode)...", file=sys.stderr, flush=True)
-            nb, error = execute_notebook(path, mode, timeout=timeout)
-            status[path.stem] = (f"ok in {time.time() - t0:.0f} s" if error is None else
-                                 f"FAILED after {time.time() - t0:.0f} s: {str(error).strip().splitlines()[-1]}")
+            progress = Progress(path.stem, progress_every)
+            nb, error = execute_notebook(path, mode, timeout=timeout, on_cell_start=progress)
+            progress.done()
+            seconds = time.time() - t0
+            status[path.stem] = (f"ok in {seconds:.0f} s" if error is None else
+                                 f"FAILED after {seconds:.0f} s: {str(error).strip().splitlines()[-1]}")
+            if error is None:
+                record_timing(mode, path.stem, seconds, device)
             nbformat.write(nb, out / path.name)
             try:
                 body, _ = HTMLExporter().from_notebook_node(nb)
@@ -50,7 +123,8 @@ def reproduce(labs: list | None = None, mode: str | None = None, timeout: int = 
             except ValueError as e:  # nbconvert without its templates (a --target install): keep the .ipynb
                 print(f"[reproduce] {path.name}: no HTML ({e}); the executed .ipynb is in reports/",
                       file=sys.stderr)
-            print(f"[reproduce] {path.name}: {status[path.stem]}", file=sys.stderr, flush=True)
+            shown = f"ok in {duration(seconds)}" if error is None else status[path.stem]
+            print(f"[reproduce] {k}/{len(chosen)} {path.stem}: {shown}", file=sys.stderr, flush=True)
     finally:
         os.environ.pop("WORKSHOP_RUN_ID")
     write_summary(status)
@@ -62,11 +136,9 @@ def merge_reports(src, dst) -> list:
     such as reports/h100: its labs' runs become their latest (the runs they follow stay under
     "earlier"), their HTML replaces the old, the other labs keep theirs, and the summary is rebuilt
     with each lab's last "Run:" line. Returns the labs merged."""
-    import json
     import shutil
-    from pathlib import Path
 
-    from .reports import run_lines, save_figures, with_run, write_json_atomic
+    from .reports import run_lines, with_run
     src, dst = Path(src), Path(dst)
     incoming = json.loads((src / "results.json").read_text())
     merged = json.loads((dst / "results.json").read_text()) if (dst / "results.json").is_file() else {}

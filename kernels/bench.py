@@ -146,7 +146,8 @@ def square_comparisons(size: int = 8192) -> dict:
 def run(shapes=None, batch_sizes=BATCH_SIZES) -> dict:
     if not torch.cuda.is_available():
         raise WorkshopError("bench-kernels times GPU kernels and this machine has no GPU.",
-                            "Run it on a GPU machine; lab 06 shows the recorded H100 results meanwhile.")
+                            "Run it on a GPU machine; meanwhile kernels/RESULTS.md holds the last recorded run "
+                            "(its first lines name the GPU it ran on).")
     chosen = shapes or list(SHAPES)
     unknown = [s for s in chosen if s not in SHAPES]
     if unknown:

@@ -249,7 +249,7 @@ def test_cli_bad_student_and_vocabulary(tmp_path, capsys):
     assert code == 2 and "is not a directory" in err
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(["distill", "--student", str(tmp_path / "empty"), *SMALL], capsys)
-    assert code == 2 and "not a transformers checkpoint" in err
+    assert code == 2 and "is not a model folder (it has no config.json)" in err
     student, tokenizer = load_model("tiny-random")
     student.resize_token_embeddings(320)
     student.save_pretrained(tmp_path / "other_vocab")

@@ -92,7 +92,7 @@ def test_a_hub_id_without_network_fails_at_once_with_the_working_command(monkeyp
 def test_hf_hub_offline_is_honoured_without_trying_the_network(monkeypatch):
     import common.models
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(common.models, "_hub_host_answers", lambda: pytest.fail("the network was tried"))
+    monkeypatch.setattr(common.models, "hub_host_answers", lambda: pytest.fail("the network was tried"))
     with pytest.raises(WorkshopError, match="HF_HUB_OFFLINE=1"):
         load_model("someone/not-cached-anywhere", device="cpu")
 

@@ -49,7 +49,7 @@ def test_a_new_run_keeps_the_old_one_and_the_summary_follows(reports_tmp):
     summary = (reports_tmp / "SUMMARY.md").read_text()
     assert "| ppl | 11 |" in summary and "| ppl | 12 |" not in summary and "the latest of 3 runs" in summary
     page = (reports_tmp / "index.html").read_text()
-    assert "saved by the notebook at" in summary and "<td>11</td>" in page and "<td>12</td>" not in page
+    assert "saved by the notebook at" in summary and "<td class='num'>11</td>" in page and ">12<" not in page
     for name in ("results.json", "SUMMARY.md", "index.html"):
         assert stat.S_IMODE((reports_tmp / name).stat().st_mode) == 0o644
 
@@ -118,3 +118,47 @@ def test_the_machine_is_measured_once_per_process_and_once_per_reproduce_run(rep
     hardware._CEILINGS.clear()
     hardware.machine_ceilings("cpu", torch.float32)
     assert len(calls) == 6                                   # a new run measures again
+
+
+def test_reproduce_says_what_to_expect_and_where_it_is(reports_tmp, tmp_path, monkeypatch, capsys):
+    import nbformat
+
+    import common.reproduce
+    from common.reproduce import duration, recorded_timings, reproduce
+    solutions = tmp_path / "solutions"
+    solutions.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"x = {k}") for k in range(3)])
+    nbformat.write(nb, solutions / "00_tiny.ipynb")
+    monkeypatch.setattr(common.reproduce, "SOLUTIONS", solutions)
+    assert reproduce(mode="quick", progress_every=0)["00_tiny"].startswith("ok in")
+    err = capsys.readouterr().err
+    assert "1 lab in quick mode" in err and "no earlier run of them is recorded" in err
+    assert "00_tiny: cell 3/3" in err and "1/1 00_tiny: ok in" in err
+    assert recorded_timings("quick")["00_tiny"]["seconds"] >= 0 and recorded_timings("full") == {}
+    reproduce(mode="quick")
+    assert "about " in capsys.readouterr().err.split("1/1 00_tiny: running (")[1]
+    assert [duration(s) for s in (45, 185, 1500, 4500)] == ["45 s", "3 min 5 s", "25 min", "1 h 15 min"]
+
+
+def test_the_summary_page_opens_with_status_takeaways_and_verdicts_then_formatted_tables(reports_tmp):
+    from common.reports import shown_value, write_summary
+    results = LabResults("00_test")
+    for k in range(3):
+        results.add(f"perplexity {k}", 12.3456 + k, "", "data=wiki:eval, seqlen=512, windows=3")
+    results.add("stored bytes", 538060032, "B")
+    results.add("parameters", 134515008, "", "tied embedding counted once")
+    results.add("verdict: GPTQ beats RTN", "holds", "", "1 vs 2")
+    results.add("verdict: later layers are more sensitive", "does not hold here")
+    results.what_you_learned("one 12.3", "two", "three")
+    results.save()
+    write_summary({"00_test": "ok in 185 s"})
+    page = (reports_tmp / "index.html").read_text()
+    summary, tables = page.split("<h2>Full tables</h2>")
+    assert "ok in 3 min 5 s" in summary and "<li>one 12.3</li>" in summary
+    assert "1 hold</span>" in summary and "1 do not hold here" in summary
+    assert "Unless a row says otherwise: data=wiki:eval, seqlen=512, windows=3" in tables
+    assert tables.count("data=wiki:eval") == 1
+    assert ">538.1</td><td>MB<" in tables and ">134,515,008<" in tables and ">12.35<" in tables
+    assert shown_value(0.123456) == ("0.1235", "") and shown_value(265115376.0) == ("265,115,376", "")
+    assert shown_value("holds") == ("holds", "")
+

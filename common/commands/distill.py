@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import Output, add_data_options, perplexity_dict, perplexity_lines, protocol_from
 from ..errors import WorkshopError
+from ..outputs import check_new_output, reported_write_errors
 
 HELP = "Distil a teacher into a (pruned) student: alpha*CE + (1-alpha)*T^2*KL."
 
@@ -59,9 +60,14 @@ def run(args) -> Output:
                            checkpoint_dir=f"{args.out}.checkpoint" if args.out and args.checkpoint_every else None,
                            checkpoint_every=args.checkpoint_every, teacher_placement=args.teacher_placement)
     config.validate()  # before loading anything: bad numbers fail in a second
-    if args.student != "tiny-random" and not Path(args.student).expanduser().is_dir():
-        raise WorkshopError(f"--student {args.student} is not a directory.",
-                            "Give the directory of a pruned model (e.g. written by `workshop prune --out DIR`).")
+    if args.student != "tiny-random" and not (Path(args.student).expanduser() / "config.json").is_file():
+        what = "is not a model folder (it has no config.json)" if Path(args.student).expanduser().is_dir() else \
+            "is not a directory"
+        raise WorkshopError(f"--student {args.student} {what}.",
+                            "Give the folder of a pruned model, e.g. one written by `workshop prune --method width "
+                            "--sparsity 0.3 --out pruned` (then --student pruned).")
+    if args.out:
+        check_new_output(args.out, example="recovered")
     device = distributed.rank_device(resolve_device(args.device))
     with distributed.process_group(device):
         return _distill(args, config, protocol, budget.mode, device)
@@ -104,7 +110,8 @@ def _distill(args, config, protocol, mode: str, device) -> Output:
         result["student_ppl_after"] = perplexity_dict(after)
         lines += perplexity_lines(after, "PPL student after ")
     if args.out:
-        _write(student, args.student, saved_dtype, tokenizer, args.out)
+        with reported_write_errors(args.out):
+            _write(student, args.student, saved_dtype, tokenizer, args.out)
         result["out"] = args.out
         lines.append(f"student written to {args.out} (loads with from_pretrained)")
     return Output(result, "\n".join(lines))

@@ -17,6 +17,7 @@ window of the first evaluation text.
 """
 from . import Output, add_data_options, protocol_from
 from ..errors import WorkshopError
+from ..outputs import reported_write_errors
 
 HELP = ("Export a compressed model for an inference engine: ONNX with explicit quantization (TensorRT's form), "
         "a compressed-tensors checkpoint (vLLM's) or modelopt's unified checkpoint.")
@@ -74,7 +75,8 @@ def run(args) -> Output:
         from ..export.onnx import (activation_code_check, code_check_text, export_onnx, logit_agreement, node_counts,
                                    onnxruntime_logits)
         # both refuse what TensorRT cannot take before anything is written
-        path = (export_modelopt_onnx if modelopt else export_onnx)(model, out, opset=args.opset)
+        with reported_write_errors(out):
+            path = (export_modelopt_onnx if modelopt else export_onnx)(model, out, opset=args.opset)
         with torch.no_grad():
             reference = model(window).logits
         counts = node_counts(path)
@@ -91,7 +93,8 @@ def run(args) -> Output:
             lines.append(code_check_text(result))
     elif args.format == "hf":
         from ..export.modelopt_export import check_modelopt_hf, export_modelopt_hf
-        path = export_modelopt_hf(model, tokenizer, out)
+        with reported_write_errors(out):
+            path = export_modelopt_hf(model, tokenizer, out)
         result |= {"out": str(path), "file_bytes": sum(f.stat().st_size for f in path.iterdir())} | \
             check_modelopt_hf(path, model, window)
         lines = [f"{result['quant_algo']}: {result['layers']} quantized layers read back; stored weights vs modelopt's "
@@ -101,7 +104,8 @@ def run(args) -> Output:
                  f"on {result['checked_on']}"]
     else:
         from ..export.compressed_tensors import check_round_trip, save_compressed_tensors, sparsity_summary
-        path = save_compressed_tensors(model, tokenizer, out)
+        with reported_write_errors(out):
+            path = save_compressed_tensors(model, tokenizer, out)
         result |= {"out": str(path), "file_bytes": sum(f.stat().st_size for f in path.iterdir())} | \
             check_round_trip(model, path, window) | sparsity_summary(model)
         lines = [f"read back through compressed-tensors on {result['checked_on']}: largest weight difference "
@@ -113,15 +117,11 @@ def run(args) -> Output:
 
 def check_request(args, out, modelopt: bool) -> None:
     """Every refusal that needs no model: a bad --out, an old opset, a method/format pair with no form."""
-    import os
-
     from ..export.onnx import OPSET
+    from ..outputs import check_new_output
     from ..quant.presets import method_and_config
     onnx = args.format == "onnx"
-    if (out.is_dir() if onnx else out.exists()) or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise WorkshopError(f"--out {out} cannot be written: " + ("it exists." if out.exists() else
-                            f"the folder {out.parent} does not exist or is not writable."),
-                            "Give a new path in a writable folder, e.g. --out " + ("model.onnx." if onnx else "model-ct."))
+    check_new_output(out, example="model.onnx" if onnx else "model-ct")
     if onnx and args.opset < OPSET:
         raise WorkshopError(f"--opset {args.opset} has no blocked DequantizeLinear or INT4 type.",
                             f"Use --opset {OPSET} or later (TensorRT 10 parses it).")
@@ -147,6 +147,13 @@ def check_request(args, out, modelopt: bool) -> None:
         raise WorkshopError("--method smoothquant quantizes its INT8 activations per token at run time, which has "
                             f"no {args.format} form here.", "Add --static-activations (one calibrated scale per "
                             "tensor: TensorRT's explicit INT8), or export --method rtn --bits 8 (weights only).")
+    if getattr(config, "bits", None) == 8 and args.method in ("rtn", "gptq", "awq") and (
+            config.group_size is not None or not config.symmetric):
+        raise WorkshopError(f"--method {args.method} --bits 8 with {'groups' if config.group_size else 'zero points'} "
+                            "has no packed INT8 form here: INT8 weights are stored per output channel, symmetric "
+                            "(what TensorRT and vLLM's int-quantized take).",
+                            f"Add --group-size 0 --symmetric (per channel, no zero points) to --method {args.method} "
+                            "--bits 8.")
     if onnx and getattr(config, "bits", None) == 4 and not config.symmetric:
         raise WorkshopError(f"--method {args.method} makes INT4 with zero points; TensorRT takes zero point 0 only.",
                             "Export INT4 with a symmetric grid: --method rtn|gptq|awq --bits 4 --symmetric.")

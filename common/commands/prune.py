@@ -4,6 +4,7 @@ from pathlib import Path
 
 from . import Output, add_data_options, perplexity_dict, perplexity_lines, protocol_from
 from ..errors import WorkshopError
+from ..outputs import check_new_output, reported_write_errors
 
 HELP = ("Prune a model (unstructured, N:M, width, depth, low rank, or modelopt 2:4), "
         "or run lab 03's main table.")
@@ -43,8 +44,8 @@ def run(args) -> Output:
         raise WorkshopError("An SVD-factorized model is not a standard transformers architecture, so "
                             "--out cannot write a checkpoint from_pretrained would load.",
                             "Use --eval to measure it, or a method that keeps the architecture (width, depth, wanda...).")
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise WorkshopError(f"--out {args.out} exists and is not a directory.", "Give a directory path.")
+    if args.out:
+        check_new_output(args.out, example="pruned")
     build_pruner(args.method, 1, args.sparsity, args.pattern, args.heads_fraction, args.importance)  # fail fast
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     function, config = build_pruner(args.method, model.config.num_hidden_layers, args.sparsity, args.pattern,
@@ -73,8 +74,8 @@ def run(args) -> Output:
         result["ppl_after"] = perplexity_dict(after)
         lines += perplexity_lines(after, "PPL after ")
     if args.out:
-        save_pretrained_atomic(model, tokenizer, args.out)
-        result["out"] = str(Path(args.out).resolve())
+        with reported_write_errors(args.out):
+            result["out"] = str(save_pretrained_atomic(model, tokenizer, args.out))
         lines.append(f"saved to {result['out']}")
     return Output(result, "\n".join(lines))
 

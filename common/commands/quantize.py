@@ -4,6 +4,7 @@ import warnings
 
 from . import Output, add_data_options, perplexity_dict, perplexity_lines, protocol_from
 from ..errors import WorkshopError
+from ..outputs import check_new_output, reported_write_errors
 
 HELP = ("Post-training quantization: RTN, GPTQ, AWQ, SmoothQuant, FP8, NF4, or a modelopt configuration; "
         "optionally evaluate and save packed; or lab 02's whole table.")
@@ -39,6 +40,8 @@ def run(args) -> Output:
     from ..quant.qlinear import pack_quantized
     from ..quant.storage import true_bytes
     protocol = protocol_from(args)
+    if args.out:
+        check_new_output(args.out, example=f"{args.method.replace(':', '-')}-model")
     method_and_config(args.method, args.bits, args.group_size, symmetric=args.symmetric,
                       static_activations=args.static_activations)  # fails before the model loads
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
@@ -75,7 +78,8 @@ def run(args) -> Output:
                 warnings.simplefilter("always")
                 model = pack_quantized(model)
             note = "; ".join(str(w.message) for w in caught) or "packed low-bit layers; load it with load_model"
-        result["out"] = str(save_pretrained_atomic(model, tokenizer, args.out))
+        with reported_write_errors(args.out):
+            result["out"] = str(save_pretrained_atomic(model, tokenizer, args.out))
         result["saved"] = note
         lines.append(f"saved to {result['out']} ({note})")
     return Output(result, "\n".join(lines))

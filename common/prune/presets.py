@@ -32,6 +32,13 @@ def build_pruner(method: str, num_layers: int, sparsity: float | None = None, pa
     if pattern and method not in ("magnitude", "wanda", "sparsegpt"):
         raise WorkshopError(f"--pattern applies to magnitude, wanda and sparsegpt, not {method}.",
                             "Leave --pattern out (modelopt is always 2:4), or pick one of those methods.")
+    if pattern or method.startswith("modelopt:"):
+        from .masks import parse_pattern
+        n, m = parse_pattern(pattern or "2:4")
+        if sparsity is not None and abs(sparsity - (m - n) / m) > 1e-9:
+            raise WorkshopError(f"--sparsity {sparsity} contradicts the pattern {n}:{m}, which removes {(m - n) / m:g} "
+                                "of the weights by construction.", f"Leave --sparsity out with {'--pattern' if pattern else method}, "
+                                "or drop --pattern for unstructured sparsity at that level.")
     sparsity = 0.5 if sparsity is None else sparsity
     check_sparsity(sparsity)
     if method.startswith("modelopt:"):

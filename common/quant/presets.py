@@ -92,9 +92,11 @@ def default_group_size(model) -> int | None:
 def check_group_size(model, group: int) -> None:
     widths = input_widths(model)
     if any(w % group for w in widths):
+        fitting = [g for g in (256, 128, 64, 32) if not any(w % g for w in widths)]
         raise WorkshopError(f"--group-size {group} does not divide the input widths of this model's "
                             f"linear layers ({', '.join(map(str, widths))}).",
-                            "Use a size that divides all of them (64 or 128 for most models), or 0 for per channel.")
+                            (f"Use --group-size {' or '.join(map(str, fitting[:2]))}" if fitting else
+                             "Use a size that divides all of them") + ", or 0 for per channel.")
 
 
 def lab02_table(mode: str) -> list:
