@@ -51,8 +51,9 @@ LABS_MODE ?= smoke
 test-labs: $(STAMP)
 	$(TEST_ENV) WORKSHOP_TEST_LABS_MODE=$(LABS_MODE) $(BIN)/python -m pytest tests/test_labs_unsolved.py -v
 
+# make reproduce LABS=00,03: those labs only
 reproduce: $(STAMP)
-	@$(BIN)/workshop reproduce
+	@$(BIN)/workshop reproduce $(if $(LABS),--labs $(LABS))
 
 # The decks in slides/, filled from a reports folder (SOURCE=reports after make reproduce) and rendered
 # to HTML and PDF by the Marp CLI, installed once from the npm registry as slides/package-lock.json

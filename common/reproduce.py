@@ -50,12 +50,48 @@ def recorded_timings(mode: str) -> dict:
     return json.loads(path.read_text()).get(mode, {}) if path.is_file() else {}
 
 
-def record_timing(mode: str, lab: str, seconds: float, device: str) -> None:
+def record_timing(mode: str, lab: str, seconds: float, device: str, note: str = "") -> None:
     path = timings_path()
     timings = json.loads(path.read_text()) if path.is_file() else {}
     date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    timings.setdefault(mode, {})[lab] = {"seconds": round(seconds), "device": device, "date": date}
+    timings.setdefault(mode, {})[lab] = {"seconds": round(seconds), "device": device, "date": date} | (
+        {"note": note} if note else {})
     write_json_atomic(path, timings)
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+TIMINGS_BEGIN, TIMINGS_END = "<!-- BEGIN TIMINGS (python -m common.reproduce) -->", "<!-- END TIMINGS -->"
+
+
+def timings_table() -> str:
+    """README's table of how long each lab took in its last recorded run, per mode, from timings.json."""
+    modes = ("quick", "full")
+    timings = {mode: recorded_timings(mode) for mode in modes}
+    labs = sorted(set(timings["quick"]) | set(timings["full"]))
+    lines = ["| lab | quick mode | full mode | note |", "| --- | ---: | ---: | --- |"]
+    for lab in labs:
+        cells = [duration(timings[mode][lab]["seconds"]) if lab in timings[mode] else "not recorded" for mode in modes]
+        notes = [f"{mode}: {timings[mode][lab]['note']}" for mode in modes if timings[mode].get(lab, {}).get("note")]
+        lines.append(f"| {lab} | {' | '.join(cells)} | {'; '.join(notes)} |")
+    totals = [f"**{duration(sum(t['seconds'] for t in timings[mode].values()))}**" if timings[mode] else "not recorded"
+              for mode in modes]
+    lines.append(f"| **all labs** | {' | '.join(totals)} | |")
+    where = []
+    for mode in modes:
+        runs = timings[mode].values()
+        if runs:
+            dates = sorted({t["date"] for t in runs})
+            where.append(f"{mode} mode on {', '.join(sorted({t['device'] for t in runs}))}, {dates[0]}"
+                         + (f" to {dates[-1]}" if len(dates) > 1 else ""))
+    return "\n".join(lines) + "\n\nMeasured: " + "; ".join(where) + "."
+
+
+def write_readme_timings(readme: Path = README) -> None:
+    """Put timings_table() between README's markers (after a run recorded new timings)."""
+    text = readme.read_text()
+    head, rest = text.split(TIMINGS_BEGIN)
+    _, tail = rest.split(TIMINGS_END)
+    readme.write_text(f"{head}{TIMINGS_BEGIN}\n{timings_table()}\n{TIMINGS_END}{tail}")
 
 
 class Progress:
@@ -156,3 +192,7 @@ def merge_reports(src, dst) -> list:
     finally:
         os.environ.pop("WORKSHOP_REPORTS") if previous is None else os.environ.update(WORKSHOP_REPORTS=previous)
     return sorted(incoming)
+
+
+if __name__ == "__main__":
+    write_readme_timings()

@@ -162,3 +162,24 @@ def test_the_summary_page_opens_with_status_takeaways_and_verdicts_then_formatte
     assert shown_value(0.123456) == ("0.1235", "") and shown_value(265115376.0) == ("265,115,376", "")
     assert shown_value("holds") == ("holds", "")
 
+
+
+def test_readme_shows_the_recorded_timings_of_every_lab():
+    from common.notebooks import SOLUTIONS
+    from common.reproduce import README, TIMINGS_BEGIN, TIMINGS_END, timings_table
+    shown = README.read_text().split(TIMINGS_BEGIN)[1].split(TIMINGS_END)[0].strip()
+    assert shown == timings_table(), "README's timings are stale: run python -m common.reproduce"
+    for lab in sorted(SOLUTIONS.glob("*.ipynb")):
+        assert f"| {lab.stem} |" in shown
+
+
+def test_the_timings_table_sums_each_mode_and_says_where_it_was_measured(reports_tmp):
+    from common.reproduce import record_timing, timings_table
+    record_timing("full", "00_a", 125, "GPU X")
+    record_timing("full", "01_b", 600, "GPU X", note="beside another lab")
+    record_timing("quick", "00_a", 50, "CPU Y")
+    table = timings_table()
+    assert "| 00_a | 50 s | 2 min 5 s |  |" in table
+    assert "| 01_b | not recorded | 10 min | full: beside another lab |" in table
+    assert "| **all labs** | **50 s** | **12 min** | |" in table
+    assert "quick mode on CPU Y" in table and "full mode on GPU X" in table
