@@ -35,7 +35,7 @@ def duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds} s"
     if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60} s" if seconds < 600 else f"{round(seconds / 60)} min"
+        return f"{seconds // 60} min {seconds % 60} s" if seconds < 600 and seconds % 60 else f"{round(seconds / 60)} min"
     return f"{seconds // 3600} h {round(seconds % 3600 / 60)} min"
 
 
@@ -69,8 +69,17 @@ def timings_table() -> str:
     timings = {mode: recorded_timings(mode) for mode in modes}
     labs = sorted(set(timings["quick"]) | set(timings["full"]))
     lines = ["| lab | quick mode | full mode | note |", "| --- | ---: | ---: | --- |"]
+    mixed = {mode: len({t["device"] for t in timings[mode].values()}) > 1 for mode in modes}
+
+    def cell(mode, lab):
+        if lab not in timings[mode]:
+            return "not recorded"
+        run = timings[mode][lab]
+        card = run["device"].split(" (")[0].removeprefix("NVIDIA ")
+        return duration(run["seconds"]) + (f" ({card})" if mixed[mode] else "")
+
     for lab in labs:
-        cells = [duration(timings[mode][lab]["seconds"]) if lab in timings[mode] else "not recorded" for mode in modes]
+        cells = [cell(mode, lab) for mode in modes]
         notes = [f"{mode}: {timings[mode][lab]['note']}" for mode in modes if timings[mode].get(lab, {}).get("note")]
         lines.append(f"| {lab} | {' | '.join(cells)} | {'; '.join(notes)} |")
     totals = [f"**{duration(sum(t['seconds'] for t in timings[mode].values()))}**" if timings[mode] else "not recorded"

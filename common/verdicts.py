@@ -12,7 +12,7 @@ Every verdict given is added to the lab's results (what: "verdict: CLAIM"), so r
 the same words.
 """
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .budgets import current_mode
 from .reports import REPO_ROOT
@@ -70,6 +70,7 @@ class RecordedRun:
     mode: str
     date: str
     rows: dict
+    notes: dict = field(default_factory=dict)   # {what: (unit, note)} of every row
 
     def value(self, what: str):
         if what not in self.rows:
@@ -80,8 +81,15 @@ class RecordedRun:
         return f"the recorded {self.mode}-mode run on {self.device.split(' (')[0]} ({self.date[:10]})"
 
 
+GPU_FOLDERS = ("h200", "h100")   # where full-mode runs are recorded, one folder per card
+
+
 def recorded_run(lab: str, folder: str = "h200") -> RecordedRun | None:
-    """`lab`'s latest run in reports/`folder`/results.json, or None where that file or lab is missing."""
+    """`lab`'s latest run in reports/`folder`/results.json, or None where that file or lab is missing.
+    folder="latest": the most recent of the GPU folders' runs of `lab` (each run's rows from one card)."""
+    if folder == "latest":
+        runs = [run for run in (recorded_run(lab, name) for name in GPU_FOLDERS) if run is not None]
+        return max(runs, key=lambda run: run.date, default=None)  # max keeps the first of equal dates
     path = REPO_ROOT / "reports" / folder / "results.json"
     if not path.is_file():
         return None
@@ -89,4 +97,5 @@ def recorded_run(lab: str, folder: str = "h200") -> RecordedRun | None:
     if entry is None:
         return None
     return RecordedRun(lab, entry.get("device", "?"), entry.get("mode", "?"), entry.get("date", "?"),
-                       {row["what"]: row["value"] for row in entry.get("rows", [])})
+                       {row["what"]: row["value"] for row in entry.get("rows", [])},
+                       {row["what"]: (row.get("unit", ""), row.get("note", "")) for row in entry.get("rows", [])})

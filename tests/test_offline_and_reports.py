@@ -183,3 +183,5 @@ def test_the_timings_table_sums_each_mode_and_says_where_it_was_measured(reports
     assert "| 01_b | not recorded | 10 min | full: beside another lab |" in table
     assert "| **all labs** | **50 s** | **12 min** | |" in table
     assert "quick mode on CPU Y" in table and "full mode on GPU X" in table
+    record_timing("full", "00_a", 60, "NVIDIA GPU Z (sm_90)")      # two cards in one mode: each cell names its own
+    assert "| 00_a | 50 s | 1 min (GPU Z) |  |" in timings_table() and "| 01_b | not recorded | 10 min (GPU X) |" in timings_table()

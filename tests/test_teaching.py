@@ -70,7 +70,21 @@ def test_the_recorded_h200_run_is_read_by_row():
     assert run.value("parameters") == 134515008
     with pytest.raises(KeyError):
         run.value("no such row")
-    assert recorded_run("99_no_such_lab") is None
+    assert recorded_run("99_no_such_lab") is None and recorded_run("99_no_such_lab", folder="latest") is None
+
+
+def test_the_latest_recorded_run_is_the_most_recent_of_the_gpu_folders(tmp_path, monkeypatch):
+    import json
+
+    import common.verdicts
+    for folder, date in (("h200", "2026-12-02T10:00:00"), ("h100", "2026-12-07T15:00:00")):
+        (tmp_path / "reports" / folder).mkdir(parents=True)
+        entry = {"device": f"NVIDIA {folder.upper()}", "mode": "full", "date": date, "rows": [{"what": "x", "value": 1}]}
+        (tmp_path / "reports" / folder / "results.json").write_text(json.dumps({"00_a": entry, f"01_{folder}": entry}))
+    monkeypatch.setattr(common.verdicts, "REPO_ROOT", tmp_path)
+    assert "H100" in recorded_run("00_a", folder="latest").device   # the newer run
+    assert "H200" in recorded_run("00_a").device                    # one card asked for by name
+    assert "H200" in recorded_run("01_h200", folder="latest").device and recorded_run("01_h200", folder="h100") is None
 
 
 def test_explained_answers_are_in_solutions_and_not_in_labs():
