@@ -75,3 +75,38 @@ def calibration_table(model, tokenizer, protocol, calib_texts: list, jobs: list,
             rows.append({"method": name, "calib": calib_data, "ppl": cell(name, calib_data, method, calib)})
     return {"baseline": dict(baseline) if baseline is not None else measure(model), "rows": rows,
             "calibration": protocol.calibration_label(), "protocol": protocol.describe()}
+
+
+def calibration_matrix_text(rows: list) -> str:
+    """A calibration study (`calibration_table`'s rows) as a matrix: a line per method, a column per
+    calibration text ('-': calibration-free), each cell the perplexities on the evaluation texts joined
+    by ' / ' (wiki / python-docs by default)."""
+    if not rows:
+        return "(no rows)"
+    calibs = list(dict.fromkeys(row["calib"] or "-" for row in rows))
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    cells = {(row["method"], row["calib"] or "-"): row["ppl"] for row in rows}
+    texts = list(rows[0]["ppl"])
+    width = max(18, 9 * len(texts))
+
+    def cell(ppl):
+        return " / ".join(f"{ppl[t]:.1f}" for t in texts) if ppl else ""
+
+    lines = [f"{'calibrated on:':18s}" + "".join(f"{c:>{width}s}" for c in calibs)]
+    lines += [f"{method:18s}" + "".join(f"{cell(cells.get((method, c))):>{width}s}" for c in calibs) for method in methods]
+    return "\n".join(lines)
+
+
+def recorded_calibration_rows(recorded_rows: dict) -> list:
+    """`calibration_table`'s rows rebuilt from a results.json entry's rows {what: value}, whose names are
+    'calibration study: METHOD calibrated on CALIB, PPL TEXT' (CALIB '-' for none)."""
+    import re
+    pattern = re.compile(r"^calibration study: (.+) calibrated on (.+), PPL (.+)$")
+    rows = {}
+    for what, value in recorded_rows.items():
+        match = pattern.match(what)
+        if match:
+            method, calib, text = match.groups()
+            key = (method, None if calib == "-" else calib)
+            rows.setdefault(key, {"method": method, "calib": key[1], "ppl": {}})["ppl"][text] = value
+    return list(rows.values())
