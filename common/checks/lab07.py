@@ -1,20 +1,7 @@
 """Checkers of lab 07 (Export and deployment)."""
 import torch
 
-from . import check, not_solved, unsolved
-
-
-def check_node_counts(expected: dict, path):
-    """{"QuantizeLinear": n, "DequantizeLinear": m} predicted from the model, against the file's graph."""
-    from ..export.onnx import node_counts
-    counts = node_counts(path)
-    found = {op: counts.get(op, 0) for op in ("QuantizeLinear", "DequantizeLinear")}
-    if unsolved(expected):
-        return not_solved(f"Q/DQ nodes of {path.name}", found, str(found))
-    check(f"Q/DQ nodes of {path.name}: {found}", {op: expected.get(op, 0) for op in found} == found,
-          "one DequantizeLinear per quantized linear's weight; a layer with static activation scales adds a "
-          "QuantizeLinear -> DequantizeLinear pair on its input; weight-only formats have no QuantizeLinear.")
-    return expected
+from . import check, not_solved
 
 
 def check_qdq(qdq_int8):
@@ -44,13 +31,27 @@ def check_qdq(qdq_int8):
     return qdq_int8
 
 
-def check_unpacked_codes(codes, layer):
-    """Signed INT4 codes unpacked from compressed-tensors' int32 words, against the packed layer's own."""
-    expected = layer.int4_signed_codes().cpu()
+def _reference_unpack(words: torch.Tensor) -> torch.Tensor:
+    """compressed-tensors' pack-quantized int32 words [rows, cols / 8] -> signed INT4 codes [rows, cols]."""
+    nibbles = (words.to(torch.int64).unsqueeze(-1) >> (4 * torch.arange(8))) & 0xF
+    return (nibbles - 8).reshape(words.shape[0], -1)
+
+
+def check_unpack_int4(unpack_int4):
+    """`unpack_int4(words)` on words packed here from known codes (every code, in every position of a word,
+    including the top nibble that makes an int32 negative), and on a real layer's words."""
+    from ..export.compressed_tensors import pack_int4_words
     name = "INT4 codes unpacked from compressed-tensors' int32 words"
-    if unsolved(codes):
-        return not_solved(name, expected)
-    check(name, codes is not None and codes.shape == expected.shape and torch.equal(codes.cpu().to(expected.dtype), expected),
-          "word w of row n holds codes 8w..8w+7, the first in the lowest 4 bits: (word >> 4 * i) & 0xF, minus 8; "
-          "the words are int32, so shift a 64-bit copy (or mask) to avoid sign trouble.")
-    return codes
+    generator = torch.Generator().manual_seed(7)
+    codes = torch.randint(-8, 8, (16, 64), generator=generator)
+    codes[0, :16] = torch.arange(-8, 8)          # every code once, in the low and the high half of two words
+    codes[1, :8] = 7                              # a word whose top nibble is 15: the int32 is negative
+    words = pack_int4_words(codes)
+    try:
+        answer = unpack_int4(words)
+    except NotImplementedError:
+        return not_solved(name, _reference_unpack)
+    ok = answer is not None and tuple(answer.shape) == tuple(codes.shape) and torch.equal(answer.to(torch.int64), codes)
+    check(name, ok, "word w of row n holds codes 8w..8w+7, the first in the lowest 4 bits: (word >> 4 * i) & 0xF, "
+          "minus 8 (codes are stored as signed value + 8); the result is [rows, 8 * words per row].")
+    return unpack_int4
