@@ -46,11 +46,11 @@ class Budget:
 
 
 QUICK = Budget(mode="quick", dtype="float32", eval_seqlen=512, eval_max_windows=3,
-               calib_samples=16, calib_seqlen=512, train_steps=12, train_batch=4, train_seqlen=128,
+               calib_samples=16, calib_seqlen=512, train_steps=8, train_batch=4, train_seqlen=128,
                teacher_samples=4, generate_batch=4,
                bench_repeats=3, decode_tokens=8, decode_batches=(1, 4), prefill_shape=(1, 128),
                sweep_eval_windows=2, sweep_sparsities=(0.5,), sensitivity_layers=3, long_context=1024,
-               pipeline_train_steps=2, pipeline_finetune_steps=1, pipeline_eval_seqlen=256, pipeline_eval_windows=2)
+               pipeline_train_steps=1, pipeline_finetune_steps=0, pipeline_eval_seqlen=256, pipeline_eval_windows=1)
 FULL = Budget(mode="full", dtype="bfloat16", eval_seqlen=2048, eval_max_windows=None,
               calib_samples=32, calib_seqlen=512, train_steps=300, train_batch=32, train_seqlen=512,
               teacher_samples=512, generate_batch=256,
