@@ -15,14 +15,19 @@ the pipeline packs them when it ends.
 Beyond the study's three, a recipe may hold INT4 (round-to-nearest groups, packed or QAT: the
 deployment stacks' format), KV (the KV cache quantized from there on) and MQ (modelopt's
 quantization; a KD step with engine="modelopt" after it is modelopt's QAT/QAD path).
+`check_recipe` refuses, before any step runs, a recipe whose earlier steps make a later one
+impossible (weights quantized twice, P after modelopt's quantizers).
 
 After every step the record holds perplexity on each evaluation text, stored bytes, parameters, wall
 time and, for a training step, the fraction of the model's weights that a gradient reached.
+`pipeline_protocol` is the data protocol of lab 05 and `workshop pipeline` (the mode's pipeline
+budget); `final_ppl` reads the final perplexities of one family (packed NF4 or QAT) from result rows,
+this run's or a recorded run's, so that a lab can judge either.
 """
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -187,6 +192,31 @@ def recipe_from_file(path) -> list:
         except TypeError as e:
             raise WorkshopError(f"--recipe {path}: step {item['step']} takes no such option ({e}).",
                                 f"Options of {kind.__name__}: {', '.join(kind.__dataclass_fields__)}.")
+    return check_recipe(recipe, f"--recipe {path}")
+
+
+def check_recipe(recipe: list, source: str = "The recipe") -> list:
+    """Refuse, before any step runs, a recipe whose earlier steps make a later one impossible: a
+    second weight quantization (Q, INT4 or MQ) of weights already quantized, and P after a modelopt
+    quantization (its fake quantizers cannot be sliced). One message names the step and why; the
+    recipe is returned unchanged when every step can run."""
+    if not recipe:
+        raise WorkshopError(f"{source} has no steps.", "Give at least one step, e.g. --order P,KD,Q.")
+    quantized_by = None   # (number, label) of the step that quantized the weights
+    for number, step in enumerate(recipe, start=1):
+        label = step_label(step)
+        if isinstance(step, (*QUANTIZERS, ModeloptQuantize)) and quantized_by:
+            raise WorkshopError(f"{source}: step {number} ({label}) would quantize weights that step {quantized_by[0]} "
+                                f"({quantized_by[1]}) has already quantized.",
+                                "Quantize the weights once: remove one of the two steps (a KV step quantizes the "
+                                "cache, not the weights, and may come anywhere).")
+        if isinstance(step, WidthPrune) and quantized_by and isinstance(recipe[quantized_by[0] - 1], ModeloptQuantize):
+            raise WorkshopError(f"{source}: step {number} (P) comes after a modelopt quantization (step "
+                                f"{quantized_by[0]}, {quantized_by[1]}), whose quantizers cannot be pruned here.",
+                                "Prune before the modelopt step, or quantize with Q (NF4) or INT4, which are "
+                                "quantized again after pruning.")
+        if isinstance(step, (*QUANTIZERS, ModeloptQuantize)):
+            quantized_by = (number, label)
     return recipe
 
 
@@ -279,7 +309,9 @@ def _train(model, teacher, train_ids, budget, progress, steps: int, alpha: float
     dtypes = {name: b.dtype for name, b in model.named_buffers()}  # distill trains in fp32: keep stored types
     param_dtype = next(model.parameters()).dtype
     device = next(model.parameters()).device
-    reached = weights_reached_by_gradient(model.float(), train_ids[: 2 * config.seqlen].view(2, -1).to(device))
+    # one training sequence is enough: every weight a gradient can reach gets one from any text (the
+    # embedding is tied to the output head, whose softmax sends a gradient to every row)
+    reached = weights_reached_by_gradient(model.float(), train_ids[: config.seqlen].view(1, -1).to(device))
     if engine == "modelopt":
         from .distill.modelopt_kd import distill_modelopt
         model, history = distill_modelopt(model, teacher, config, train_ids, progress=progress)
@@ -326,8 +358,7 @@ def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=
     from .quant.qat import copy_model, finish_qat, is_qat
     from .quant.qlinear import pack_quantized
     from .quant.storage import true_bytes
-    if not recipe:
-        raise WorkshopError("The recipe has no steps.", "Give at least one step, e.g. --order P,KD,Q.")
+    check_recipe(recipe)
     if any(isinstance(s, Distill) for s in recipe) and teacher is None:
         raise WorkshopError("The recipe has a KD step and no teacher was given.",
                             "Pass teacher=... (the uncompressed model), or --teacher SPEC on the command line.")
@@ -383,6 +414,25 @@ def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=
     return model.eval(), result
 
 
+def pipeline_protocol(budget=None, **given):
+    """Lab 05's DataProtocol (and `workshop pipeline`'s): a pipeline is measured after every step, so
+    its forward passes follow the mode's pipeline budget. Evaluation: `pipeline_eval_windows` windows
+    of `pipeline_eval_seqlen` tokens per text. Calibration (P's importance, modelopt's calibration):
+    the mode's calibration text, cut to the size of one training batch (`train_batch` sequences of
+    `train_seqlen` tokens) where it is larger. P's importance is a mean |activation| per channel, not
+    a Hessian as in GPTQ, so it needs far fewer tokens; in full mode the two sizes are the same and
+    nothing changes. Options in `given` that are not None win."""
+    from .budgets import get_budget
+    from .protocol import DataProtocol
+    budget = budget or get_budget()
+    chosen = {key: value for key, value in given.items() if value is not None}
+    protocol = DataProtocol.for_budget(budget, **({
+        "seqlen": budget.pipeline_eval_seqlen, "calib_samples": min(budget.calib_samples, budget.train_batch),
+        "calib_seqlen": min(budget.calib_seqlen, budget.train_seqlen)} | chosen))
+    # for_budget reads None as "not given": set the window count (None: every window) afterwards
+    return replace(protocol, max_windows=chosen.get("max_windows", budget.pipeline_eval_windows))
+
+
 def run_orders(model, tokenizer, protocol, teacher, orders=ORDERS, qat: bool = False, budget=None,
                progress: bool = True, start: dict | None = None, prefixes: dict | None = None) -> list:
     """Every order of P, KD and Q (lab 05's table): [PipelineResult], in the order of `orders`. The
@@ -423,8 +473,36 @@ def pipeline_text(results: list) -> str:
     return "\n".join(lines)
 
 
-def quantize_early_gap(results: list, text: str = "wiki") -> float:
+# ---------------------------------------------------------------------------------------------
+# Reading the results: this run's, or a recorded run's rows (reports/h200/results.json)
+# ---------------------------------------------------------------------------------------------
+FAMILIES = ("packed NF4", "QAT")   # Q as frozen packed codes, or trained under the grid (then packed)
+
+
+def ppl_row(text: str, recipe: str, family: str) -> str:
+    """The name of a final perplexity among lab 05's results: 'PPL wiki, P-Q(QAT)-KD (QAT)'."""
+    return f"PPL {text}, {recipe} ({family})"
+
+
+def family_rows(results: list, family: str) -> dict:
+    """{ppl_row name: final perplexity} of every PipelineResult of one family, on every text."""
+    return {ppl_row(text, r.recipe, family): ppl for r in results for text, ppl in r.final["ppl"].items()}
+
+
+def final_ppl(rows: dict, family: str, text: str = "wiki") -> dict:
+    """{order ('P-KD-Q', ...): final perplexity on `text`} of one family, read from rows named as
+    ppl_row names them; an order the rows do not hold is left out. In the QAT family an order that
+    ends with Q is the packed one (nothing trains after its Q), recorded under its plain name."""
+    final = {}
+    for order in ORDERS:
+        name = order.replace(",", "-")
+        for recipe in (name, recipe_label(recipe_from_order(order, qat=True))):
+            if ppl_row(text, recipe, family) in rows:
+                final[name] = rows[ppl_row(text, recipe, family)]
+    return final
+
+
+def quantize_early_gap(final: dict) -> float:
     """Mean final perplexity of the three orders that quantize before they prune (the study's worst
-    three), minus that of P-KD-Q, on `text`."""
-    final = {r.recipe.replace("(QAT)", ""): r.final["ppl"][text] for r in results}
+    three), minus P-KD-Q's, from {order: perplexity} (final_ppl)."""
     return sum(final[order] for order in QUANTIZE_BEFORE_PRUNE) / len(QUANTIZE_BEFORE_PRUNE) - final["P-KD-Q"]

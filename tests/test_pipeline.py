@@ -1,6 +1,7 @@
 """Lab 05's pipelines: recipes as data, the six orders, and the mechanism (no gradient reaches packed NF4)."""
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -9,11 +10,13 @@ from common.budgets import get_budget
 from common.cli import main
 from common.errors import WorkshopError
 from common.models import load_model
-from common.pipeline import (INT4, NF4, ORDERS, Distill, KVCache, ModeloptQuantize, WidthPrune, recipe_from_file,
+from common.pipeline import (INT4, NF4, ORDERS, QUANTIZE_BEFORE_PRUNE, Distill, KVCache, ModeloptQuantize, WidthPrune,
+                             check_recipe, family_rows, final_ppl, pipeline_protocol, quantize_early_gap, recipe_from_file,
                              recipe_from_order, run_orders, run_pipeline, weight_count, weights_reached_by_gradient)
 from common.protocol import DataProtocol
 from common.quant.kv_cache import KVQuantConfig, head_dim, kv_bits_per_value
 from common.quant.qlinear import QuantLinear
+from common.verdicts import recorded_run
 
 BUDGET = get_budget("quick", train_steps=3, train_batch=2, train_seqlen=32)
 SMALL = ["--seqlen", "64", "--max-windows", "1", "--calib-samples", "4", "--calib-seqlen", "32"]
@@ -61,9 +64,11 @@ def test_recipe_files(tmp_path):
 def test_recipe_files_with_the_deployment_steps(tmp_path):
     path = tmp_path / "stack.yaml"
     path.write_text("- {step: KD, engine: modelopt}\n- {step: INT4, group_size: 128, qat: true}\n- {step: P}\n"
-                    "- {step: KV, fmt: int4}\n- {step: MQ, config: INT4_AWQ_CFG}\n")
+                    "- {step: KV, fmt: int4}\n")
     assert recipe_from_file(path) == [Distill(engine="modelopt"), INT4(group_size=128, qat=True), WidthPrune(),
-                                      KVCache("int4"), ModeloptQuantize("INT4_AWQ_CFG")]
+                                      KVCache("int4")]
+    path.write_text("- {step: P}\n- {step: MQ, config: INT4_AWQ_CFG}\n- {step: KD, engine: modelopt}\n")
+    assert recipe_from_file(path) == [WidthPrune(), ModeloptQuantize("INT4_AWQ_CFG"), Distill(engine="modelopt")]
     for text, message in [("[{step: KV, fmt: int3}]", "not supported"), ("[{step: MQ, config: X}]", "not a configuration"),
                           ("[{step: KD, engine: x}]", "not an engine"), ("[{step: INT4, group_size: 63}]", "even group size")]:
         path.write_text(text)
@@ -251,6 +256,18 @@ def test_cli_all_orders_runs_the_six_and_shares_their_first_steps(capsys, monkey
         assert "shared" not in ran and reused == ran | {"shared": True}, step
 
 
+def test_cli_runs_the_whole_model_unless_told(tmp_path, capsys, monkeypatch):
+    import common.budgets
+    monkeypatch.setattr(common.budgets, "get_budget", lambda *a, **k: BUDGET)
+    recipe = tmp_path / "kv.json"
+    recipe.write_text(json.dumps([{"step": "KV"}]))
+    assert main(["pipeline", "--model", "tiny-random", "--device", "cpu", "--recipe", str(recipe), *SMALL,
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["layers"] == load_model("tiny-random", device="cpu")[0].config.num_hidden_layers
+    assert out["protocol"]["seqlen"] == 64 and out["protocol"]["calib_seqlen"] == 32   # the options win
+
+
 def test_cli_layers_cuts_the_model_and_the_teacher(capsys, monkeypatch):
     import common.budgets
     monkeypatch.setattr(common.budgets, "get_budget", lambda *a, **k: BUDGET)
@@ -284,3 +301,98 @@ def test_cli_bad_input(argv, message, capsys, tmp_path):
     err = capsys.readouterr().err
     assert message in err and "What to do" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["mq.json"]
+
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ([NF4(), NF4()], "step 2 (Q) would quantize weights that step 1 (Q) has already quantized"),
+    ([NF4(qat=True), WidthPrune(), INT4()], "step 3 (INT4) would quantize weights that step 1 (Q(QAT))"),
+    ([INT4(), KVCache(), Distill(), ModeloptQuantize()], "step 4 (Q(modelopt)) would quantize weights that step 1"),
+    ([ModeloptQuantize(), Distill(), WidthPrune()], "step 3 (P) comes after a modelopt quantization (step 1, Q(modelopt))"),
+])
+def test_a_recipe_that_cannot_run_is_refused_before_its_first_step(recipe, message, pair):
+    with pytest.raises(WorkshopError, match=re.escape(message)):
+        check_recipe(recipe)
+    model, tokenizer, teacher = pair
+    with pytest.raises(WorkshopError, match=re.escape(message)):   # the runner checks first, too
+        run_pipeline(model, tokenizer, recipe, None, teacher=teacher, budget=BUDGET, progress=False)
+    for fine in ([NF4(), WidthPrune(), Distill()], [KVCache(), INT4(qat=True), Distill(), KVCache("int4")],
+                 [WidthPrune(), ModeloptQuantize(), Distill(engine="modelopt")]):
+        assert check_recipe(fine) == fine
+
+
+def refuse_to_load(*args, **kwargs):
+    raise AssertionError("the model was loaded before the input was checked")
+
+
+def test_cli_refuses_a_recipe_that_cannot_run_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    # `[Q, Q]` used to fail only after step 1 ("no quantized linear layers to pack ... Quantize it first")
+    import common.models
+    monkeypatch.setattr(common.models, "load_model", refuse_to_load)
+    recipe = tmp_path / "qq.json"
+    recipe.write_text(json.dumps([{"step": "Q"}, {"step": "Q"}]))
+    assert main(["pipeline", "--model", "tiny-random", "--recipe", str(recipe), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"--recipe {recipe}: step 2 (Q) would quantize weights that step 1 (Q) has already quantized" in err
+    assert "What to do" in err and "Traceback" not in err and "Quantize it first" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["qq.json"]
+
+
+@pytest.mark.parametrize("existing", ["file", "folder"])
+def test_cli_checks_out_before_loading_the_model_and_overwrites_nothing(existing, tmp_path, capsys, monkeypatch):
+    import common.models
+    monkeypatch.setattr(common.models, "load_model", refuse_to_load)
+    out = tmp_path / "out"
+    if existing == "file":
+        out.write_text("keep me")
+    else:
+        out.mkdir()
+        (out / "keep.txt").write_text("keep me")
+    assert main(["pipeline", "--model", "tiny-random", "--order", "P,KD,Q", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} exists" in err and "Nothing was overwritten" in err and "Traceback" not in err
+    assert (out.read_text() if existing == "file" else (out / "keep.txt").read_text()) == "keep me"
+    assert main(["pipeline", "--model", "tiny-random", "--order", "P,KD,Q", "--out", str(tmp_path / "no" / "out")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]   # no probe file, no partial model left behind
+
+def test_the_pipeline_protocol_follows_the_pipeline_budget():
+    for mode in ("quick", "full", "smoke"):
+        budget = get_budget(mode)
+        protocol = pipeline_protocol(budget)
+        assert (protocol.seqlen, protocol.max_windows) == (budget.pipeline_eval_seqlen, budget.pipeline_eval_windows)
+        assert protocol.calib_samples == min(budget.calib_samples, budget.train_batch)
+        assert protocol.calib_seqlen == min(budget.calib_seqlen, budget.train_seqlen)
+    full, budget = pipeline_protocol(get_budget("full")), get_budget("full")
+    assert (full.calib_samples, full.calib_seqlen, full.max_windows) == (budget.calib_samples, budget.calib_seqlen, None)
+    assert pipeline_protocol(get_budget("quick"), max_windows=5, calib_seqlen=64).max_windows == 5
+    assert pipeline_protocol(get_budget("quick"), calib_seqlen=64).calib_seqlen == 64
+
+
+def test_final_perplexities_are_read_from_this_run_or_the_recorded_one(pair):
+    recorded = recorded_run("05_ordering")
+    packed, qat = (final_ppl(recorded.rows, family) for family in ("packed NF4", "QAT"))
+    assert set(packed) == set(qat) == {order.replace(",", "-") for order in ORDERS}
+    assert packed["P-KD-Q"] == qat["P-KD-Q"] == recorded.value("PPL wiki, P-KD-Q (packed NF4)")
+    assert qat["Q-P-KD"] == recorded.value("PPL wiki, Q(QAT)-P-KD (QAT)")
+    gap = quantize_early_gap(packed)
+    assert gap == pytest.approx(sum(packed[o] for o in QUANTIZE_BEFORE_PRUNE) / 3 - packed["P-KD-Q"])
+    assert 1 - quantize_early_gap(qat) / gap == pytest.approx(recorded.value("quantize-before-prune gap removed by "
+                                                                             "QAT, wiki"))
+    model, tokenizer, teacher = pair
+    live = run_orders(model, tokenizer, protocol(), teacher, orders=["Q,P,KD"], qat=True, budget=BUDGET, progress=False)
+    rows = family_rows(live, "QAT")
+    assert set(rows) == {"PPL wiki, Q(QAT)-P-KD (QAT)", "PPL python-docs, Q(QAT)-P-KD (QAT)"}
+    assert final_ppl(rows, "QAT", "python-docs") == {"Q-P-KD": live[0].final["ppl"]["python-docs"]}
+    assert final_ppl(rows, "packed NF4") == {}
+
+
+def test_the_quick_pipelines_start_within_2x_of_workshop_eval(embedded):
+    # issue 33's target, its cheap half: the model every quick pipeline starts from is the whole model, and its
+    # perplexity under the pipeline's short windows stays within 2x of `workshop eval`'s (the end, within 5x after
+    # P-KD-Q, needs a minute of training: lab 05 prints it as a verdict)
+    model, tokenizer = embedded
+    quick = get_budget("quick")
+    start = pipeline_protocol(quick, eval_data=["wiki"]).evaluate(model, tokenizer, progress=False)["wiki"].ppl
+    whole = DataProtocol.for_budget(quick, eval_data=["wiki"]).evaluate(model, tokenizer, progress=False)["wiki"].ppl
+    assert model.config.num_hidden_layers == 30 and whole / 2 < start < 2 * whole

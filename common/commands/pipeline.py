@@ -1,9 +1,9 @@
 """`workshop pipeline`: prune, distill and quantize in a given order (lab 05), or all six orders."""
-from dataclasses import replace
-
-from . import Output, add_data_options, protocol_from
+from . import Output, add_data_options
 from ..errors import WorkshopError
+from ..outputs import check_new_output, reported_write_errors
 
+DATA_OPTIONS = ("calib_data", "calib_samples", "calib_seqlen", "eval_data", "seqlen", "max_windows", "train_data")
 HELP = "Run a compression pipeline: --order P,KD,Q, a --recipe file, or --all-orders (lab 05's table)."
 
 
@@ -18,7 +18,8 @@ def add_arguments(p) -> None:
     p.add_argument("--qat", action="store_true", help="Q as quantization-aware training (NF4 forward, float weights "
                    "that keep training) instead of packed, frozen NF4")
     p.add_argument("--teacher", help="the teacher of the KD step (default: --model, uncompressed)")
-    p.add_argument("--out", help="write the final model here (packed where it is quantized; with --order or --recipe)")
+    p.add_argument("--out", help="write the final model here (packed where it is quantized; with --order or --recipe; "
+                   "checked before the model loads, written atomically)")
     p.add_argument("--layers", type=int, help="keep the first N decoder layers of the model and the teacher "
                    "(default: all of them; a cut model's perplexity means little)")
     add_data_options(p, train=True)
@@ -28,7 +29,8 @@ def run(args) -> Output:
     from ..budgets import get_budget
     from ..models import load_model, save_pretrained_atomic
     from ..prune.depth import keep_first_layers
-    from ..pipeline import ORDERS, ModeloptQuantize, pipeline_text, recipe_from_file, recipe_from_order, run_pipeline
+    from ..pipeline import (ORDERS, ModeloptQuantize, pipeline_protocol, pipeline_text, recipe_from_file,
+                           recipe_from_order, run_pipeline)
     chosen = [flag for flag, value in (("--order", args.order), ("--recipe", args.recipe),
                                        ("--all-orders", args.all_orders)) if value]
     if len(chosen) != 1:
@@ -41,16 +43,17 @@ def run(args) -> Output:
                             "in the recipe instead.")
     if args.layers is not None and args.layers < 1:
         raise WorkshopError(f"--layers {args.layers}: a model needs at least one decoder layer.",
-                            "Give --layers 1 or more, or leave it out for the mode's budget.")
+                            "Give --layers 1 or more, or leave it out to keep every layer.")
     budget = get_budget()
-    # lab 05's budget: shorter evaluations after every step
-    protocol = replace(protocol_from(args), seqlen=args.seqlen or budget.pipeline_eval_seqlen,
-                       max_windows=budget.pipeline_eval_windows if args.max_windows is None else args.max_windows)
+    # lab 05's budget: shorter evaluations (and calibration sequences) after every step; options win
+    protocol = pipeline_protocol(budget, **{key: getattr(args, key, None) for key in DATA_OPTIONS})
     recipes = ([recipe_from_order(order, args.qat) for order in ORDERS] if args.all_orders else
                [recipe_from_order(args.order, args.qat)] if args.order else [recipe_from_file(args.recipe)])
     if args.out and any(isinstance(step, ModeloptQuantize) for step in recipes[0]):
         raise WorkshopError("--out writes our packed layers; a modelopt-quantized model is written by modelopt's own "
                             "export.", "Leave out --out, or quantize with Q (NF4) or INT4 in the recipe.")
+    if args.out:   # refused before minutes of pruning and training, not after them
+        check_new_output(args.out, example="pipeline-model")
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     if args.layers is not None and args.layers > model.config.num_hidden_layers:
         raise WorkshopError(f"--layers {args.layers}: {args.model} has only {model.config.num_hidden_layers} decoder layers.",
@@ -68,6 +71,7 @@ def run(args) -> Output:
            "protocol": protocol.to_dict(), "results": [r.to_dict() for r in results]}
     text = pipeline_text(results) + f"\n[{protocol.describe()}]"
     if args.out:
-        out["out"] = str(save_pretrained_atomic(final, tokenizer, args.out))
+        with reported_write_errors(args.out):   # written aside and renamed: nothing half-written is left
+            out["out"] = str(save_pretrained_atomic(final, tokenizer, args.out))
         text += f"\nsaved to {out['out']}"
     return Output(out, text)
