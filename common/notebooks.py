@@ -90,7 +90,9 @@ def strip_solutions(source: str, read_elsewhere: set = frozenset()) -> str:
             names = [n for n in bound_names("\n".join(lines[begin + 1:end])) if n in read_elsewhere]
             if not names:
                 raise ValueError(f"the solution at line {begin + 1} binds nothing the notebook reads elsewhere")
-            out += [f"{TODO}; until then the check below goes on with the reference answer"]
+            # a prediction has no reference answer: left as `...`, the lab prints the measurement alone
+            out += [f"{TODO}; left as ..., the lab measures without your prediction" if "predicted(" in source
+                    else f"{TODO}; until then the check below goes on with the reference answer"]
             out += [f"{name} = ..." for name in names]
         done = end + 1
     return "\n".join(out + lines[done:])

@@ -42,3 +42,10 @@ def test_each_lab_has_header_exercises_and_checks(path):
     assert any("LabResults" in c for c in code), f"{path.name}: no closing results table"
     lab = nbformat.read(LABS / path.name, as_version=4)
     assert not any(c.get("outputs") for c in lab.cells if c.cell_type == "code")
+
+
+def test_a_prediction_left_open_is_not_said_to_get_a_reference_answer():
+    src = '### BEGIN SOLUTION\nguess = "wiki"\n### END SOLUTION\nguess = predicted("lowest", guess)'
+    stripped = strip_solutions(src, {"guess"})
+    assert "the lab measures without your prediction" in stripped and "reference answer" not in stripped
+    assert "guess = ..." in stripped

@@ -42,6 +42,8 @@ def test_a_prediction_is_a_number_or_a_choice_and_anything_else_is_said_once(cap
 
 def test_a_prediction_is_printed_beside_the_measurement():
     assert "you predicted 2, measured 4: 2x higher than predicted" in compare_prediction("s", 2.0, 4.0)
+    assert "measured 2.31: 16% higher than predicted" in compare_prediction("s", 2.0, 2.31)
+    assert "measured 5.12: 15% lower than predicted" in compare_prediction("s", 6.0, 5.12)
     assert "0.5x" not in compare_prediction("s", 4.0, 2.0) and "2x lower" in compare_prediction("s", 4.0, 2.0)
     assert "not what you predicted" in compare_prediction("t", "last", "first")
     assert "as predicted" in compare_prediction("t", "first", "first")

@@ -90,8 +90,13 @@ def compare_prediction(name: str, prediction, measured, unit: str = "") -> str:
                 + ("as predicted" if prediction == measured else "not what you predicted"))
     else:
         ratio = float(measured) / prediction if prediction else math.inf
-        off = "exactly" if ratio == 1 else f"{max(ratio, 1 / ratio) if ratio > 0 else math.inf:.2g}x " + (
-            "higher" if ratio > 1 else "lower") + " than predicted"
+        factor = max(ratio, 1 / ratio) if ratio > 0 else math.inf
+        if ratio == 1:
+            off = "exactly"
+        elif factor < 1.5:   # a factor would round to "1x": say the difference in percent
+            off = f"{abs(ratio - 1):.0%} " + ("higher" if ratio > 1 else "lower") + " than predicted"
+        else:
+            off = f"{factor:.2g}x " + ("higher" if ratio > 1 else "lower") + " than predicted"
         line = f"\u00ab{name}\u00bb: you predicted {_shown(prediction)}{unit}, measured {shown}: {off}"
     print(line)
     return line

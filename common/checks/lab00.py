@@ -1,32 +1,89 @@
-"""Checkers of lab 00 (Baseline)."""
-from . import check_close
+"""Checkers of lab 00 (Baseline).
+
+Each reference is computed here, from the model and texts in front of the learner: parameter counts by
+building the model for a config on PyTorch's meta device (shapes only, no memory), perplexity with the
+course's protocol (`common.data.eval_windows`, `common.eval.window_nll`).
+"""
+import copy
+import math
+
+import torch
+
+from . import check, not_solved
+
+# Configs other than the embedded model's on which a parameter count must hold too: the same model with
+# untied embeddings and as many key/value heads as query heads, and SmolLM2-360M's published shapes.
+_OTHER_CONFIGS = {
+    "the same model with an untied output head and 9 key/value heads (no grouped-query attention)":
+        dict(tie_word_embeddings=False, num_key_value_heads=9),
+    "SmolLM2-360M's shapes (hidden 960, MLP 2560, 32 layers, 15 query and 5 key/value heads)":
+        dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
+             num_key_value_heads=5, head_dim=64),
+}
 
 
-def check_mlp_parameters(answer: int, model):
-    from ..eval import parameter_breakdown
-    return check_close("MLP parameters from the config", answer, parameter_breakdown(model)["mlp"], 0.0,
-                "each layer has gate_proj and up_proj (hidden x intermediate) and down_proj "
-                "(intermediate x hidden), with no biases; multiply by the number of layers.")
+def _parameter_count(config) -> int:
+    """Parameters of the causal LM that `config` describes, each tensor once (a tied head is the embedding)."""
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
 
 
-def check_gguf_tensor_bytes(answer: float, reader):
-    return check_close("predicted bytes of the GGUF's tensors", answer, sum(int(t.n_bytes) for t in reader.tensors),
-                1e-6, "Q4_1 stores a block of 32 weights in 20 bytes (16 bytes of 4-bit codes, an fp16 "
-                "scale and an fp16 minimum); Q8_0 stores 32 weights in 34 bytes (32 int8 codes and an "
-                "fp16 scale); F32 takes 4 bytes per value.")
+def _variant(config, **changes):
+    variant = copy.deepcopy(config)
+    for key, value in changes.items():
+        setattr(variant, key, value)
+    return variant
 
 
-def check_window_nll(answer, model, window):
+def check_parameter_count(count_fn, config):
+    """`count_fn(config)` must give the parameter count of the embedded model's config and of two others."""
+    name = "parameters of a Llama-style model from its config"
+    configs = {"the embedded model's config": config} | {
+        what: _variant(config, **changes) for what, changes in _OTHER_CONFIGS.items()}
+    for what, cfg in configs.items():
+        try:
+            answer = count_fn(cfg)
+        except NotImplementedError:
+            return not_solved(name, _parameter_count)
+        expected = _parameter_count(cfg)
+        ok = answer is not None and not isinstance(answer, bool) and math.isclose(float(answer), expected)
+        check(f"{name}: {what}" if ok else f"{name}: {what}: got {answer!r}, expected {expected:,}", ok,
+              "per layer: q and o are hidden x hidden; k and v are hidden x (key/value heads x head dim); the "
+              "MLP has gate, up (hidden x intermediate) and down (intermediate x hidden); two RMSNorm weight "
+              "vectors of size hidden. Then the embedding (vocabulary x hidden), the final norm, and an output "
+              "head only if tie_word_embeddings is False (a tied head is the embedding itself).")
+    return count_fn
+
+
+def _perplexity(model, ids, seqlen: int, max_windows: int | None = None) -> float:
+    """The course's protocol (common/eval.py): non-overlapping windows, tail dropped, exp(mean NLL)."""
+    from ..data import eval_windows
     from ..eval import window_nll
-    expected = window_nll(model, window.unsqueeze(0)).item()
-    return check_close("summed NLL of one window", answer, expected, 1e-4,
-                "log_softmax the logits at positions 0..L-2 and pick the log-probability of the token "
-                "at positions 1..L-1; sum their negatives.")
+    windows = eval_windows(ids, seqlen, max_windows)
+    device = next(model.parameters()).device
+    total = sum(window_nll(model, window[None].to(device)).item() for window in windows)
+    return math.exp(total / (windows.size(0) * (seqlen - 1)))
 
 
-def check_decode_bound(answer: float, bytes_per_step: float, bandwidth: float, batch_size: int = 1):
-    from ..eval import decode_bound_tokens_per_s
-    return check_close(f"decode bound at batch {batch_size}", answer,
-                decode_bound_tokens_per_s(bytes_per_step, bandwidth, batch_size), 0.01,
-                "each decode step reads every weight once and yields one token per sequence: "
-                "tokens/s = batch x bandwidth / bytes read per step.")
+def check_perplexity(perplexity_fn, model, ids, seqlen: int = 128, windows: int = 3):
+    """Run `perplexity_fn(model, tokens, seqlen)` on the first `windows` windows of `ids` plus half a window of
+    tail (which the protocol drops) and compare it with the protocol's perplexity of the same tokens. Short
+    windows keep the check cheap: the protocol is the same at any length."""
+    n = min(windows, ids.numel() // seqlen)
+    tokens = ids[: n * seqlen + seqlen // 2]
+    name = f"perplexity over {n} window{'s' if n > 1 else ''} of {seqlen} tokens (and a tail to drop)"
+    try:
+        answer = perplexity_fn(model, tokens, seqlen)
+    except NotImplementedError:
+        return not_solved(name, _perplexity)
+    expected = _perplexity(model, tokens, seqlen)
+    ok = isinstance(answer, (int, float, torch.Tensor)) and math.isclose(float(answer), expected, rel_tol=1e-3)
+    shown = f"{float(answer):.4f}" if isinstance(answer, (int, float, torch.Tensor)) else repr(answer)
+    check(name if ok else f"{name}: got {shown}, expected {expected:.4f} (within 0.1%)", ok,
+          "cut ids into ids.numel() // seqlen windows of seqlen tokens (drop the rest); in each window the logits "
+          "at positions 0..seqlen-2 predict the tokens at 1..seqlen-1 (take log_softmax in float32); sum the "
+          "negative log-probabilities over all windows, divide by the number of predicted tokens "
+          "(windows x (seqlen - 1)), and return exp of that mean as a float.")
+    return perplexity_fn

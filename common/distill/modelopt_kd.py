@@ -17,6 +17,7 @@ Found with modelopt 0.47 (runs on the CPU: nothing here needs CUDA):
     averages over one more position per window than ours: a tiny difference.
 """
 import time
+import warnings
 
 import torch
 from tqdm.auto import tqdm
@@ -42,9 +43,13 @@ def distill_modelopt(student, teacher, config: DistillConfig, data: torch.Tensor
     torch.manual_seed(config.seed)
     teacher_trainable = {p: p.requires_grad for p in teacher.parameters()}   # mtd.convert freezes the teacher
     student.float().train()
+    with warnings.catch_warnings():
+        # a KD weight below 1 leaves the rest to the student loss, which compute_kd_loss below does receive
+        warnings.filterwarnings("ignore", message="`StaticLossBalancer` weights do not sum to 1.0")
+        balancer = mtd.StaticLossBalancer(kd_loss_weight=1.0 - config.alpha)
     kd_config = {"teacher_model": teacher,
                  "criterion": {("lm_head", "lm_head"): mtd.LogitsDistillationLoss(config.temperature, reduction="none")},
-                 "loss_balancer": mtd.StaticLossBalancer(kd_loss_weight=1.0 - config.alpha)}
+                 "loss_balancer": balancer}
     model = mtd.convert(student, mode=[("kd_loss", kd_config)])
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))

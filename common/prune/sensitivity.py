@@ -2,7 +2,9 @@
 
 Sensitivity = perplexity after pruning ONE part (a decoder layer, or one kind of projection in every
 layer) with everything else intact; the part is restored afterwards. The same measurement answers
-"are later layers more sensitive?" and tells where to spend a sparsity budget.
+"are later layers more sensitive?" and tells where to spend a sparsity budget. The coarser view of
+SparseGPT's paper keeps one third of the layers dense (first, middle or last) and prunes the rest:
+`ppl_with_dense_layers` evaluates a pruned model with some of its layers swapped back to dense.
 
 Non-uniform allocation (OWL, Yin et al. 2024): layers whose Wanda scores have more outliers (scores
 above `threshold` x their mean) hold more of the model's important weights, so they get a lower
@@ -90,11 +92,40 @@ def module_sensitivity(model, tokenizer, settings: EvalSettings, groups: dict | 
     return result
 
 
-def skip_third_sparsities(num_layers: int, sparsity: float, skip: str) -> tuple:
-    """Per-layer sparsities that leave the first or the last third of the layers dense."""
+THIRDS = ("first", "middle", "last")
+
+
+def third_layers(num_layers: int, which: str) -> range:
+    """The decoder layers of the first, middle or last third (num_layers // 3 each; the middle one is
+    centred, so with 31 layers it leaves one layer on each side of it)."""
+    if which not in THIRDS:
+        raise ValueError(f"which third: one of {', '.join(THIRDS)}, not {which!r}")
     third = num_layers // 3
-    dense = range(num_layers - third, num_layers) if skip == "last" else range(third)
+    start = {"first": 0, "middle": (num_layers - third) // 2, "last": num_layers - third}[which]
+    return range(start, start + third)
+
+
+def skip_third_sparsities(num_layers: int, sparsity: float, skip: str) -> tuple:
+    """Per-layer sparsities that leave the first, middle or last third of the layers dense."""
+    dense = third_layers(num_layers, skip)
     return tuple(0.0 if i in dense else sparsity for i in range(num_layers))
+
+
+@torch.no_grad()
+def ppl_with_dense_layers(pruned, dense, indices, tokenizer, settings: EvalSettings) -> float:
+    """Perplexity of `pruned` with its decoder layers `indices` taken from `dense` for the evaluation (the
+    pruned layers are put back afterwards). With a sequentially calibrated method (Wanda, SparseGPT) and
+    the LAST layers restored this equals a run that skipped them; restoring earlier layers leaves the
+    later ones with masks chosen when their inputs came through pruned layers."""
+    layers, dense_layers = decoder_layers(pruned), decoder_layers(dense)
+    saved = {i: layers[i] for i in indices}
+    for i in indices:
+        layers[i] = dense_layers[i]
+    try:
+        return evaluate(pruned, tokenizer, settings)
+    finally:
+        for i, layer in saved.items():
+            layers[i] = layer
 
 
 @torch.no_grad()
