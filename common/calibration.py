@@ -152,3 +152,46 @@ def mean_abs_output(model, calib_batch: torch.Tensor, module_names: list) -> dic
         for h in handles:
             h.remove()
     return {name: s / count["tokens"] for name, s in sums.items()}
+
+
+class _Captured(Exception):
+    """Raised by the hook once the linear's input is captured: the layers after it need not run."""
+
+
+@torch.no_grad()
+def linear_inputs(model, names: list, batch: torch.Tensor) -> dict:
+    """{name: the inputs [tokens, in_features] (float32, on the CPU) that the linear `name` (e.g.
+    'model.layers.15.mlp.down_proj') receives when the model reads `batch` [n, seqlen]}. Each forward
+    stops once the last of them has its input: the layers after it need not run."""
+    device = next(model.parameters()).device
+    captured = {name: [] for name in names}
+    last = {}
+
+    def grab(module, args, name):
+        captured[name].append(args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu())
+        last[name] = True
+        if len(last) == len(names):
+            raise _Captured
+
+    handles = [model.get_submodule(name).register_forward_pre_hook(lambda m, args, name=name: grab(m, args, name))
+               for name in names]
+    try:
+        for ids in batch.split(CHUNK):
+            last.clear()
+            try:
+                model.get_decoder()(ids.to(device), use_cache=False)   # no logits needed
+            except _Captured:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(xs) for name, xs in captured.items()}
+
+
+@torch.no_grad()
+def relative_output_error(x: torch.Tensor, weight: torch.Tensor, w_hat: torch.Tensor) -> float:
+    """||X (W - W_hat)^T||^2 / ||X W^T||^2 on inputs X [tokens, in]: the share of the layer's output that
+    an edited weight W_hat (quantized, pruned) gets wrong (0: nothing). Judged on held-out inputs, it
+    says whether a method fitted its calibration tokens or learned something that carries over."""
+    x, weight = x.float(), weight.detach().float()
+    return float(((x @ (weight - w_hat.detach().float()).T) ** 2).sum() / ((x @ weight.T) ** 2).sum())

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .eval import _sync
+
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
 
 
@@ -36,11 +38,6 @@ class StepAnatomy:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _is_aten(event) -> bool:

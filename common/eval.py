@@ -88,6 +88,14 @@ def perplexities(model, tokenizer, texts=DEFAULT_EVAL, seqlen: int = 2048, max_w
             for name in texts}
 
 
+def gap_closed(best_ppl: float, worse_ppl: float, method_ppl: float) -> float:
+    """The share of the perplexity gap from `worse_ppl` down to `best_ppl` that a method closed: 1 reaches
+    `best_ppl`, 0 is no better than `worse_ppl`, negative is worse still, above 1 is below `best_ppl`.
+    E.g. GPTQ against RTN with the unquantized baseline as best (lab 02), a distilled student against the
+    pruned one with the teacher as best (lab 04)."""
+    return (worse_ppl - method_ppl) / (worse_ppl - best_ppl)
+
+
 # ---------------------------------------------------------------------------------------------
 # Size
 # ---------------------------------------------------------------------------------------------

@@ -7,10 +7,7 @@ import torch
 
 from common.checks import ExerciseFailed
 from common.checks.lab00 import check_parameter_count, check_perplexity
-
-
-def unsolved_function(*args, **kwargs):
-    raise NotImplementedError("Exercise: replace this line with your solution")
+from conftest import unsolved_function   # an exercise left open: the stub labs/ hands the learner
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,7 @@ from common.models import load_model
 from common.quant.formats import fake_quant_nf4
 from common.quant.nf4 import NF4Config, quantize_nf4
 from common.quant.qlinear import QuantLinear, pack_quantized
-
-
-def unsolved_function(*args, **kwargs):
-    raise NotImplementedError("Exercise: replace this line with your solution")
+from conftest import unsolved_function   # an exercise left open: the stub labs/ hands the learner
 
 
 @pytest.fixture(scope="module")

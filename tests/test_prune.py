@@ -10,7 +10,8 @@ from common.eval import stored_bytes
 from common.models import load_model, tiny_random
 from common.prune.depth import DepthPruneConfig, prune_depth
 from common.prune.lowrank import LowRankConfig, factorize, factorized_linear, prune_lowrank
-from common.calibration import decoder_layers, first_layer_inputs, linear_input_grams, linear_layers
+from common.calibration import (decoder_layers, first_layer_inputs, linear_input_grams, linear_layers,
+                                relative_output_error)
 from common.prune.magnitude import MagnitudeConfig, prune_magnitude
 from common.prune.masks import (mask_from_scores, masks_from_zeros, nm_boundary_ties, nm_mask, parse_pattern,
                                 sparsity_of, unstructured_mask)
@@ -72,10 +73,6 @@ def correlated_layer(seed=0, n=2048, d_in=128, d_out=64):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d_in, generator=g) @ torch.randn(d_in, d_in, generator=g) * torch.linspace(0.2, 3, d_in)
     return x, torch.randn(d_out, d_in, generator=g)
-
-
-def relative_output_error(x, w, w_pruned):
-    return float((x @ (w - w_pruned).T).pow(2).mean() / (x @ w.T).pow(2).mean())
 
 
 @pytest.mark.parametrize("sparsity,nm", [(0.5, None), (0.7, None), (0.5, (2, 4))])

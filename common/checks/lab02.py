@@ -24,7 +24,8 @@ def check_gptq_layer(gptq_layer, weight: torch.Tensor, H: torch.Tensor, held_out
     ({text: inputs [tokens, in]}) is below round-to-nearest's and within 5% of the library's GPTQ
     (same order of columns, same damping). Returns the learner's weight (the library's if unsolved)."""
     from ..quant.gptq import GPTQConfig, gptq_quantize_weight
-    from ..quant.layer_study import on_grid, relative_output_error, rtn_weight
+    from ..calibration import relative_output_error
+    from ..quant.layer_study import on_grid, rtn_weight
     name = f"GPTQ's column loop on one layer (W{bits}, {'per channel' if group_size is None else f'g{group_size}'})"
     reference = gptq_quantize_weight(weight, H, GPTQConfig(bits=bits, group_size=group_size, act_order=False))[0].float()
     answer = _call(gptq_layer, weight.clone(), H.clone(), bits, group_size)
@@ -79,6 +80,7 @@ def check_search_scale(search_scale, weights: list, x: torch.Tensor, bits: int, 
     output error (of Q(W diag(s)) diag(s)^-1 on `x`) is no more than 2% above the reference search's and
     clearly below round-to-nearest's. Returns the learner's function (the reference if unsolved)."""
     from ..quant import awq_steps
+    from ..quant.layer_study import rtn_weight
     name = "AWQ step by step: search s = mean|x|^alpha"
     reference = awq_steps.search_scale(weights, x, bits, group_size)
     answer = _call(search_scale, [w.clone() for w in weights], x.clone(), bits, group_size)
@@ -86,7 +88,7 @@ def check_search_scale(search_scale, weights: list, x: torch.Tensor, bits: int, 
         return not_solved(name, awq_steps.search_scale)
 
     def error(s):
-        return awq_steps.output_error(x, weights, [awq_steps.rtn(w.float() * s, bits, group_size) / s for w in weights])
+        return awq_steps.output_error(x, weights, [rtn_weight(w.float() * s, bits, group_size) / s for w in weights])
 
     ok = (isinstance(answer, torch.Tensor) and answer.shape == (x.shape[1],) and bool(torch.isfinite(answer).all())
           and bool((answer > 0).all()))

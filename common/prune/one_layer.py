@@ -14,37 +14,17 @@ use the references here; the lab itself only captures inputs and measures errors
 import torch
 from torch import nn
 
-from ..calibration import CHUNK
+from .. import calibration
 from .masks import unstructured_mask
 from .sparsegpt import sparsegpt_weight
 from .wanda import wanda_scores
 
 
-class _Captured(Exception):
-    """Raised by the hook once the layer's input is captured: the layers after it need not run."""
-
-
-@torch.no_grad()
 def linear_inputs(model, linear: nn.Linear, batch: torch.Tensor) -> torch.Tensor:
     """The inputs [tokens, in_features] (float32) that `linear` receives when `model` reads `batch`
     [sequences, seqlen]; each forward stops at the layer, so a layer near the bottom is cheap to probe."""
-    device = next(model.parameters()).device
-    chunks = []
-
-    def grab(module, args):
-        chunks.append(args[0].detach().reshape(-1, args[0].size(-1)).float().cpu())
-        raise _Captured
-
-    handle = linear.register_forward_pre_hook(grab)
-    try:
-        for ids in batch.split(CHUNK):
-            try:
-                model(ids.to(device), use_cache=False)
-            except _Captured:
-                pass
-    finally:
-        handle.remove()
-    return torch.cat(chunks)
+    name = next(name for name, module in model.named_modules() if module is linear)
+    return calibration.linear_inputs(model, [name], batch)[name]
 
 
 def gram(inputs: torch.Tensor) -> torch.Tensor:
@@ -53,11 +33,9 @@ def gram(inputs: torch.Tensor) -> torch.Tensor:
     return x.T @ x / x.size(0)
 
 
-@torch.no_grad()
 def output_error(weight: torch.Tensor, pruned: torch.Tensor, inputs: torch.Tensor) -> float:
     """||X (W - W')^T||^2 / ||X W^T||^2 on the inputs X [tokens, in]: the share of the layer's output lost."""
-    x, w = inputs.float(), weight.detach().float()
-    return float((x @ (w - pruned.detach().float()).T).pow(2).sum() / (x @ w.T).pow(2).sum())
+    return calibration.relative_output_error(inputs, weight, pruned)
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..calibration import CHUNK, decoder_layers, linear_layers
-from .formats import fake_quant_int
+from .layer_study import rtn_weight
 
 # Linears of a Llama decoder layer that read one input (the same groups as AWQ's and GPTQ's).
 SHARED_INPUTS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
@@ -69,11 +69,6 @@ def input_statistics(model, calib_batch: torch.Tensor, sample_tokens: int = 256,
             for key in sums}
 
 
-def rtn(weight: torch.Tensor, bits: int, group_size: int | None) -> torch.Tensor:
-    """Round to nearest on an asymmetric grid (what every step below ends with)."""
-    return fake_quant_int(weight.float(), bits, group_size, symmetric=False)
-
-
 def salient_channels(act_mean: torch.Tensor, fraction: float) -> torch.Tensor:
     """Indices of the max(1, round(fraction * channels)) input channels with the largest mean |x|."""
     k = max(1, round(fraction * act_mean.numel()))
@@ -92,12 +87,12 @@ def protect_channels(weight: torch.Tensor, channels: torch.Tensor, bits: int, gr
     (scale None), or multiplied by `scale` before rounding and divided by it after."""
     weight = weight.float()
     if scale is None:
-        w_hat = rtn(weight, bits, group_size)
+        w_hat = rtn_weight(weight, bits, group_size)
         w_hat[:, channels] = weight[:, channels]
         return w_hat
     s = torch.ones(weight.shape[1], device=weight.device)
     s[channels] = scale
-    return rtn(weight * s, bits, group_size) / s
+    return rtn_weight(weight * s, bits, group_size) / s
 
 
 def protect_salient(weight: torch.Tensor, act_mean: torch.Tensor, fraction: float, bits: int,
@@ -126,7 +121,7 @@ def search_scale(weights: list, x: torch.Tensor, bits: int, group_size: int | No
     best, best_s = float("inf"), torch.ones_like(x_mean)
     for alpha in alpha_grid(points):
         s = x_mean.pow(alpha).clamp(min=1e-4)
-        error = output_error(x, weights, [rtn(w.float() * s, bits, group_size) / s for w in weights])
+        error = output_error(x, weights, [rtn_weight(w.float() * s, bits, group_size) / s for w in weights])
         if error < best:
             best, best_s = error, s
     return best_s

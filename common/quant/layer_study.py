@@ -1,65 +1,21 @@
 """One linear layer of the real model, studied alone (lab 02).
 
-A whole-model perplexity mixes every layer's error; one layer shows a method's mechanism. Here: the
-inputs a named linear receives on some text (from the unquantized model), and the relative error of
-its outputs when its weight, or its weight and its inputs, are quantized. Held-out inputs (the same
-layer on text it was not calibrated on) say whether a method fitted its calibration tokens or learned
-something that carries over.
+A whole-model perplexity mixes every layer's error; one layer shows a method's mechanism. The inputs a
+named linear receives and the relative error of its outputs are common.calibration's `linear_inputs`
+and `relative_output_error` (lab 03 prunes one layer with them too); here: held-out windows, the RTN
+reference and the W8A8 errors, where the layer's inputs are quantized as well as its weight.
 """
 import torch
 
-from ..calibration import CHUNK
 from ..data import eval_windows, token_ids
 from .formats import fake_quant_int
 from .smoothquant import quantize_static_int8, smoothing_scale, static_int8_scale
-
-
-class _Captured(Exception):
-    """Raised by the hook once the linear's input is captured: the layers after it need not run."""
-
-
-@torch.no_grad()
-def linear_inputs(model, names: list, batch: torch.Tensor) -> dict:
-    """{name: the inputs [tokens, in_features] (float32, on the CPU) that the linear `name` (e.g.
-    'model.layers.15.mlp.down_proj') receives when the model reads `batch` [n, seqlen]}. Each forward
-    stops once the last of them has its input: the layers after it need not run."""
-    device = next(model.parameters()).device
-    captured = {name: [] for name in names}
-    last = {}
-
-    def grab(module, args, name):
-        captured[name].append(args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu())
-        last[name] = True
-        if len(last) == len(names):
-            raise _Captured
-
-    handles = [model.get_submodule(name).register_forward_pre_hook(lambda m, args, name=name: grab(m, args, name))
-               for name in names]
-    try:
-        for ids in batch.split(CHUNK):
-            last.clear()
-            try:
-                model.get_decoder()(ids.to(device), use_cache=False)   # no logits needed
-            except _Captured:
-                pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: torch.cat(xs) for name, xs in captured.items()}
 
 
 def eval_text_windows(tokenizer, text: str, seqlen: int, windows: int) -> torch.Tensor:
     """The first `windows` evaluation windows [windows, seqlen] of `text`'s evaluation part: held-out
     text for a layer calibrated on a calibration part."""
     return eval_windows(token_ids(tokenizer, text, "eval"), seqlen, windows)
-
-
-@torch.no_grad()
-def relative_output_error(x: torch.Tensor, weight: torch.Tensor, w_hat: torch.Tensor) -> float:
-    """||X (W - W_hat)^T||^2 / ||X W^T||^2 on inputs X [tokens, in]: the share of the layer's output
-    that quantizing its weight gets wrong (0: nothing)."""
-    weight = weight.float()
-    return float(((x @ (weight - w_hat.float()).T) ** 2).sum() / ((x @ weight.T) ** 2).sum())
 
 
 def rtn_weight(weight: torch.Tensor, bits: int, group_size: int | None) -> torch.Tensor:
