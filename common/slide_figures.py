@@ -363,6 +363,6 @@ def draw(name: str, results: dict) -> bytes:
         raise KeyError(f"plot {name}: no such slide figure (there are {', '.join(FIGURES)})")
     fig = FIGURES[name](results)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=150)
+    fig.savefig(buffer, format="png", dpi=150, bbox_inches="tight", pad_inches=0.1)  # no empty margins on a slide
     plt.close(fig)
     return buffer.getvalue()

@@ -10,7 +10,7 @@ bar, so a row name may hold a bare "|"):
                              thousands-grouped integer)
   {{ LAB | WHAT | SPEC }}    formatted by SPEC: a Python format spec (".2f", ",.0f"), or one of
                              "%" (a fraction as a percentage), "MB" (bytes as MB), "x" (a ratio),
-                             "note:K" (the K-th ", "-separated part of the row's note, e.g. the
+                             "note:K" (the K-th part of the row's note, parts separated by ", " or "; ", e.g. the
                              "116.4 MB" of "116.4 MB, 1.6 s"), "in-note" or "in-note SPEC" (the one
                              number the row's note holds, e.g. "first third dense: 38.14")
   {{ LAB | @device }}        the run's device; @date (its day) and @mode likewise
@@ -153,7 +153,7 @@ def _value(results: dict, source: Path, fields: list) -> str:
         return str(meta[what])
     row = _row_value(results, source, lab, what)
     if spec and spec.startswith("note:"):
-        parts = [p.strip() for p in str(row["note"]).split(", ")]
+        parts = [p.strip() for p in re.split(r"[,;] ", str(row["note"]))]
         return parts[int(spec[5:]) - 1]
     if spec and spec.startswith("in-note"):
         return _format(_number_in_note(row, lab), spec[7:].strip() or None)
