@@ -318,11 +318,11 @@ def qdq(results: dict):
 
 def decision_flow(results: dict):
     """The production decision, as a flow: what the deployment is bound by, which GPU, whether it can train."""
-    fig, ax = _canvas(size=TALL, xlim=(0, 24), ylim=(0, 10))
+    fig, ax = _canvas(size=TALL, xlim=(-0.4, 24.4), ylim=(0, 10))
 
-    def box(x, y, text, color, w=7.0, h=1.3):
+    def box(x, y, text, color, w=7.6, h=1.3):
         ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.12", fc=color, ec="#333"))
-        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=11)
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=10.5)
 
     def arrow(a, b, label=""):
         ax.add_patch(FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=16, lw=1.6))
@@ -330,26 +330,26 @@ def decision_flow(results: dict):
             ax.text((a[0] + b[0]) / 2, (a[1] + b[1]) / 2 + 0.15, label, fontsize=10.5, ha="center", color="#333")
 
     q, answer, method = "#fff4d6", "#dde8f8", "#d8f0d8"
-    box(8.5, 8.4, "What bounds the deployment?", q)
-    box(0.2, 5.9, "decode at small batch:\nmemory-bound", answer)
-    box(8.5, 5.9, "prefill / large batch:\ncompute-bound", answer)
-    box(16.8, 5.9, "long context or many\nsequences: KV-cache memory", answer)
-    arrow((10.5, 8.4), (3.7, 7.3), "bytes")
+    box(8.2, 8.4, "What bounds the deployment?", q)
+    box(0.0, 5.9, "decode at small batch:\nmemory-bound", answer)
+    box(8.2, 5.9, "prefill / large batch:\ncompute-bound", answer)
+    box(16.4, 5.9, "long context or many\nsequences: KV-cache memory", answer)
+    arrow((10.5, 8.4), (3.8, 7.3), "bytes")
     arrow((12.0, 8.4), (12.0, 7.3), "FLOPs")
-    arrow((13.5, 8.4), (20.3, 7.3), "KV cache")
-    box(0.2, 3.4, "fewer weight bytes:\nW4A16 (AWQ, GPTQ), sm_80+", method)
-    box(8.5, 3.4, "fewer FLOP cycles: FP8 W8A8 (sm_89+),\nINT8 SmoothQuant or 2:4 (sm_80+)", method)
-    box(16.8, 3.4, "FP8 or INT8 KV cache\n(4 bits: K per channel, KIVI)", method)
-    arrow((3.7, 5.9), (3.7, 4.8))
+    arrow((13.5, 8.4), (20.2, 7.3), "KV cache")
+    box(0.0, 3.4, "fewer weight bytes:\nW4A16 (AWQ, GPTQ), sm_80+", method)
+    box(8.2, 3.4, "fewer FLOP cycles: FP8 (sm_89+),\nINT8 W8A8 or 2:4 (sm_80+)", method)
+    box(16.4, 3.4, "FP8 or INT8 KV cache\n(4 bits: K per channel, KIVI)", method)
+    arrow((3.8, 5.9), (3.8, 4.8))
     arrow((12.0, 5.9), (12.0, 4.8))
-    arrow((20.3, 5.9), (20.3, 4.8))
-    box(0.2, 0.9, "on Blackwell (sm_100): NVFP4\nweights and activations", answer)
-    box(8.5, 0.9, "can you train? yes: prune, distill,\nquantize last, or QAT / QAD", q)
-    box(16.8, 0.9, "no training: PTQ, calibrated\non text like production's", q)
-    arrow((3.7, 3.4), (3.7, 2.3))
+    arrow((20.2, 5.9), (20.2, 4.8))
+    box(0.0, 0.9, "on Blackwell (sm_100): NVFP4\nweights and activations", answer)
+    box(8.2, 0.9, "can you train? yes: prune, distill,\nquantize last, or QAT / QAD", q)
+    box(16.4, 0.9, "no training: PTQ, calibrated\non text like production's", q)
+    arrow((3.8, 3.4), (3.8, 2.3))
     arrow((12.0, 3.4), (12.0, 2.3))
-    arrow((15.5, 3.4), (17.5, 2.3))
-    arrow((7.2, 4.05), (8.4, 1.8))
+    arrow((15.8, 3.4), (17.4, 2.3))
+    arrow((7.6, 3.9), (8.3, 1.9))
     return fig
 
 
