@@ -23,6 +23,10 @@ bar, so a row name may hold a bare "|"):
                              results (or a concept diagram), sized to a slide, inlined likewise
   {{ support matrix }}       the GPU support table of `workshop doctor` (common.hardware.FEATURES) by
                              GPU generation, as a Markdown table
+  {{ takeaways | LAB }} ... {{ end takeaways }}   the three "What you learned" sentences LAB's run
+                             computed (results.json), as a numbered list; the deck's own text between
+                             the two markers (placeholders filled from the same run) stands in for a
+                             run recorded before the labs computed takeaways
 One measurement, one source: where two labs record the same quantity (SAME_MEASUREMENT), the decks
 may show only one of its rows, so a number never appears with two values.
 Speaker notes are HTML comments (`<!-- ... -->`), as Marp reads them.
@@ -182,7 +186,7 @@ def rows_used(text: str) -> set:
     used = set()
     for match in PLACEHOLDER.finditer(text):
         fields = [f.strip() for f in re.split(r"\s\|\s", match.group(1))]
-        if fields[0] in ("figure", "plot") or fields == ["support matrix"]:
+        if fields[0] in ("figure", "plot", "takeaways", "end takeaways") or fields == ["support matrix"]:
             continue
         if fields[0] == "check":
             at = next(k for k, f in enumerate(fields) if f in COMPARISONS)
@@ -199,10 +203,22 @@ def two_sources(texts: list) -> list:
     return [sorted(group & used) for group in SAME_MEASUREMENT if len(group & used) > 1]
 
 
+TAKEAWAYS = re.compile(r"\{\{\s*takeaways\s+\|\s*(\S+)\s*\}\}\n(.*?)\{\{\s*end takeaways\s*\}\}\n?", re.S)
+
+
+def _takeaways(results: dict, match) -> str:
+    """The run's own takeaways where it has them, else the deck's text between the markers."""
+    computed = results.get(match.group(1), {}).get("takeaways") or []
+    if len(computed) != 3:
+        return match.group(2)
+    return "".join(f"{k}. {t}\n" for k, t in enumerate(computed, start=1))
+
+
 def fill(text: str, results: dict, source: Path) -> tuple:
     """(the deck with every placeholder replaced, [problems]): a placeholder that names no row, lab
     or figure is left as it was and reported."""
     problems = []
+    text = TAKEAWAYS.sub(lambda m: _takeaways(results, m), text)
 
     def replace(match):
         try:

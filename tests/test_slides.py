@@ -63,6 +63,16 @@ def test_each_lab_deck_opens_with_a_brief_and_closes_with_three_takeaways():
         assert PLACEHOLDER.search(debrief), f"{deck.name}: the takeaways carry the run's numbers"
 
 
+def test_the_debrief_shows_the_run_s_own_takeaways_and_the_deck_s_text_for_an_older_run(tmp_path):
+    deck = "# What you learned\n\n{{ takeaways | lab }}\n1. PPL {{ lab | ppl, a | .1f }}\n2. b\n3. c\n{{ end takeaways }}\n"
+    older, problems = fill(deck, RESULTS, tmp_path)
+    assert problems == [] and older == "# What you learned\n\n1. PPL 12.3\n2. b\n3. c\n"
+    computed = {"lab": RESULTS["lab"] | {"takeaways": ["one | 1", "two", "three"]}}
+    newer, problems = fill(deck, computed, tmp_path)
+    assert problems == [] and newer == "# What you learned\n\n1. one | 1\n2. two\n3. three\n"
+    assert rows_used(deck) == {("lab", "ppl, a")}
+
+
 def test_a_measurement_recorded_by_two_labs_is_shown_from_one_row():
     texts = [deck.read_text() for deck in decks()]
     assert two_sources(texts) == []
