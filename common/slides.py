@@ -79,6 +79,8 @@ SAME_MEASUREMENT = [
     *({("03_pruning_and_low_rank", f"perplexity {method} 50%, {text}"),
        ("02_post_training_quantization", f"calibration study: {method} 50% calibrated on {'-' if method == 'magnitude' else 'wiki'}, PPL {text}")}
       for text in ("wiki", "python-docs") for method in ("magnitude", "Wanda", "SparseGPT")),
+    {("01_number_formats", "relative weight error, int4"), ("01_number_formats", "relative weight error, int4 groups of 64")},
+    {("01_number_formats", "relative weight error, int8"), ("01_number_formats", "relative weight error, int8 per channel")},
     *({("05_ordering", f"PPL {text}, {order} (packed NF4)"), ("05_ordering", f"PPL {text}, {order} (QAT)")}
       for text in ("wiki", "python-docs") for order in ("P-KD-Q", "KD-P-Q")),
 ]

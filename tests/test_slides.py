@@ -84,6 +84,18 @@ def test_a_measurement_recorded_by_two_labs_is_shown_from_one_row():
     assert all(len(group) > 1 for group in SAME_MEASUREMENT)
 
 
+def test_no_two_rows_the_decks_show_hold_the_same_measured_value():
+    # the same number recorded under two names (a baseline copied into every lab, one benchmark timed
+    # twice) would be one quantity shown from two rows: the decks must pick one
+    results = json.loads((RECORD / "results.json").read_text())
+    values = {}
+    for lab, what in set().union(*(rows_used(deck.read_text()) for deck in decks())):
+        value = next(row["value"] for row in results[lab]["rows"] if row["what"] == what)
+        if isinstance(value, float) and value not in (0.0, 1.0):
+            values.setdefault(f"{value:.6g}", []).append((lab, what))
+    assert {v: rows for v, rows in values.items() if len(rows) > 1} == {}
+
+
 def test_build_refuses_two_rows_of_one_measurement(tmp_path, monkeypatch):
     source = tmp_path / "reports"
     source.mkdir()
