@@ -8,15 +8,12 @@ A missing row raises KeyError, which the slides report as an unfilled placeholde
 import io
 import re
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
 WIDE, TALL = (12.0, 4.6), (12.0, 5.2)   # inches at 150 dpi: 1800 px wide, shown at a slide's width
-plt.rcParams.update({"font.size": 13, "axes.titlesize": 15, "axes.labelsize": 13, "legend.fontsize": 11})
+TYPE = {"font.size": 13, "axes.titlesize": 15, "axes.labelsize": 13, "legend.fontsize": 11}  # read from the back of a room
 
 
 def _rows(results: dict, lab: str) -> dict:
@@ -361,8 +358,9 @@ def draw(name: str, results: dict) -> bytes:
     """The figure `name` (a key of FIGURES) as PNG bytes."""
     if name not in FIGURES:
         raise KeyError(f"plot {name}: no such slide figure (there are {', '.join(FIGURES)})")
-    fig = FIGURES[name](results)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=150, bbox_inches="tight", pad_inches=0.1)  # no empty margins on a slide
+    with plt.rc_context(TYPE):   # for these figures only: a notebook that draws afterwards keeps its settings
+        fig = FIGURES[name](results)
+        fig.savefig(buffer, format="png", dpi=150, bbox_inches="tight", pad_inches=0.1)  # no empty margins
     plt.close(fig)
     return buffer.getvalue()
