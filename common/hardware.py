@@ -17,6 +17,7 @@ PACKAGES = ("torch", "transformers", "nvidia-modelopt", "gguf", "accelerate", "d
 FEATURES = {
     "bf16 tensor cores": (8, 0),
     "2:4 sparse tensor cores": (8, 0),
+    "Marlin-class W4A16 kernels": (8, 0),
     "INT8 tensor cores": (7, 5),
     "FP8 (E4M3/E5M2) tensor cores": (8, 9),
     "NVFP4 tensor cores": (10, 0),
