@@ -38,7 +38,7 @@ class Budget:
     sweep_sparsities: tuple        # sparsity levels of pruning curves
     sensitivity_layers: int        # decoder layers scanned one at a time in sensitivity studies
     long_context: int              # tokens for KV-cache experiments at long context
-    pipeline_train_steps: int      # steps of each KD step of a pipeline (lab 05 runs fifteen; full mode: lab 04's budget)
+    pipeline_train_steps: int      # steps of each KD step of a pipeline (lab 05 runs fifteen): lab 04's budget, train_steps
     pipeline_finetune_steps: int   # steps of the short CE fine-tune that ends a pipeline's P step
     pipeline_eval_seqlen: int      # tokens per perplexity window after each step of a pipeline
     pipeline_eval_windows: int | None  # perplexity windows per text after each step of a pipeline
@@ -50,7 +50,7 @@ QUICK = Budget(mode="quick", dtype="float32", eval_seqlen=512, eval_max_windows=
                teacher_samples=4, generate_batch=4,
                bench_repeats=3, decode_tokens=8, decode_batches=(1, 4), prefill_shape=(1, 128),
                sweep_eval_windows=2, sweep_sparsities=(0.5,), sensitivity_layers=3, long_context=1024,
-               pipeline_train_steps=1, pipeline_finetune_steps=0, pipeline_eval_seqlen=256, pipeline_eval_windows=1)
+               pipeline_train_steps=8, pipeline_finetune_steps=0, pipeline_eval_seqlen=256, pipeline_eval_windows=1)
 FULL = Budget(mode="full", dtype="bfloat16", eval_seqlen=2048, eval_max_windows=None,
               calib_samples=32, calib_seqlen=512, train_steps=300, train_batch=32, train_seqlen=512,
               teacher_samples=512, generate_batch=256,
