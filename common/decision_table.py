@@ -13,6 +13,9 @@ from dataclasses import dataclass
 # is about long context at large batch, so it is judged there in every mode (it is arithmetic on the config).
 LONG_CONTEXT, SERVING_BATCH = 8192, 16
 WIDTH_FRACTION = 0.3   # lab 04's student: 30% of every MLP's channels removed (lab 03's width pruning)
+# A speed-up is worth taking only while the model still does the dense model's job: here, a wiki perplexity
+# at most 1.5x the dense one (INT4 AWQ g64 costs ~1.16x in lab 02; a collapsed model costs 4x and more).
+USABLE_PPL_RATIO = 1.5
 
 
 @dataclass(frozen=True)
@@ -83,13 +86,17 @@ def decision_rows(*, sparse_large: float, sparse_m16: float, sparse_source: str,
         parts += [f"wiki perplexity of {', '.join(missing)}: not in the recorded runs yet"] if missing else []
         return "; ".join(parts)
 
+    # speed alone does not make the rule: a one-shot 2:4 model that has collapsed is not worth its speed-up
+    usable = None if None in (baseline, awq, sparsegpt) else max(awq, sparsegpt) <= USABLE_PPL_RATIO * baseline
     rows = [Row(
         "datacenter GPU", "2:4 + quantization",
-        "2:4 speeds up the compute-bound product and 4-bit weights the batch-1 GEMV",
-        sparse_large > 1 and w4a16_m1 > 1,
+        "2:4 speeds up the compute-bound product, 4-bit weights the batch-1 GEMV, and both keep the model usable "
+        f"without retraining (wiki perplexity within {USABLE_PPL_RATIO}x dense)",
+        None if usable is None else sparse_large > 1 and w4a16_m1 > 1 and usable,
         f"2:4 {sparse_large:.2f}x bf16 at 8192³ but {sparse_m16:.2f}x at M = 16 ({sparse_source}); W4A16 "
         f"{w4a16_m1:.2f}x bf16 at M = 1 ({kernels_source}). Accuracy on this model: "
-        + perplexities(("dense", baseline), ("INT4 AWQ g64", awq), ("SparseGPT 2:4", sparsegpt)),
+        + perplexities(("dense", baseline), ("INT4 AWQ g64", awq), ("SparseGPT 2:4", sparsegpt))
+        + ("" if usable is None else f": SparseGPT 2:4 {sparsegpt / baseline:.1f}x dense, INT4 AWQ {awq / baseline:.2f}x"),
         "; ".join(dict.fromkeys(s for s in (sparse_source, kernels_source) if s != "measured here")))]
     rows.append(Row(
         "edge / CPU", "structured width pruning",

@@ -108,6 +108,13 @@ def test_int4_is_stored_as_int4_blocks_and_stays_small(tiny, tmp_path):
     assert path.stat().st_size <= 1.15 * stored_bytes(model)
 
 
+def test_the_file_declares_the_ir_version_its_opset_needs(tiny, tmp_path):
+    # onnx 1.23 writes IR 14 by default, which onnxruntime 1.30 refuses ("max supported IR version: 13");
+    # opset 21 with INT4 initializers needs IR 10, and a runtime of that generation reads the file
+    model = onnx.load(export_onnx(packed(tiny, FORMATS["int4"]), tmp_path / "int4.onnx"))
+    assert model.ir_version == 10 < onnx.IR_VERSION
+
+
 @pytest.mark.parametrize("quantize, message", [
     (lambda m, c: quantize_rtn(m, RTNConfig(bits=4, group_size=32)), "zero points"),
     (lambda m, c: quantize_nf4(m, NF4Config(block_size=32)), "no ONNX type"),

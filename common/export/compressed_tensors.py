@@ -196,11 +196,15 @@ def check_round_trip(model, path, input_ids: torch.Tensor) -> dict:
 def load_with_compressed_tensors(path):
     """The folder loaded by transformers through the compressed-tensors library, decompressed to
     dense float weights (the library's own unpacking: the round-trip check)."""
+    import contextlib
+    import io
     import warnings
 
     from transformers import AutoModelForCausalLM
     from transformers.utils.quantization_config import CompressedTensorsConfig
-    with warnings.catch_warnings():   # "the model's own quantization_config will be used": that is the point
+    # "the model's own quantization_config will be used" is the point; the library's four progress bars per
+    # load (apply, compress, dispatch, decompress) would fill a notebook cell
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore", UserWarning)
         return AutoModelForCausalLM.from_pretrained(path, quantization_config=CompressedTensorsConfig(run_compressed=False),
                                                     dtype=torch.float32).eval()

@@ -179,6 +179,9 @@ def export_onnx(model, path, opset: int = OPSET) -> Path:
     for node in exported.graph.node:   # the exporter's per-node stack traces: most of a small model's file
         del node.metadata_props[:]
         node.doc_string = ""
+    # the lowest IR version the graph's opsets need, not the newest this onnx knows: a runtime reads IR versions
+    # up to its own (onnx 1.23 writes 14 by default; onnxruntime 1.30 stops at 13, TensorRT 10 earlier still)
+    exported.ir_version = onnx.helper.find_min_ir_version_for(list(exported.opset_import), ignore_unknown=True)
     onnx.checker.check_model(exported)
     partial = path.with_name(path.name + ".partial")
     onnx.save(exported, partial)
