@@ -203,3 +203,14 @@ def test_marp_renders_a_deck_to_one_self_contained_html_file(tmp_path):
     path = [p for p in build(RECORD, tmp_path) if p.name == "lab05.md"][0]
     html = render([path], pdf=False)[0].read_text()
     assert "data:image/png;base64," in html and "{{" not in html and "P-KD-Q" in html
+
+
+@pytest.mark.parametrize("lab", [f"{n:02d}" for n in range(8)])
+def test_each_lab_deck_lists_the_exercises_its_notebook_asks_in_order_and_kind(lab):
+    """The deck's exercise slide mirrors the lab: one item per `**Exercise N (kind).**`, same order, same kind."""
+    notebook = next((REPO_ROOT / "solutions").glob(f"{lab}_*.ipynb"))
+    asked = re.findall(r"\*\*Exercise (\d+) \(([a-z, ]+)\)\.\*\*", notebook.read_text())
+    deck = (SLIDES / f"lab{lab}.md").read_text()
+    slide = deck[deck.index("# Exercises\n"):].split("\n---", 1)[0]
+    listed = re.findall(r"^(\d+)\. \*([a-z, ]+)\*:", slide, flags=re.M)
+    assert asked and listed == asked
