@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from common.errors import WorkshopError
 from common.models import load_model
-from common.eval import (decode_bound_tokens_per_s, measure_throughput, parameter_breakdown, perplexity,
-                         stored_bytes, stored_bytes_by_kind)
+from common.eval import decode_bound_tokens_per_s, measure_throughput, perplexity
+from common.sizes import parameter_breakdown, stored_bytes, stored_bytes_by_kind
 
 
 class UniformModel(torch.nn.Module):

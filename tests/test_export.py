@@ -8,7 +8,7 @@ import torch
 
 from common.cli import main
 from common.errors import WorkshopError
-from common.eval import stored_bytes
+from common.sizes import stored_bytes
 from common.export.compressed_tensors import (SPARSE_FORMATS, check_round_trip, is_2_4, pack_int4_words,
                                              save_compressed_tensors, sparsity_summary)
 from common.export.onnx import activation_code_check, export_onnx, node_counts, onnxruntime_logits

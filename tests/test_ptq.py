@@ -5,7 +5,8 @@ import torch
 
 from common.data import calibration_batch
 from common.errors import WorkshopError
-from common.eval import perplexity, stored_bytes
+from common.eval import perplexity
+from common.sizes import stored_bytes
 from common.quant.awq import AWQConfig, fold_scales, quantize_awq, scaling_groups
 from common.calibration import decoder_layers
 from common.quant.storage import true_bytes

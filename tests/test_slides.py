@@ -9,7 +9,8 @@ import pytest
 
 from common.cli import main
 from common.errors import WorkshopError
-from common.reports import REPO_ROOT, save_figures
+from common.paths import REPO_ROOT
+from common.reports import save_figures
 from common.slides import PLACEHOLDER, SLIDES, build, decks, fill, slides_of
 
 RECORD = REPO_ROOT / "reports" / "h200"

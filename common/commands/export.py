@@ -49,7 +49,7 @@ def run(args) -> Output:
     import torch
 
     from ..data import eval_windows, token_ids
-    from ..eval import stored_bytes
+    from ..sizes import stored_bytes
     from ..models import load_model
     from ..quant.modelopt_ptq import quantize_modelopt
     from ..quant.presets import method_and_config

@@ -35,7 +35,7 @@ def run(args) -> Output:
         raise WorkshopError("Nothing to do: no --method and no --table.",
                             "Give --method (e.g. --method wanda), or --table lab03 for lab 03's main table.")
     from ..budgets import get_budget
-    from ..eval import parameter_breakdown, stored_bytes
+    from ..sizes import parameter_breakdown, stored_bytes
     from ..models import load_model, save_pretrained_atomic
     from ..prune.masks import sparsity_of
     from ..prune.presets import NEEDS_CALIBRATION

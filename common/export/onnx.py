@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import WorkshopError
-from ..quant.formats import FP8_MAX
+from ..quant.formats import static_codes
 
 OPSET = 21  # DequantizeLinear's block_size and the INT4 type arrive in opset 21
 # Static activation scales become QuantizeLinear -> DequantizeLinear to this element type.
@@ -222,10 +222,7 @@ class QuantizedInput:
 
     def _on_grid(self, values: torch.Tensor) -> torch.Tensor:
         """values / scale rounded as the quantizer rounds: integer-valued floats (INT8) or float8 (FP8)."""
-        scaled = values.float() / self.scale
-        if self.fmt == "int8":
-            return torch.round(scaled).clamp(-128, 127)
-        return scaled.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        return static_codes(values, self.scale, "int8" if self.fmt == "int8" else "fp8_e4m3")
 
     def codes(self, values: torch.Tensor) -> torch.Tensor:
         """Codes as integers that count steps: INT8 codes, or FP8 bit patterns signed by the value's sign."""

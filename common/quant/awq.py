@@ -104,27 +104,33 @@ def clip_weight(x: torch.Tensor, weight: torch.Tensor, config: AWQConfig) -> tor
     return best.reshape(weight.shape).to(weight.dtype)
 
 
-def _search_subset(x: torch.Tensor, config: AWQConfig) -> torch.Tensor:
+def search_subset(x: torch.Tensor, config: AWQConfig) -> torch.Tensor:
+    """A strided subset of `config.search_tokens` of the tokens `x` [tokens, in]."""
     return x[:: max(1, x.shape[0] // config.search_tokens)]
 
 
-def quantize_awq(model, config: AWQConfig, calib_batch: torch.Tensor, progress: bool = True):
-    """AWQ scale search folded into the model, optional clip search, then round-to-nearest; layer by layer."""
-    def quantize_layer(index, layer, hidden, kwargs):
-        inputs = record_linear_inputs(layer, hidden, kwargs)
-        for previous, names in scaling_groups(layer):
-            linears = [layer.get_submodule(n) for n in names]
-            # Folding leaves every output of the float layer unchanged, so the inputs recorded
-            # before any folding hold for each group until its own scales divide them.
-            s = search_scale(_search_subset(inputs[names[0]], config), [lin.weight.float() for lin in linears], config)
-            fold_scales(previous, linears, s)
-            for name in names:
-                inputs[name] = inputs[name] / s
-        for name, x in inputs.items():
-            linear = layer.get_submodule(name)
-            w = linear.weight.data
-            if config.clip_search:
-                w = clip_weight(_search_subset(x, config), w, config)
-            rtn_into(linear, w, config.bits, config.group_size, config.symmetric)
+def awq_layer(layer, hidden: torch.Tensor, kwargs: dict, config: AWQConfig) -> None:
+    """One decoder layer, in place, from the hidden states `hidden` it receives on the calibration data:
+    scales searched and folded, optional clip search, then round-to-nearest."""
+    inputs = record_linear_inputs(layer, hidden, kwargs)
+    for previous, names in scaling_groups(layer):
+        linears = [layer.get_submodule(n) for n in names]
+        # Folding leaves every output of the float layer unchanged, so the inputs recorded
+        # before any folding hold for each group until its own scales divide them.
+        s = search_scale(search_subset(inputs[names[0]], config), [lin.weight.float() for lin in linears], config)
+        fold_scales(previous, linears, s)
+        for name in names:
+            inputs[name] = inputs[name] / s
+    for name, x in inputs.items():
+        linear = layer.get_submodule(name)
+        w = linear.weight.data
+        if config.clip_search:
+            w = clip_weight(search_subset(x, config), w, config)
+        rtn_into(linear, w, config.bits, config.group_size, config.symmetric)
 
-    return walk_layers(model, calib_batch, quantize_layer, progress, desc="AWQ")
+
+def quantize_awq(model, config: AWQConfig, calib_batch: torch.Tensor, progress: bool = True):
+    """AWQ on every decoder layer in order, each calibrated on what the layers before it (already
+    quantized) output."""
+    return walk_layers(model, calib_batch, lambda index, layer, hidden, kwargs: awq_layer(layer, hidden, kwargs, config),
+                       progress, desc="AWQ")
