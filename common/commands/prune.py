@@ -26,7 +26,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> Output:
-    from ..prune.presets import build_pruner, check_sparsity
+    from ..prune.masks import check_sparsity
+    from ..prune.presets import build_pruner
     if args.sparsity is not None:
         check_sparsity(args.sparsity)
     if args.table:

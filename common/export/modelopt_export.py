@@ -47,7 +47,7 @@ from ..quant.modelopt_ptq import quiet_modelopt
 from .onnx import OPSET, Logits   # one opset for every format: blocked INT4 needs 21
 
 MIN_OPSET = {"int8": 13, "fp8": 19, "int4": 21}    # per-axis Q/DQ: 13; FP8 types: 19; INT4 and block_size: 21
-HOW_TO_QUANTIZE = ("Quantize it first: common.quant.modelopt_ptq.quantize_modelopt(model, 'FP8_DEFAULT_CFG', "
+HOW_TO_QUANTIZE = ("Quantize it first: common.quant.modelopt_ptq.quantize_modelopt(model, ModeloptConfig('FP8_DEFAULT_CFG'), "
                    "calib_ids) (or INT8_SMOOTHQUANT_CFG, INT4_AWQ_CFG, INT4_BLOCKWISE_G64).")
 
 

@@ -83,8 +83,7 @@ def _float_copy(model, layers: dict):
             linear.weight.copy_(layer.dequantized_weight(torch.float32))
             if layer.bias is not None:
                 linear.bias.copy_(layer.bias.float())
-        parent, _, attr = name.rpartition(".")
-        setattr(plain.get_submodule(parent), attr, linear)
+        plain.set_submodule(name, linear)
     return plain.eval()
 
 

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import torch
 
 from ..calibration import record_linear_inputs, walk_layers
+from ..errors import WorkshopError
 from .formats import check_int_grid, fake_quant_int
 from .rtn import rtn_into
 
 
-@dataclass
+@dataclass(frozen=True)
 class AWQConfig:
     bits: int = 4
     group_size: int | None = 128
@@ -26,9 +27,19 @@ class AWQConfig:
     clip_ratios: tuple = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
     search_tokens: int = 512       # calibration tokens the searches use (a strided subset): enough for
                                    # a per-channel statistic, and the searches' cost grows with it
+    needs_calibration = True       # the scales come from the calibration activations
 
     def __post_init__(self):
         check_int_grid(self.bits, self.group_size)
+        if not isinstance(self.alpha_grid, int) or self.alpha_grid < 1:
+            raise WorkshopError(f"alpha_grid={self.alpha_grid!r} is not a number of alphas to try.",
+                                "Give a positive count, e.g. 10 (alphas 0, 0.1, ..., 0.9).")
+        if not self.clip_ratios or not all(0 < r <= 1 for r in self.clip_ratios):
+            raise WorkshopError(f"clip_ratios={self.clip_ratios!r}: each is the fraction of a group's range kept, "
+                                "in (0, 1].", "Give e.g. (1.0, 0.95, 0.9); 1.0 keeps the whole range.")
+        if not isinstance(self.search_tokens, int) or self.search_tokens < 1:
+            raise WorkshopError(f"search_tokens={self.search_tokens!r} is not a number of tokens.",
+                                "Give a positive count, e.g. 512.")
 
 
 def scaling_groups(layer) -> list:

@@ -43,7 +43,6 @@ def load_packed(path, dtype: torch.dtype):
     config = AutoConfig.from_pretrained(path)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # (its random weights are overwritten)
     for name, args in config.workshop_packed.items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, QuantLinear(**args, dtype=dtype))
+        model.set_submodule(name, QuantLinear(**args, dtype=dtype))
     load_state(model, path, "Save it again with `workshop quantize ... --out DIR`.")
     return model

@@ -10,15 +10,27 @@ from dataclasses import dataclass
 import torch
 
 from ..calibration import linear_layers, record_linear_inputs, walk_layers
-from .formats import fake_quant_fp8
+from ..errors import WorkshopError
+from .formats import FP8_DTYPES, fake_quant_fp8
 from .storage import WeightFormat, mark_quantized, quantize_inputs_static
 
 
-@dataclass
+@dataclass(frozen=True)
 class FP8Config:
     fmt: str = "fp8_e4m3"
     quantize_activations: bool = True
     weight_group_size: int | None = None   # None: a scale per output channel; -1: one per tensor
+
+    def __post_init__(self):
+        if self.fmt not in FP8_DTYPES:
+            raise WorkshopError(f"FP8Config(fmt={self.fmt!r}) is not an FP8 format.", f"Use one of {', '.join(FP8_DTYPES)}.")
+        if self.weight_group_size not in (None, -1):
+            raise WorkshopError(f"FP8Config(weight_group_size={self.weight_group_size!r}): FP8 weights are scaled per "
+                                "output channel or per tensor.", "Give None (per channel) or -1 (per tensor).")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.quantize_activations   # the static activation scales come from it; the weights' do not
 
 
 def quantize_fp8(model, config: FP8Config, calib_batch: torch.Tensor, progress: bool = True):

@@ -18,7 +18,7 @@ from .formats import check_int_grid, dequantize_int, int_scale_zero, quantize_in
 from .storage import WeightFormat, mark_quantized, stored_scale_dtype
 
 
-@dataclass
+@dataclass(frozen=True)
 class GPTQConfig:
     bits: int = 4
     group_size: int | None = 128   # None: one scale per output channel
@@ -27,6 +27,7 @@ class GPTQConfig:
     block_size: int = 128          # columns updated together before the rest of W is touched
     act_order: bool = True         # quantize columns with the largest H[i, i] (most input energy) first,
                                    # while many columns are left to absorb their error
+    needs_calibration = True       # H comes from the calibration inputs
 
     def __post_init__(self):
         check_int_grid(self.bits, self.group_size)

@@ -286,9 +286,7 @@ def replace_linears(model: nn.Module, fmt: str = "int4", group_size: int | None 
     names = [name for name, m in model.named_modules()
              if isinstance(m, nn.Linear) and not any(s in name for s in skip)]
     for name in tqdm(names, desc=f"quantizing to {fmt}", disable=not progress, leave=False):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, QuantLinear.from_linear(getattr(parent, child), fmt, group_size, symmetric=symmetric))
+        model.set_submodule(name, QuantLinear.from_linear(model.get_submodule(name), fmt, group_size, symmetric=symmetric))
     return model
 
 
@@ -343,8 +341,7 @@ def unpack_quantized(model: nn.Module) -> int:
             linear.weight.copy_(weight)
             if module.bias is not None:
                 linear.bias.copy_(module.bias)
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, linear)
+            model.set_submodule(name, linear)
             unpacked += 1
     return unpacked
 
@@ -360,10 +357,8 @@ def pack_quantized(model: nn.Module, progress: bool = True) -> nn.Module:
                             "Quantize it first (quantize_rtn, quantize_gptq, quantize_awq, ...), then pack.")
     left = {}
     for name in tqdm(names, desc="packing", disable=not progress, leave=False):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
         try:
-            setattr(parent, child, packed_layer(getattr(parent, child)))
+            model.set_submodule(name, packed_layer(model.get_submodule(name)))
         except NotPackable as reason:
             left.setdefault(str(reason), []).append(name)
     if left:

@@ -24,7 +24,7 @@ from .storage import quantize_inputs_static
 ACTIVATION_SCALES = ("per_token", "static")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SmoothQuantConfig:
     alpha: float = 0.5           # migration strength: 0 leaves X alone, 1 moves all its range into W
     smooth: bool = True          # False: plain W8A8 (no scales migrated), the baseline SmoothQuant beats
@@ -32,8 +32,16 @@ class SmoothQuantConfig:
     act_bits: int = 8
     activation_scales: str = "per_token"   # or "static": one calibrated scale per tensor (8 bits only)
     smooth_down_proj: bool = False         # also smooth down_proj's inputs (static scales need it most)
+    needs_calibration = True               # the smoothing scales (and static activation scales) come from it
 
     def __post_init__(self):
+        if not 0 <= self.alpha <= 1:
+            raise WorkshopError(f"alpha={self.alpha} is not a migration strength in [0, 1].",
+                                "Give e.g. 0.5 (0 leaves the activations alone, 1 moves all their range).")
+        for name in ("weight_bits", "act_bits"):
+            if not 2 <= getattr(self, name) <= 8:
+                raise WorkshopError(f"{name}={getattr(self, name)}: the integer grids here have 2 to 8 bits.",
+                                    f"Give {name}=8 (W8A8).")
         if self.activation_scales not in ACTIVATION_SCALES:
             raise WorkshopError(f"activation_scales={self.activation_scales!r} is not one of {ACTIVATION_SCALES}.",
                                 "Use 'per_token' (computed at run time) or 'static' (calibrated, TensorRT's form).")
