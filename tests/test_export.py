@@ -11,7 +11,8 @@ from common.errors import WorkshopError
 from common.sizes import stored_bytes
 from common.export.compressed_tensors import (SPARSE_FORMATS, check_round_trip, is_2_4, pack_int4_words,
                                              save_compressed_tensors, sparsity_summary)
-from common.export.onnx import activation_code_check, export_onnx, node_counts, onnxruntime_logits
+from common.export.onnx import export_onnx
+from common.export.onnx_check import activation_code_check, node_counts, onnxruntime_logits
 from common.models import load_model
 from common.prune.magnitude import MagnitudeConfig, prune_magnitude
 from common.quant.fp8 import FP8Config, quantize_fp8

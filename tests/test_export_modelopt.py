@@ -11,7 +11,7 @@ import torch
 from common.errors import WorkshopError
 from common.export.modelopt_export import (check_modelopt_hf, export_modelopt_hf, export_modelopt_onnx,
                                            quantized_linears, read_modelopt_hf)
-from common.export.onnx import activation_code_check, node_counts, onnxruntime_logits
+from common.export.onnx_check import activation_code_check, node_counts, onnxruntime_logits
 from common.models import load_model
 from common.quant.modelopt_ptq import ModeloptConfig, quantize_modelopt
 

@@ -168,7 +168,7 @@ def test_awq_scale_folding_alone_keeps_outputs(tiny, calib):
 
 METHODS = [(quantize_rtn, RTNConfig(bits=4, group_size=128), 4.5),
            (quantize_gptq, GPTQConfig(bits=4, group_size=128), 4.5),
-           (quantize_awq, AWQConfig(bits=4, group_size=128, alpha_grid=5, search_tokens=128), 4.5),
+           (quantize_awq, AWQConfig(bits=4, group_size=128, alpha_points=5, search_tokens=128), 4.5),
            (quantize_smoothquant, SmoothQuantConfig(), 8.5),
            (quantize_fp8, FP8Config(), 8.5),
            (quantize_fp8, FP8Config(weight_group_size=-1, quantize_activations=False), 8.5),

@@ -71,8 +71,9 @@ def run(args) -> Output:
         result["stored_bytes"] = stored_bytes(model)
     if args.format == "onnx":
         from ..export.modelopt_export import export_modelopt_onnx
-        from ..export.onnx import (activation_code_check, code_check_text, export_onnx, logit_agreement, node_counts,
-                                   onnxruntime_logits)
+        from ..export.onnx import export_onnx
+        from ..export.onnx_check import (activation_code_check, code_check_text, logit_agreement, node_counts,
+                                         onnxruntime_logits)
         # both refuse what TensorRT cannot take before anything is written
         with reported_write_errors(out):
             path = (export_modelopt_onnx if modelopt else export_onnx)(model, out, opset=args.opset)

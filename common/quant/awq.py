@@ -22,7 +22,7 @@ class AWQConfig:
     bits: int = 4
     group_size: int | None = 128
     symmetric: bool = False
-    alpha_grid: int = 10           # alphas 0, 1/10, ..., 9/10
+    alpha_points: int = 10         # alphas tried: 0, 1/10, ..., 9/10 (alpha_grid)
     clip_search: bool = True
     clip_ratios: tuple = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
     search_tokens: int = 512       # calibration tokens the searches use (a strided subset): enough for
@@ -31,8 +31,8 @@ class AWQConfig:
 
     def __post_init__(self):
         check_int_grid(self.bits, self.group_size)
-        if not isinstance(self.alpha_grid, int) or self.alpha_grid < 1:
-            raise WorkshopError(f"alpha_grid={self.alpha_grid!r} is not a number of alphas to try.",
+        if not isinstance(self.alpha_points, int) or self.alpha_points < 1:
+            raise WorkshopError(f"alpha_points={self.alpha_points!r} is not a number of alphas to try.",
                                 "Give a positive count, e.g. 10 (alphas 0, 0.1, ..., 0.9).")
         if not self.clip_ratios or not all(0 < r <= 1 for r in self.clip_ratios):
             raise WorkshopError(f"clip_ratios={self.clip_ratios!r}: each is the fraction of a group's range kept, "
@@ -52,6 +52,11 @@ def scaling_groups(layer) -> list:
     if attn.v_proj.out_features == attn.o_proj.in_features:
         groups.append((attn.v_proj, ["self_attn.o_proj"]))
     return groups
+
+
+def alpha_grid(points: int) -> list:
+    """The alphas a scale search tries: 0, 1/points, ..., (points - 1)/points."""
+    return [i / points for i in range(points)]
 
 
 def channel_abs_mean(x: torch.Tensor) -> torch.Tensor:
@@ -82,7 +87,7 @@ def search_scale(x: torch.Tensor, weights: list, config: AWQConfig) -> torch.Ten
     """The per-input-channel scale s = mean|x|^alpha whose alpha minimises the quantized output error."""
     x_mean = channel_abs_mean(x)
     best, best_s = float("inf"), torch.ones_like(x_mean)
-    for alpha in [i / config.alpha_grid for i in range(config.alpha_grid)]:
+    for alpha in alpha_grid(config.alpha_points):
         s = x_mean.pow(alpha).clamp(min=1e-4)
         s = s / (s.max() * s.min()).sqrt()      # centre the scales around 1 (only ratios matter)
         error = _output_error(x / s, [w * s for w in weights],
