@@ -27,7 +27,6 @@ import json
 import os
 import sys
 import sysconfig
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import WorkshopError
+from .paths import cache_root, written_aside
 
 PARTS = ("train", "calib", "eval")
 MIX = "+"
@@ -279,17 +279,14 @@ def _tokenizer_fingerprint(tokenizer) -> str:
 def _token_ids(tokenizer, data: str, part: str) -> torch.Tensor:
     # Tokenizing the training texts takes tens of seconds on a CPU, in every notebook kernel and command:
     # the ids are kept on disk under the tokenizer's and the text's fingerprints.
-    from .models import cache_root
     text = load_text(data, part)
     path = (cache_root() / "tokens" /
             f"{_tokenizer_fingerprint(tokenizer)}-{hashlib.md5(text.encode()).hexdigest()[:16]}.pt")
     if path.is_file():
         return torch.load(path)
     ids = tokenize(tokenizer, text)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".partial", delete=False) as partial:
+    with written_aside(path) as partial:   # whole or absent, also when two processes write it at once
         torch.save(ids, partial)
-    os.replace(partial.name, path)   # whole or absent, also when two processes write it at once
     return ids
 
 
@@ -325,7 +322,6 @@ def generated_ids(model, tokenizer, prompts: torch.Tensor, seqlen: int, batch: i
     """[len(prompts), seqlen] token ids: each prompt row continued by the model's own samples
     (temperature 1, no top-k or top-p). Cached on disk under a key of the model, the prompts and the
     arguments, since sampling is the slow part."""
-    from .models import cache_root
     # The spec names the checkpoint; the weights' sum tells an edited copy (pruned, quantized) from it.
     weights = sum(p.detach().float().abs().sum().item() for p in model.parameters())
     key = hashlib.md5(json.dumps([getattr(model, "workshop_spec", type(model).__name__), f"{weights:.6e}",
@@ -349,11 +345,8 @@ def generated_ids(model, tokenizer, prompts: torch.Tensor, seqlen: int, batch: i
             chunks.append(out[:, :seqlen].cpu())
     model.train(was_training)
     samples = torch.cat(chunks)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(samples, tmp)
-    os.replace(tmp, path)
+    with written_aside(path) as tmp:
+        torch.save(samples, tmp)
     return samples
 
 

@@ -18,13 +18,12 @@ the down projection and the residual add after them into that kernel, which Indu
 fewer kernels per step, but on the H200 a slower step (kernels/marlin/NOTES.md, kernels/DECODE.json).
 """
 import copy
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from .errors import WorkshopError
+from .hardware import median_seconds
 from .quant.qlinear import QuantLinear
 
 
@@ -278,17 +277,9 @@ def measure_static_decode(model, batch_size: int = 1, prompt_len: int = 64, new_
     decoder = StaticGreedyDecoder(model, batch_size, prompt_len + new_tokens + 1, cuda_graph, compile, lean,
                                   fused_attention, fused_linears)
     prompt = torch.randint(0, model.config.vocab_size, (batch_size, prompt_len), generator=torch.Generator().manual_seed(0))
-    times = []
-    for _ in range(repeats + 1):  # the first run captures the graph and is not counted
-        decoder.prefill(prompt)
-        if decoder.device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        decoder.decode(new_tokens)
-        if decoder.device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    seconds = statistics.median(times[1:])
+    # each run after a prefill of its own; the first captures the graph and is not counted
+    seconds = median_seconds(lambda: decoder.decode(new_tokens), decoder.device, repeats, warmup=1,
+                             setup=lambda: decoder.prefill(prompt))
     return {"batch_size": batch_size, "new_tokens": new_tokens, "cuda_graph": decoder.cuda_graph, "compiled": compile, "lean": lean,
             "fused_attention": decoder.fused_attention, "fused_linears": decoder.fused_linears,
             "decode_tokens_per_s": batch_size * new_tokens / seconds, "ms_per_step": 1000 * seconds / new_tokens}

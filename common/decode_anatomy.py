@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .eval import _sync
+from .hardware import sync
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
 
@@ -84,12 +84,12 @@ def profile_decode_step(model, prompt_len: int = 64, steps: int = 2, seed: int =
     token = model(token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)  # one untimed step
     on_gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    _sync(device)
+    sync(device)
     with _quiet_stderr(), profile(activities=activities) as prof:
         start = time.perf_counter()
         for _ in range(steps):
             token = model(token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
-        _sync(device)
+        sync(device)
         wall = time.perf_counter() - start
     events = prof.events()
     operators = [e for e in events if e.device_type == DeviceType.CPU and _is_aten(e)]

@@ -1,4 +1,4 @@
-"""Evaluation, in one place: perplexity, stored bytes, parameter counts, speed, a generation sample.
+"""Evaluation, in one place: perplexity, speed, a generation sample (sizes: `common.sizes`).
 
 Perplexity protocol (GPTQ / SparseGPT): tokenize the whole evaluation text once, cut it into
 non-overlapping windows of `seqlen` tokens from the start, drop the tail, and report
@@ -7,7 +7,6 @@ PPL = exp(mean negative log-likelihood of every predicted token). Each window pr
 """
 import statistics
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 import torch
@@ -16,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .data import DEFAULT_EVAL, data_label, eval_windows, token_ids, tokenize
 from .errors import WorkshopError
+from .hardware import sync
 
 
 @dataclass
@@ -97,66 +97,8 @@ def gap_closed(best_ppl: float, worse_ppl: float, method_ppl: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Size
-# ---------------------------------------------------------------------------------------------
-def parameter_kind(name: str) -> str:
-    if "norm" in name:  # first: "post_attention_layernorm" is a norm, not attention
-        return "norms"
-    if "embed" in name or "lm_head" in name:
-        return "embeddings"
-    if "self_attn" in name or "attention" in name:
-        return "attention"
-    if "mlp" in name:
-        return "mlp"
-    return "other"
-
-
-def parameter_breakdown(model) -> dict:
-    """Parameter counts by kind (embeddings, attention, mlp, norms, other) and 'total'.
-
-    Tied tensors (SmolLM2 shares the input embedding with the output head) are counted once.
-    """
-    counts = defaultdict(int)
-    for name, p in model.named_parameters():
-        counts[parameter_kind(name)] += p.numel()
-    counts["total"] = sum(counts.values())
-    return dict(counts)
-
-
-def _unique_tensors(model):
-    seen = set()
-    for name, t in model.state_dict().items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())
-        if key not in seen:
-            seen.add(key)
-            yield name, t
-
-
-def stored_bytes(model) -> int:
-    """Bytes the model's state takes when saved: every tensor once, at its stored dtype.
-
-    Quantized or pruned layers that keep packed weights, scales, zeros or masks as buffers are
-    counted by what they really store, so this is the number to compare across methods.
-    """
-    return sum(t.numel() * t.element_size() for _, t in _unique_tensors(model))
-
-
-def stored_bytes_by_kind(model) -> dict:
-    sizes = defaultdict(int)
-    for name, t in _unique_tensors(model):
-        sizes[parameter_kind(name)] += t.numel() * t.element_size()
-    sizes["total"] = sum(sizes.values())
-    return dict(sizes)
-
-
-# ---------------------------------------------------------------------------------------------
 # Speed
 # ---------------------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @dataclass
 class Throughput:
     batch_size: int
@@ -188,16 +130,16 @@ def measure_throughput(model, batch_size: int = 1, prompt_len: int = 128, new_to
 
     def run():
         cache = DynamicCache(config=model.config)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         out = model(prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         token = out.logits[:, -1:].argmax(-1)
         for _ in range(new_tokens):
             out = model(token, past_key_values=cache, use_cache=True)
             token = out.logits[:, -1:].argmax(-1)
-        _sync(device)
+        sync(device)
         return t1 - t0, time.perf_counter() - t1
 
     for _ in range(warmup):

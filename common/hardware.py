@@ -5,12 +5,13 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 import torch
+
+from .paths import reports_dir, write_json_atomic
 
 PACKAGES = ("torch", "transformers", "nvidia-modelopt", "gguf", "accelerate", "datasets", "triton", "nbval")
 # Minimum compute capability of each feature the labs use.
@@ -59,28 +60,39 @@ def device_description() -> str:
     return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
-def _timings(fn, device: torch.device, repeats: int, warmup: int = 2) -> list:
-    for _ in range(warmup):
-        fn()
+def sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work (nothing to wait for on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timings(fn, device: torch.device, repeats: int, warmup: int = 2, setup=None) -> list:
+    """Seconds of each of `repeats` runs of `fn()` after `warmup` untimed ones: the course's one timer.
+    On a GPU, CUDA events around the run (the GPU's time from start to end, launch gaps included); on
+    the CPU, the wall clock. `setup()`, when given, runs untimed before every run (e.g. a prefill)."""
     times = []
-    for _ in range(repeats):
+    for run in range(warmup + repeats):
+        if setup is not None:
+            setup()
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
             end.record()
             end.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
+            seconds = start.elapsed_time(end) / 1000
         else:
             t0 = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+        if run >= warmup:
+            times.append(seconds)
     return times
 
 
-def median_seconds(fn, device: torch.device, repeats: int) -> float:
-    """The median time of `fn()` over `repeats` runs after two warm-up runs (CUDA events on a GPU)."""
-    return statistics.median(_timings(fn, device, repeats))
+def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2, setup=None) -> float:
+    """The median of `timings`."""
+    return statistics.median(timings(fn, device, repeats, warmup, setup))
 
 
 def _rates(work: float, times: list) -> tuple:
@@ -91,13 +103,13 @@ def _rates(work: float, times: list) -> tuple:
 def _bandwidth_rates(device: torch.device, megabytes: int, repeats: int) -> tuple:
     src = torch.rand(megabytes * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
-    return _rates(2 * src.numel() * src.element_size(), _timings(lambda: dst.copy_(src), device, repeats))
+    return _rates(2 * src.numel() * src.element_size(), timings(lambda: dst.copy_(src), device, repeats))
 
 
 def _matmul_rates(device: torch.device, dtype, n: int, repeats: int) -> tuple:
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    return _rates(2 * n**3, _timings(lambda: a @ b, device, repeats))
+    return _rates(2 * n**3, timings(lambda: a @ b, device, repeats))
 
 
 @dataclass(frozen=True)
@@ -131,7 +143,6 @@ def machine_ceilings(device: str | torch.device = "cuda", dtype=torch.bfloat16, 
     """The machine's ceilings for `dtype` on `device`, measured once per process, and once per run of
     `workshop reproduce` (which sets WORKSHOP_RUN_ID; the first lab stores them in the reports
     folder's machine.json and the others read them), so every lab's bound uses the same numbers."""
-    from .reports import reports_dir, write_json_atomic
     device, dtype_name = torch.device(device), str(dtype).removeprefix("torch.")
     key = f"{device.type}|{dtype_name}"
     run = os.environ.get("WORKSHOP_RUN_ID")
@@ -152,24 +163,3 @@ def machine_ceilings(device: str | torch.device = "cuda", dtype=torch.bfloat16, 
             write_json_atomic(path, {"run": run, "ceilings": ceilings | {key: asdict(_CEILINGS[key])}})
     return _CEILINGS[key]
 
-
-def doctor_report() -> dict:
-    """Everything `workshop doctor` prints: versions, GPU, features, model/data availability, mode."""
-    from .budgets import current_mode
-    from .data import wikitext2_cached
-    from .errors import WorkshopError
-    from .models import cache_root, find_embedded_gguf
-    report = {"versions": package_versions(), "gpu": gpu_info(), "platform": platform.platform(),
-              "cpu_threads": torch.get_num_threads(), "executable": sys.executable}
-    try:
-        report["mode"] = current_mode()
-    except WorkshopError as e:
-        report["mode"] = f"invalid ({e.problem})"
-    try:
-        report["embedded_model"] = str(find_embedded_gguf())
-    except WorkshopError as e:
-        report["embedded_model"] = f"missing: {e.fix}"
-    cached = sorted(p.name for p in cache_root().glob("embedded-*")) if cache_root().is_dir() else []
-    report["embedded_model_cache"] = cached or "not converted yet (the first load takes ~30 s)"
-    report["wikitext2_cached"] = wikitext2_cached()
-    return report

@@ -14,21 +14,19 @@ of 32 weights). transformers dequantizes it on load, so every "full precision" n
 is measured on weights that already sit on a 4-bit grid. The first load converts the GGUF (about
 30 s on 2 CPU cores) and caches the dequantized weights as safetensors; later loads take a second.
 """
-import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .errors import WorkshopError
 from .offline import hub_host_answers
+from .paths import cache_root, written_aside
 
 EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_GGUF_MD5 = "a1231443440b107ff29f02bdb38c9d0a"
@@ -98,10 +96,6 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("WORKSHOP_CACHE", Path.home() / ".cache" / "compress-llm-workshop"))
-
-
 def embedded_checkpoint_dir(progress: bool = True) -> Path:
     """A transformers checkpoint (fp32 safetensors) converted once from the embedded GGUF."""
     import transformers
@@ -135,15 +129,12 @@ def embedded_checkpoint_dir(progress: bool = True) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.generation_config.pad_token_id = model.config.eos_token_id
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
-    try:  # write aside, then rename: an interrupted conversion leaves no half-written cache
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+    try:  # written aside: an interrupted conversion leaves no half-written cache
+        with written_aside(target, folder=True) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").is_file():
+        if not (target / "config.json").is_file():  # else another process converted it meanwhile
             raise
     return target
 
@@ -227,7 +218,7 @@ def _load_directory(path: Path, dtype: torch.dtype):
                             "Convert it with save_pretrained(..., safe_serialization=True).")
     try:
         if "workshop_packed" in json.loads((path / "config.json").read_text()):  # real low-bit weights
-            from .quant.qlinear import load_packed
+            from .quant.checkpoint import load_packed
             model = load_packed(path, dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
@@ -305,37 +296,17 @@ def load_tokenizer(spec: str = "embedded"):
     return load_model(spec, device="cpu")[1]
 
 
-@contextlib.contextmanager
-def written_aside(target: Path):
-    """Yield a new folder beside `target` to write into; when the block ends it is made readable by
-    everyone (mkdtemp and safetensors make files private) and renamed to `target` (an empty `target`
-    is replaced), so an interrupted write leaves nothing half-written; on an error it is removed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)
-        for path in tmp.iterdir():
-            os.chmod(path, 0o755 if path.is_dir() else 0o644)
-        if target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_pretrained_atomic(model, tokenizer, out) -> Path:
     """save_pretrained of model and tokenizer into `out`, written aside and renamed into place, so an
     interrupted save leaves nothing half-written. An existing non-empty `out` is refused, not replaced."""
     target = Path(out).expanduser().resolve()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise WorkshopError(f"--out {target} exists and is not empty.", "Give a new directory, or remove it first.")
-    from .quant.qlinear import packed_layout
+    from .quant.checkpoint import packed_layout
     layout = packed_layout(model)
     if layout:  # real low-bit layers: config.json lists them so that load_model can rebuild them
         model.config.workshop_packed = layout
-    with written_aside(target) as tmp:
+    with written_aside(target, folder=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return target

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import nbformat
 
-from .reports import REPO_ROOT
+from .paths import REPO_ROOT
 
 SOLUTIONS = REPO_ROOT / "solutions"
 LABS = REPO_ROOT / "labs"

@@ -18,6 +18,11 @@ quantization; a KD step with engine="modelopt" after it is modelopt's QAT/QAD pa
 `check_recipe` refuses, before any step runs, a recipe whose earlier steps make a later one
 impossible (weights quantized twice, P after modelopt's quantizers).
 
+A step is a frozen dataclass (its options, checked when it is made) with `apply(model, context)`, which
+returns (model, record fields or None); `context` (StepContext) holds what the run shares: calibration
+and training ids, the teacher, the budget, and what earlier steps left (the weight quantizer, the KV
+format). A new step is one such class and one line in STEPS.
+
 After every step the record holds perplexity on each evaluation text, stored bytes, parameters, wall
 time and, for a training step, the fraction of the model's weights that a gradient reached.
 `pipeline_protocol` is the data protocol of lab 05 and `workshop pipeline` (the mode's pipeline
@@ -36,8 +41,38 @@ from torch.nn.utils import parametrize
 from .errors import WorkshopError
 
 
+@dataclass
+class StepContext:
+    """What the steps of one pipeline run share."""
+    calib: torch.Tensor | None          # calibration ids (P's importance, modelopt's calibration)
+    train_ids: torch.Tensor | None      # training text, where a step trains
+    teacher: object
+    budget: object
+    progress: bool
+    quantizer: object = None            # the NF4/INT4 step that quantized the weights (P quantizes again with it)
+    kv: object = None                   # the KV-cache format (KVQuantConfig) every later evaluation sees
+
+
+class Step:
+    """What every step has; each step says what differs (and `apply`)."""
+    name = "?"
+    quantizes_weights = False   # the weights are quantized once (check_recipe)
+
+    @property
+    def label(self) -> str:
+        """P, KD, Q, INT4, KV(int8), Q(modelopt); (QAT) after a trainable quantizer, (modelopt) after its KD."""
+        return self.name + ("(QAT)" if getattr(self, "qat", False) else "")
+
+    def trains(self, budget) -> bool:
+        return False
+
+    def apply(self, model, context: StepContext):
+        """(the model after this step, fields for its record or None)."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class WidthPrune:
+class WidthPrune(Step):
     """P: remove `mlp` of every layer's MLP channels (the study's importance); the channels kept are a
     multiple of `round_to`, so that a 4-bit block (64) still divides the down projection's inputs.
     Then `finetune_steps` of CE-only training, as the study's P ends (None: the mode's budget; 0: none);
@@ -59,9 +94,19 @@ class WidthPrune:
     def steps(self, budget) -> int:
         return budget.pipeline_finetune_steps if self.finetune_steps is None else self.finetune_steps
 
+    def trains(self, budget) -> bool:
+        return bool(self.steps(budget))
+
+    def apply(self, model, context: StepContext):
+        model = _prune(model, self, context.calib, context.quantizer)
+        if not self.steps(context.budget):
+            return model, None
+        return _train(model, None, context.train_ids, context.budget, context.progress, steps=self.steps(context.budget),
+                      alpha=1.0, temperature=1.0, lr=self.finetune_lr)
+
 
 @dataclass(frozen=True)
-class Distill:
+class Distill(Step):
     """KD: alpha x CE + (1 - alpha) x T^2 x KL from the teacher; steps None: the mode's pipeline budget.
     engine "modelopt": the same loss and budget through modelopt.torch.distill (its QAD path)."""
     steps: int | None = None
@@ -80,9 +125,19 @@ class Distill:
         if self.engine not in ("ours", "modelopt"):
             raise WorkshopError(f"Distill(engine={self.engine!r}) is not an engine here.", "Use 'ours' or 'modelopt'.")
 
+    @property
+    def label(self) -> str:
+        return "KD(modelopt)" if self.engine == "modelopt" else self.name
+
+    def trains(self, budget) -> bool:
+        return True
+
+    def apply(self, model, context: StepContext):
+        return _distill(model, self, context.teacher, context.train_ids, context.budget, context.progress)
+
 
 @dataclass(frozen=True)
-class NF4:
+class NF4(Step):
     """Q: NF4 weights in blocks of `block_size`; packed (frozen, as bitsandbytes) or QAT (trainable)."""
     block_size: int = 64
     qat: bool = False
@@ -96,9 +151,15 @@ class NF4:
         from .quant.nf4 import NF4Config
         return NF4Config(block_size=self.block_size)
 
+    quantizes_weights = True
+
+    def apply(self, model, context: StepContext):
+        context.quantizer = self
+        return _quantize(model, self), None
+
 
 @dataclass(frozen=True)
-class INT4:
+class INT4(Step):
     """Q as deployment stacks store it: INT4 weights rounded to nearest in groups of `group_size`
     (asymmetric: a zero point per group, as the W4A16 kernels take it); packed or QAT."""
     group_size: int = 64
@@ -114,9 +175,12 @@ class INT4:
         from .quant.rtn import RTNConfig
         return RTNConfig(bits=4, group_size=self.group_size, symmetric=self.symmetric)
 
+    quantizes_weights = True
+    apply = NF4.apply   # the same step on another grid
+
 
 @dataclass(frozen=True)
-class KVCache:
+class KVCache(Step):
     """KV: the keys and values the attention caches, quantized KIVI-style (keys per channel, values
     per token) from here on; the weights do not change, every later evaluation sees the cache."""
     fmt: str = "int8"
@@ -124,12 +188,23 @@ class KVCache:
     name = "KV"
 
     def __post_init__(self):
+        self.cache_config()   # checks the format
+
+    @property
+    def label(self) -> str:
+        return f"KV({self.fmt})"
+
+    def cache_config(self):
         from .quant.kv_cache import KVQuantConfig
-        KVQuantConfig(fmt=self.fmt, token_group=self.token_group)   # checks the format
+        return KVQuantConfig(fmt=self.fmt, token_group=self.token_group)
+
+    def apply(self, model, context: StepContext):
+        context.kv = self.cache_config()
+        return model, None
 
 
 @dataclass(frozen=True)
-class ModeloptQuantize:
+class ModeloptQuantize(Step):
     """Q through nvidia-modelopt: `mtq.quantize` with one of the configurations compared in lab 02
     (fake-quantized, so a later KD step trains through modelopt's quantizers: its QAT/QAD path)."""
     config: str = "INT4_BLOCKWISE_G64"
@@ -141,12 +216,17 @@ class ModeloptQuantize:
             raise WorkshopError(f"ModeloptQuantize(config={self.config!r}) is not a configuration compared here.",
                                 f"Use one of {', '.join(CONFIGS)}.")
 
+    quantizes_weights = True
 
-STEPS = {"P": WidthPrune, "KD": Distill, "Q": NF4, "INT4": INT4, "KV": KVCache, "MQ": ModeloptQuantize}
+    def apply(self, model, context: StepContext):
+        from .quant.modelopt_ptq import ModeloptConfig, quantize_modelopt
+        return quantize_modelopt(model, ModeloptConfig(self.config), context.calib, progress=False), None
+
+
+STEPS = {"P": WidthPrune, "KD": Distill, "Q": NF4, "INT4": INT4, "KV": KVCache, "MQ": ModeloptQuantize}  # the registry
 ORDER_STEPS = ("P", "KD", "Q")  # the study's three
 ORDERS = ["P,KD,Q", "KD,P,Q", "P,Q,KD", "Q,P,KD", "Q,KD,P", "KD,Q,P"]  # the study's six
 QUANTIZE_BEFORE_PRUNE = ("Q-P-KD", "Q-KD-P", "KD-Q-P")  # the study's worst three
-QUANTIZERS = (NF4, INT4)  # the weight quantizers a later P re-applies after it has pruned their layers
 
 
 def recipe_from_order(order: str, qat: bool = False) -> list:
@@ -205,7 +285,7 @@ def check_recipe(recipe: list, source: str = "The recipe") -> list:
     quantized_by = None   # (number, label) of the step that quantized the weights
     for number, step in enumerate(recipe, start=1):
         label = step_label(step)
-        if isinstance(step, (*QUANTIZERS, ModeloptQuantize)) and quantized_by:
+        if step.quantizes_weights and quantized_by:
             raise WorkshopError(f"{source}: step {number} ({label}) would quantize weights that step {quantized_by[0]} "
                                 f"({quantized_by[1]}) has already quantized.",
                                 "Quantize the weights once: remove one of the two steps (a KV step quantizes the "
@@ -215,18 +295,13 @@ def check_recipe(recipe: list, source: str = "The recipe") -> list:
                                 f"{quantized_by[0]}, {quantized_by[1]}), whose quantizers cannot be pruned here.",
                                 "Prune before the modelopt step, or quantize with Q (NF4) or INT4, which are "
                                 "quantized again after pruning.")
-        if isinstance(step, (*QUANTIZERS, ModeloptQuantize)):
+        if step.quantizes_weights:
             quantized_by = (number, label)
     return recipe
 
 
 def step_label(step) -> str:
-    """P, KD, Q, INT4, KV(int8), Q(modelopt); (QAT) after a trainable quantizer, (modelopt) after its KD."""
-    if isinstance(step, KVCache):
-        return f"KV({step.fmt})"
-    if isinstance(step, Distill) and step.engine == "modelopt":
-        return "KD(modelopt)"
-    return step.name + ("(QAT)" if getattr(step, "qat", False) else "")
+    return step.label
 
 
 def recipe_label(recipe: list) -> str:
@@ -353,8 +428,7 @@ def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=
     run starts after the longest such prefix: the same steps with the same seeds and data would compute
     the same model again (P-KD-Q and P-Q-KD share their P). Records taken over are marked "shared"."""
     from .budgets import get_budget
-    from .quant.kv_cache import KVQuantConfig, head_dim, kv_bits_per_value, quantized_kv_cache
-    from .quant.modelopt_ptq import quantize_modelopt
+    from .quant.kv_cache import head_dim, kv_bits_per_value, quantized_kv_cache
     from .quant.qat import copy_model, finish_qat, is_qat
     from .quant.qlinear import pack_quantized
     from .quant.storage import true_bytes
@@ -366,22 +440,23 @@ def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=
     prefixes = {} if prefixes is None else prefixes
     done = next((k for k in range(len(recipe) - 1, 0, -1) if tuple(recipe[:k]) in prefixes), 0)
     result = PipelineResult(recipe=recipe_label(recipe))
-    quantizer, kv = None, None   # the NF4/INT4 step that quantized the weights; the KV-cache format
+    quantizer, kv = None, None
     if done:
         model, quantizer, kv, records = prefixes[tuple(recipe[:done])]
         model = copy_model(model)
         result.records = [r | {"shared": True} if r["stage"] != "start" else r for r in copy.deepcopy(records)]
     else:
         model = copy.deepcopy(model)
-    calib = protocol.calibration(tokenizer, model=model)
-    trains = any(isinstance(s, Distill) or (isinstance(s, WidthPrune) and s.steps(budget)) for s in recipe[done:])
-    train_ids = protocol.training(tokenizer) if trains else None
+    trains = any(step.trains(budget) for step in recipe[done:])
+    context = StepContext(calib=protocol.calibration(tokenizer, model=model), teacher=teacher, budget=budget,
+                          train_ids=protocol.training(tokenizer) if trains else None, progress=progress,
+                          quantizer=quantizer, kv=kv)
 
     def record(stage, seconds, extra=None):
         # under QAT every forward pass rounds the weights again; they do not change while evaluating
-        with quantized_kv_cache(model, kv), parametrize.cached():
+        with quantized_kv_cache(model, context.kv), parametrize.cached():
             ppl = {text: r.ppl for text, r in protocol.evaluate(model, tokenizer, progress=False).items()}
-        kv_bits = kv_bits_per_value(kv, head_dim(model.config)) if kv else 16
+        kv_bits = kv_bits_per_value(context.kv, head_dim(model.config)) if context.kv else 16
         result.records.append({"stage": stage, "ppl": ppl, "stored_bytes": true_bytes(model),
                                "parameters": weight_count(model), "kv_bits_per_value": kv_bits,
                                "seconds": seconds} | (extra or {}))
@@ -392,25 +467,12 @@ def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=
         record("start", 0.0)
     for k, step in enumerate(recipe[done:], start=done + 1):
         began = time.perf_counter()
-        extra = None
-        if isinstance(step, WidthPrune):
-            model = _prune(model, step, calib, quantizer)
-            if step.steps(budget):
-                model, extra = _train(model, None, train_ids, budget, progress, steps=step.steps(budget),
-                                      alpha=1.0, temperature=1.0, lr=step.finetune_lr)
-        elif isinstance(step, QUANTIZERS):
-            model, quantizer = _quantize(model, step), step
-        elif isinstance(step, ModeloptQuantize):
-            model = quantize_modelopt(model, step.config, calib, progress=False)
-        elif isinstance(step, KVCache):
-            kv = KVQuantConfig(fmt=step.fmt, token_group=step.token_group)
-        else:
-            model, extra = _distill(model, step, teacher, train_ids, budget, progress)
+        model, extra = step.apply(model, context)
         if k == len(recipe) and is_qat(model):  # the end: the trained weights go on the grid, packed
             model = pack_quantized(finish_qat(model), progress=False)
         record(step_label(step), time.perf_counter() - began, extra)
         if k < len(recipe):
-            prefixes[tuple(recipe[:k])] = (copy_model(model), quantizer, kv, copy.deepcopy(result.records))
+            prefixes[tuple(recipe[:k])] = (copy_model(model), context.quantizer, context.kv, copy.deepcopy(result.records))
     return model.eval(), result
 
 

@@ -10,26 +10,15 @@ import base64
 import datetime
 import html
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def reports_dir() -> Path:
-    return Path(os.environ.get("WORKSHOP_REPORTS", REPO_ROOT / "reports"))
+from .paths import reports_dir, write_json_atomic, write_text_atomic
 
 
 def results_path() -> Path:
     return reports_dir() / "results.json"
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Write aside, then rename: a crash never leaves a half-written file."""
-    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def load_results() -> dict:
@@ -90,8 +79,17 @@ def _common_note(rows: list) -> str:
     return best if best and notes.count(best) >= 3 else ""
 
 
+def duration(seconds: float) -> str:
+    """45 s, 3 min 5 s, 1 h 12 min: how long, for a person."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s" if seconds < 600 and seconds % 60 else f"{round(seconds / 60)} min"
+    return f"{seconds // 3600} h {round(seconds % 3600 / 60)} min"
+
+
 def _status_text(line: str) -> str:
-    from .reproduce import duration
     return re.sub(r"(ok in|after) (\d+) s", lambda m: f"{m[1]} {duration(int(m[2]))}", line)
 
 
@@ -173,16 +171,6 @@ def write_summary(status: dict) -> None:
     page.append("</body></html>")
     for name, text in (("SUMMARY.md", "\n".join(md)), ("index.html", "\n".join(page))):
         write_text_atomic(reports_dir() / name, text)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write aside, then rename, readable by everyone (mkstemp makes the file private)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 @dataclass

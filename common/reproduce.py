@@ -15,7 +15,8 @@ import nbformat
 from .budgets import current_mode
 from .errors import WorkshopError
 from .notebooks import SOLUTIONS, execute_notebook
-from .reports import reports_dir, save_figures, write_json_atomic, write_summary
+from .paths import reports_dir, write_json_atomic
+from .reports import duration, save_figures, write_summary
 
 
 def select_solutions(labs: list | None) -> list:
@@ -27,16 +28,6 @@ def select_solutions(labs: list | None) -> list:
         known = ", ".join(s.name[:2] for s in solutions)
         raise WorkshopError(f"--labs {','.join(labs)} names a lab that does not exist.", f"Choose from {known}.")
     return chosen
-
-
-def duration(seconds: float) -> str:
-    """45 s, 3 min 5 s, 1 h 12 min: how long, for a person."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60} s" if seconds < 600 and seconds % 60 else f"{round(seconds / 60)} min"
-    return f"{seconds // 3600} h {round(seconds % 3600 / 60)} min"
 
 
 def timings_path() -> Path:

@@ -41,7 +41,8 @@ import subprocess
 from pathlib import Path
 
 from .errors import WorkshopError
-from .reports import REPO_ROOT, figure_path
+from .paths import REPO_ROOT
+from .reports import figure_path
 
 SLIDES = REPO_ROOT / "slides"
 PLACEHOLDER = re.compile(r"\{\{\s*(.*?)\s*\}\}")

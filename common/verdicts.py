@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 
 from .budgets import current_mode
-from .reports import REPO_ROOT
+from .paths import REPO_ROOT
 
 HOLDS, FAILS = "holds", "does not hold here"
 

@@ -12,7 +12,8 @@ import torch
 
 from common.errors import WorkshopError
 from common.hardware import device_description, package_versions
-from common.quant.qlinear import QuantLinear, dequantize_int4, unpack_int4
+from common.quant.layout import dequantize_int4, unpack_int4
+from common.quant.qlinear import QuantLinear
 
 from .gemm_paths import fp8_linear, int8_linear, quantize_fp8, quantize_int8_rows, tinygemm_linear, tinygemm_pack
 from .gemm_paths import two_four_sparse

@@ -20,14 +20,12 @@ Marlin-style kernel (kernels/limits.py uses it).
 import argparse
 import datetime
 import json
-import statistics
-import time
 
 import torch
 
 from common.decode import StaticGreedyDecoder
 from common.eval import decode_bound_tokens_per_s
-from common.hardware import device_description, machine_ceilings, package_versions
+from common.hardware import device_description, machine_ceilings, median_seconds, package_versions
 from common.models import load_model
 from common.quant.qlinear import QuantLinear, replace_linears
 
@@ -57,19 +55,13 @@ def decode_run(model, compile: bool, fused_attention: bool, fused_linears: bool,
     decoder = StaticGreedyDecoder(model, 1, PROMPT + NEW_TOKENS + 1, cuda_graph=True, compile=compile, lean=True,
                                   fused_attention=fused_attention, fused_linears=fused_linears)
     prompt = torch.zeros(1, PROMPT, dtype=torch.long)
-    times = []
-    for _ in range(repeats + 1):
-        decoder.prefill(prompt)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        decoder.decode(NEW_TOKENS)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    seconds = median_seconds(lambda: decoder.decode(NEW_TOKENS), decoder.device, repeats, warmup=1,
+                             setup=lambda: decoder.prefill(prompt))
     with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         decoder.step()
         torch.cuda.synchronize()
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return {"tokens_per_s": NEW_TOKENS / statistics.median(times[1:]), "kernels_per_step": len(kernels),
+    return {"tokens_per_s": NEW_TOKENS / seconds, "kernels_per_step": len(kernels),
             "kernel_us_per_step": sum(e.time_range.elapsed_us() for e in kernels),
             "marlin_us_per_step": sum(e.time_range.elapsed_us() for e in kernels if "w4a16_kernel" in e.name)}
 

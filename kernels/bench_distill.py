@@ -14,7 +14,7 @@ import time
 import torch
 
 from common.distill import DistillConfig, distill, kd_loss
-from common.hardware import device_description, package_versions
+from common.hardware import device_description, median_seconds, package_versions
 
 EMBEDDED_SHAPES = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                        num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True,
@@ -33,16 +33,10 @@ def time_loss(batch: int, seqlen: int, fused: bool, repeats: int = 10) -> float:
     student = torch.randn(batch, seqlen, vocab, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     teacher = torch.randn(batch, seqlen, vocab, device="cuda", dtype=torch.bfloat16)
     ids = torch.randint(0, vocab, (batch, seqlen), device="cuda")
-    times = []
-    for _ in range(repeats + 2):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        kd_loss(student, teacher, ids, 2.0, 0.7, fused=fused)[0].backward()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+    def forward_and_backward():
         student.grad = None
-    return sorted(times[2:])[len(times[2:]) // 2]
+        kd_loss(student, teacher, ids, 2.0, 0.7, fused=fused)[0].backward()
+    return 1e3 * median_seconds(forward_and_backward, student.device, repeats)
 
 
 def time_steps(steps: int, batch: int, seqlen: int) -> dict:

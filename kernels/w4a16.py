@@ -1,6 +1,6 @@
 """W4A16: 4-bit weights, 16-bit activations, dequantization fused into the matmul (Triton).
 
-Weight layout (the one `common.quant.qlinear.QuantLinear` stores and `pack_int4` writes), for W [N, K]:
+Weight layout (the one `common.quant.layout` defines, QuantLinear stores and `pack_int4` writes), for W [N, K]:
   qweight  uint8 [N, K // 2]  byte j of row n holds the code of k = 2j in its low nibble and of
                               k = 2j + 1 in its high nibble; codes are 0..15
   scales   [N, K // group]    fp16 or bf16

@@ -1,4 +1,6 @@
 import math
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -6,8 +8,8 @@ import torch.nn.functional as F
 
 from common.errors import WorkshopError
 from common.models import load_model
-from common.eval import (decode_bound_tokens_per_s, measure_throughput, parameter_breakdown, perplexity,
-                         stored_bytes, stored_bytes_by_kind)
+from common.eval import decode_bound_tokens_per_s, measure_throughput, perplexity
+from common.sizes import parameter_breakdown, stored_bytes, stored_bytes_by_kind
 
 
 class UniformModel(torch.nn.Module):
@@ -74,10 +76,28 @@ def test_stored_bytes_counts_packed_buffers():
     assert stored_bytes(layer) == 128 * 64 + 128 * 2
 
 
-def test_throughput_and_bound(tiny):
-    model, _ = tiny
-    t = measure_throughput(model, batch_size=2, prompt_len=16, new_tokens=4, repeats=2)
-    assert t.prefill_tokens_per_s > 0 and t.decode_tokens_per_s > 0 and t.peak_memory_bytes is None
+class TimedModel(torch.nn.Module):
+    """A model whose forward takes a known time: `prefill_s` for a prompt, `step_s` for one new token."""
+    def __init__(self, config, prefill_s: float, step_s: float):
+        super().__init__()
+        self.config, self.prefill_s, self.step_s = config, prefill_s, step_s
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, ids, **kwargs):
+        time.sleep(self.prefill_s if ids.shape[1] > 1 else self.step_s)
+        return SimpleNamespace(logits=torch.zeros(ids.shape[0], ids.shape[1], self.config.vocab_size))
+
+
+def test_throughput_times_prefill_and_decode_apart(tiny):
+    """Prefill is the prompt's tokens over the prompt's forward; decode is the new tokens over the steps
+    after it: 2 x 16 tokens in 0.2 s is 160 tokens/s, 2 x 4 tokens in 4 x 50 ms is 40 tokens/s."""
+    t = measure_throughput(TimedModel(tiny[0].config, 0.2, 0.05), batch_size=2, prompt_len=16, new_tokens=4, repeats=2)
+    assert 0.7 * 160 < t.prefill_tokens_per_s <= 160 and 0.7 * 40 < t.decode_tokens_per_s <= 40
+    assert t.decode_ms_per_step == pytest.approx(1000 * 2 / t.decode_tokens_per_s) and t.peak_memory_bytes is None
+
+
+def test_decode_bound_is_bandwidth_over_the_bytes_of_one_step():
+    # 1 GB read per step at 3 TB/s: 3000 steps a second, each giving a token to each of 4 sequences
     assert decode_bound_tokens_per_s(1e9, 3e12, batch_size=4) == pytest.approx(12000)
 
 

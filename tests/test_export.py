@@ -8,10 +8,11 @@ import torch
 
 from common.cli import main
 from common.errors import WorkshopError
-from common.eval import stored_bytes
+from common.sizes import stored_bytes
 from common.export.compressed_tensors import (SPARSE_FORMATS, check_round_trip, is_2_4, pack_int4_words,
                                              save_compressed_tensors, sparsity_summary)
-from common.export.onnx import activation_code_check, export_onnx, node_counts, onnxruntime_logits
+from common.export.onnx import export_onnx
+from common.export.onnx_check import activation_code_check, node_counts, onnxruntime_logits
 from common.models import load_model
 from common.prune.magnitude import MagnitudeConfig, prune_magnitude
 from common.quant.fp8 import FP8Config, quantize_fp8
@@ -283,7 +284,19 @@ def test_tensorrt_is_optional_and_says_why_it_skips(tmp_path):
     assert ("no CUDA GPU" if installed else "not installed") in skip_reason()
     with pytest.raises(WorkshopError, match="No TensorRT engine"):
         build_engine(tmp_path / "x.onnx", tmp_path / "x.engine")
+    with pytest.raises(WorkshopError, match="no valid shape profile"):   # bad sizes are refused first, anywhere
+        build_engine(tmp_path / "x.onnx", tmp_path / "x.engine", max_tokens=64, opt_tokens=128)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_engine_plan_is_what_tensorrt_is_asked_for():
+    from common.export.tensorrt import engine_plan
+    assert engine_plan() == {"flags": ("FP16",), "input_ids": ((1, 1), (1, 128), (8, 2048))}
+    assert engine_plan(2, 512, 64, sparse_weights=True) == {"flags": ("FP16", "SPARSE_WEIGHTS"),
+                                                             "input_ids": ((1, 1), (1, 64), (2, 512))}
+    for sizes in [(0, 2048, 128), (8, 2048, 0), (8, 64, 128)]:
+        with pytest.raises(WorkshopError, match="no valid shape profile"):
+            engine_plan(*sizes)
 
 
 def test_the_engine_timing_helper_times_any_engine_beside_the_model_on_its_device(tiny):

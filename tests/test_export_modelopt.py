@@ -11,9 +11,9 @@ import torch
 from common.errors import WorkshopError
 from common.export.modelopt_export import (check_modelopt_hf, export_modelopt_hf, export_modelopt_onnx,
                                            quantized_linears, read_modelopt_hf)
-from common.export.onnx import activation_code_check, node_counts, onnxruntime_logits
+from common.export.onnx_check import activation_code_check, node_counts, onnxruntime_logits
 from common.models import load_model
-from common.quant.modelopt_ptq import quantize_modelopt
+from common.quant.modelopt_ptq import ModeloptConfig, quantize_modelopt
 
 W8A8 = ("FP8_DEFAULT_CFG", "INT8_SMOOTHQUANT_CFG")
 CODES = {"FP8_DEFAULT_CFG": onnx.TensorProto.FLOAT8E4M3FN, "INT8_SMOOTHQUANT_CFG": onnx.TensorProto.INT8,
@@ -34,7 +34,7 @@ def quantized(tiny):
 
     def get(config):
         if config not in cache:   # AWQ's search runs the layers once per candidate scale: one sequence is enough here
-            cache[config] = quantize_modelopt(copy.deepcopy(model), config, calib[:1] if "AWQ" in config else calib,
+            cache[config] = quantize_modelopt(copy.deepcopy(model), ModeloptConfig(config), calib[:1] if "AWQ" in config else calib,
                                               progress=False)
         return cache[config]
     return get

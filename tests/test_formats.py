@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from common.errors import WorkshopError
-from common.quant.formats import (FORMATS, FP8_DTYPES, _grouped, bits_per_weight, fake_quant, fake_quant_fp8,
+from common.quant.formats import (FORMATS, FP8_DTYPES, grouped, bits_per_weight, fake_quant, fake_quant_fp8,
                                   fake_quant_int, format_grid, fp4_e2m1_values, int_scale_zero, nf4_levels,
                                   outlier_range_fraction, relative_error, round_to_grid)
 
@@ -27,28 +27,28 @@ def assert_nearest(values: torch.Tensor, candidates: torch.Tensor, got: torch.Te
 @pytest.mark.parametrize("group_size", [-1, None, 32])
 def test_int_is_nearest_grid_point(bits, symmetric, group_size):
     w = torch.randn(8, 64) * torch.linspace(0.1, 3, 64)
-    groups = _grouped(w, group_size)
+    groups = grouped(w, group_size)
     scale, zero = int_scale_zero(groups, bits, symmetric)
     codes = torch.arange(-(2 ** (bits - 1) - 1), 2 ** (bits - 1)) if symmetric else torch.arange(2 ** bits)
     candidates = (codes[None, :] - zero) * scale  # every value each group can represent
-    assert_nearest(groups, candidates, _grouped(fake_quant_int(w, bits, group_size, symmetric), group_size))
+    assert_nearest(groups, candidates, grouped(fake_quant_int(w, bits, group_size, symmetric), group_size))
 
 
 @pytest.mark.parametrize("fmt,grid_max,group_size", [("nf4", 1.0, 64), ("fp4", 6.0, 32), ("fp4", 6.0, None),
                                                      ("fp8_e4m3", 448.0, -1), ("fp8_e5m2", 57344.0, None)])
 def test_absmax_formats_are_nearest_grid_point(fmt, grid_max, group_size):
     w = torch.randn(16, 128) * 0.02
-    groups = _grouped(w, group_size)
+    groups = grouped(w, group_size)
     scale = groups.abs().amax(dim=1, keepdim=True) / grid_max
     candidates = format_grid(fmt)[None, :] * scale
-    assert_nearest(groups, candidates, _grouped(fake_quant(w, fmt, group_size), group_size))
+    assert_nearest(groups, candidates, grouped(fake_quant(w, fmt, group_size), group_size))
 
 
 @pytest.mark.parametrize("fmt", ["fp8_e4m3", "fp8_e5m2"])
 @pytest.mark.parametrize("group_size", [-1, None])
 def test_fp8_is_bit_exact_with_torch_cast(fmt, group_size):
     w = torch.randn(32, 256) * torch.logspace(-3, 1, 256)
-    groups = _grouped(w, group_size)
+    groups = grouped(w, group_size)
     scale = groups.abs().amax(dim=1, keepdim=True) / torch.finfo(FP8_DTYPES[fmt]).max
     expected = ((groups / scale).to(FP8_DTYPES[fmt]).float() * scale).reshape(w.shape)
     assert torch.equal(fake_quant_fp8(w, fmt, group_size), expected)

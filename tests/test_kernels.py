@@ -8,7 +8,8 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # must be set before triton compiles anything
 
 from common.errors import WorkshopError  # noqa: E402
-from common.quant.qlinear import QuantLinear, dequantize_int4, pack_int4  # noqa: E402
+from common.quant.layout import dequantize_int4, pack_int4  # noqa: E402
+from common.quant.qlinear import QuantLinear  # noqa: E402
 from kernels.gemm_paths import quantize_int8_rows, quantize_rows  # noqa: E402
 from kernels.w4a16 import GEMM_CONFIGS, GEMV_CONFIGS, SMALL_M_CONFIGS, _run, candidate_configs, w4a16_matmul  # noqa: E402
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from common.errors import WorkshopError
-from common.quant.qlinear import QuantLinear, pack_int4
+from common.quant.layout import pack_int4
+from common.quant.qlinear import QuantLinear
 from kernels.marlin import SOURCES, dequantize_repacked, repack, unpack
 
 HAS_CUDA = torch.cuda.is_available()

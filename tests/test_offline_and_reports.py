@@ -78,7 +78,7 @@ def test_merge_reports_replaces_only_the_incoming_labs(tmp_path):
 def test_reports_are_readable_by_everyone(tmp_path):
     import stat
 
-    from common.reports import write_json_atomic
+    from common.paths import write_json_atomic
     path = tmp_path / "results.json"
     write_json_atomic(path, {"a": 1})
     assert stat.S_IMODE(path.stat().st_mode) == 0o644 and not list(tmp_path.glob(".*.tmp"))
@@ -124,7 +124,8 @@ def test_reproduce_says_what_to_expect_and_where_it_is(reports_tmp, tmp_path, mo
     import nbformat
 
     import common.reproduce
-    from common.reproduce import duration, recorded_timings, reproduce
+    from common.reports import duration
+    from common.reproduce import recorded_timings, reproduce
     solutions = tmp_path / "solutions"
     solutions.mkdir()
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"x = {k}") for k in range(3)])

@@ -1,6 +1,7 @@
 """Lab 05's pipelines: recipes as data, the six orders, and the mechanism (no gradient reaches packed NF4)."""
 import copy
 import json
+import math
 import re
 
 import pytest
@@ -155,13 +156,51 @@ def test_prune_step_ends_with_a_fine_tune_that_only_moves_float_weights(pair):
     assert plain.final["ppl"] != untrained.final["ppl"]           # the fine-tune trained the pruned model
 
 
-def test_kv_step_quantizes_the_cache_not_the_weights(pair):
+def most_levels(out: torch.Tensor, axis: str, token_group: int, channels: int) -> int:
+    """The most distinct values any quantization group of keys or values `out` [batch, tokens, dim] holds:
+    a group is `token_group` tokens of one channel (axis "channel", full groups only) or one token of one
+    head (axis "token", `channels` values)."""
+    if axis == "channel":
+        full = out.shape[1] - out.shape[1] % token_group
+        groups = out[:, :full].reshape(out.shape[0], -1, token_group, out.shape[2]).transpose(2, 3)
+        groups = groups.reshape(-1, token_group)
+    else:
+        groups = out.reshape(-1, channels)
+    return max(len(group.unique()) for group in groups)
+
+
+def test_kv_step_quantizes_the_cache_not_the_weights(pair, monkeypatch):
+    """After the KV step every weight is as it was, while the keys and values each evaluation attends over
+    (what the cache stores) sit on the 2-bit grid: at most 4 levels per group, where the evaluation before
+    it saw one per entry; the cache's bits per value are those levels' bits plus the scales' share."""
     model, tokenizer, _ = pair
-    _, result = run_pipeline(model, tokenizer, [KVCache("int2")], protocol(), budget=BUDGET, progress=False)
+    config = KVQuantConfig("int2")
+    levels = []   # per evaluation: the most levels any group of cached keys or values held
+    evaluate = DataProtocol.evaluate
+
+    def evaluate_and_read_the_cache(self, evaluated, *args, **kwargs):
+        seen = []
+        # registered after the KV step's hooks, so these see the keys and values as the cache holds them
+        handles = [module.register_forward_hook(lambda m, i, out, axis=axis: seen.append(
+                       most_levels(out.detach(), axis, config.token_group, head_dim(evaluated.config))))
+                   for name, module in evaluated.named_modules()
+                   for suffix, axis in (("k_proj", config.key_axis), ("v_proj", config.value_axis)) if name.endswith(suffix)]
+        try:
+            return evaluate(self, evaluated, *args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+            levels.append(max(seen))
+
+    monkeypatch.setattr(DataProtocol, "evaluate", evaluate_and_read_the_cache)
+    compressed, result = run_pipeline(model, tokenizer, [KVCache("int2")], protocol(), budget=BUDGET, progress=False)
     start, kv = result.records
-    assert kv["stored_bytes"] == start["stored_bytes"] and start["kv_bits_per_value"] == 16
-    assert kv["kv_bits_per_value"] == kv_bits_per_value(KVQuantConfig("int2"), head_dim(model.config)) < 16
-    assert kv["ppl"]["wiki"] != start["ppl"]["wiki"]
+    before, after = model.state_dict(), compressed.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert kv["stored_bytes"] == start["stored_bytes"]
+    assert levels[1] == 4 < levels[0]   # float keys and values: as many values as a group has entries
+    assert start["kv_bits_per_value"] == 16 and kv["kv_bits_per_value"] == kv_bits_per_value(config, head_dim(model.config))
+    assert int(kv["kv_bits_per_value"]) == math.ceil(math.log2(levels[1]))
 
 
 def test_modelopt_qad_trains_through_modelopt_quantizers(pair):

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from common.errors import WorkshopError
-from common.eval import stored_bytes
+from common.sizes import stored_bytes
 from common.models import load_model, tiny_random
 from common.prune.depth import DepthPruneConfig, prune_depth
 from common.prune.lowrank import LowRankConfig, factorize, factorized_linear, prune_lowrank

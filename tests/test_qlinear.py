@@ -3,9 +3,10 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import WorkshopError
-from common.eval import stored_bytes
+from common.sizes import stored_bytes
 from common.quant.formats import fake_quant_fp8, fake_quant_int, relative_error
-from common.quant.qlinear import QuantLinear, pack_int4, replace_linears, unpack_int4
+from common.quant.layout import pack_int4, unpack_int4
+from common.quant.qlinear import QuantLinear, replace_linears
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,8 @@ import pytest
 
 from common.cli import main
 from common.errors import WorkshopError
-from common.reports import REPO_ROOT, save_figures
+from common.paths import REPO_ROOT
+from common.reports import save_figures
 from common.slides import (PLACEHOLDER, SAME_MEASUREMENT, SLIDES, build, decks, fill, rows_used, slides_of,
                            support_matrix, two_sources)
 

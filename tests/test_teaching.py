@@ -12,7 +12,8 @@ import pytest
 
 from common.checks import compare_prediction, predicted
 from common.notebooks import ANSWER_BEGIN, ANSWER_END, ANSWER_PLACEHOLDER, LABS, SOLUTIONS, make_lab, strip_answers
-from common.reports import REPO_ROOT, LabResults
+from common.paths import REPO_ROOT
+from common.reports import LabResults
 from common.verdicts import FAILS, HOLDS, Gate, Verdicts, recorded_run
 
 SOLUTION_FILES = sorted(SOLUTIONS.glob("*.ipynb"))

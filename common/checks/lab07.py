@@ -24,8 +24,8 @@ def check_qdq(qdq_int8):
     try:
         answer = qdq_int8(x, torch.tensor(scale))
     except NotImplementedError:
-        from ..quant.smoothquant import quantize_static_int8   # the package's own Q -> DQ
-        return not_solved(name, quantize_static_int8)
+        from ..quant.formats import quantize_static   # the package's own Q -> DQ
+        return not_solved(name, lambda x, scale: quantize_static(x, scale, "int8"))
     check(name, answer is not None and torch.equal(answer.float(), expected),
           "q = round(x / scale) with ties to even (torch.round does that), clamped to [-128, 127]; y = q * scale.")
     return qdq_int8

@@ -18,7 +18,7 @@ def run(args) -> Output:
     import torch
     from kernels import bench
     from ..hardware import machine_ceilings
-    from ..reports import write_json_atomic
+    from ..paths import write_json_atomic
     result = bench.run(shapes=args.shapes.split(",") if args.shapes else None)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

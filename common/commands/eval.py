@@ -12,7 +12,8 @@ def add_arguments(p) -> None:
 def run(args) -> Output:
     from ..budgets import get_budget
     from ..errors import WorkshopError
-    from ..eval import perplexity, stored_bytes
+    from ..eval import perplexity
+    from ..sizes import stored_bytes
     from ..models import load_model
     protocol = protocol_from(args)
     if args.batch_size < 1:

@@ -49,9 +49,8 @@ def run(args) -> Output:
     import torch
 
     from ..data import eval_windows, token_ids
-    from ..eval import stored_bytes
+    from ..sizes import stored_bytes
     from ..models import load_model
-    from ..quant.modelopt_ptq import quantize_modelopt
     from ..quant.presets import method_and_config
     from ..quant.qlinear import pack_quantized
     out = Path(args.out).expanduser()
@@ -63,8 +62,8 @@ def run(args) -> Output:
         quantize, config = method_and_config(args.method, args.bits, args.group_size, model=model,
                                              symmetric=args.symmetric, static_activations=args.static_activations)
         calib = protocol.calibration(tokenizer, model=model)
-        model = (quantize_modelopt(model, config, calib, progress=False) if modelopt else
-                 pack_quantized(quantize(model, config, calib), progress=False))
+        model = quantize(model, config, calib, progress=False)
+        model = model if modelopt else pack_quantized(model, progress=False)
     window = eval_windows(token_ids(tokenizer, protocol.eval_data[0], "eval"), protocol.seqlen, 1)
     result = {"format": args.format, "model": args.model, "method": args.method,
               "checked_on": f"{protocol.eval_data[0]}: 1 x {window.shape[1]} tokens"}
@@ -72,8 +71,9 @@ def run(args) -> Output:
         result["stored_bytes"] = stored_bytes(model)
     if args.format == "onnx":
         from ..export.modelopt_export import export_modelopt_onnx
-        from ..export.onnx import (activation_code_check, code_check_text, export_onnx, logit_agreement, node_counts,
-                                   onnxruntime_logits)
+        from ..export.onnx import export_onnx
+        from ..export.onnx_check import (activation_code_check, code_check_text, logit_agreement, node_counts,
+                                         onnxruntime_logits)
         # both refuse what TensorRT cannot take before anything is written
         with reported_write_errors(out):
             path = (export_modelopt_onnx if modelopt else export_onnx)(model, out, opset=args.opset)

@@ -26,7 +26,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> Output:
-    from ..prune.presets import build_pruner, check_sparsity
+    from ..prune.masks import check_sparsity
+    from ..prune.presets import build_pruner
     if args.sparsity is not None:
         check_sparsity(args.sparsity)
     if args.table:
@@ -35,7 +36,7 @@ def run(args) -> Output:
         raise WorkshopError("Nothing to do: no --method and no --table.",
                             "Give --method (e.g. --method wanda), or --table lab03 for lab 03's main table.")
     from ..budgets import get_budget
-    from ..eval import parameter_breakdown, stored_bytes
+    from ..sizes import parameter_breakdown, stored_bytes
     from ..models import load_model, save_pretrained_atomic
     from ..prune.masks import sparsity_of
     from ..prune.presets import NEEDS_CALIBRATION

@@ -57,10 +57,7 @@ def run(args) -> Output:
         lines += perplexity_lines(before, "PPL before")
     result["bytes_before"] = true_bytes(model)
     start = time.perf_counter()
-    if quantize == "modelopt":
-        model = quantize_modelopt(model, config, calib)
-    else:
-        model = quantize(model, config, calib)
+    model = quantize(model, config, calib)
     seconds = time.perf_counter() - start
     result |= {"seconds": seconds, "bytes_after": true_bytes(model)}
     lines = [f"{args.method}: {result['config']}", f"quantized in {seconds:.1f} s on {result['calibration']}",
@@ -71,7 +68,7 @@ def run(args) -> Output:
         result["ppl_after"] = perplexity_dict(after)
         lines += perplexity_lines(after, "PPL after ")
     if args.out:
-        if quantize == "modelopt":
+        if quantize is quantize_modelopt:
             note = "modelopt's fake-quantized weights, dequantized; export them with modelopt for real storage"
         else:
             with warnings.catch_warnings(record=True) as caught:
@@ -90,7 +87,7 @@ def table(args) -> Output:
     import torch
     from ..budgets import get_budget
     from ..models import load_model
-    from ..quant.modelopt_ptq import CONFIGS, quantize_modelopt
+    from ..quant.modelopt_ptq import CONFIGS, ModeloptConfig, quantize_modelopt
     from ..quant.presets import lab02_modelopt_configs, lab02_table
     from ..quant.storage import true_bytes
     from ..tables import run_lab_table, table_text
@@ -102,7 +99,7 @@ def table(args) -> Output:
     bits = {name: b for name, _, _, b in lab02_table(mode)} | {f"modelopt {n}": CONFIGS[n][0] for n in CONFIGS}
     jobs = [(name, lambda model, calib, q=quantize, c=config: (q(model, c, calib, progress=False), None))
             for name, quantize, config, _ in lab02_table(mode)]
-    jobs += [(f"modelopt {name}", lambda model, calib, name=name: (quantize_modelopt(model, name, calib, progress=False),
+    jobs += [(f"modelopt {name}", lambda model, calib, name=name: (quantize_modelopt(model, ModeloptConfig(name), calib, progress=False),
                                                                     None))
              for name in lab02_modelopt_configs(mode)]
     columns = [("bits", "bits", 4, "d", lambda name, m: bits.get(name, 16 if m.dtype == torch.bfloat16 else 32)),

@@ -9,7 +9,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> Output:
-    from ..reports import reports_dir
+    from ..paths import reports_dir
     from ..reproduce import reproduce
     status = reproduce(labs=args.labs.split(",") if args.labs else None)
     text = "\n".join(f"{k}: {v}" for k, v in status.items()) + f"\nreports written to {reports_dir()}"

@@ -5,7 +5,7 @@ HELP = "Fill the decks in slides/ with a reports folder's numbers and figures; r
 
 
 def add_arguments(p) -> None:
-    from ..reports import REPO_ROOT
+    from ..paths import REPO_ROOT
     p.add_argument("--source", default=str(REPO_ROOT / "reports" / "h200"),
                    help="reports folder with results.json and figures/ (default: the recorded H200 run; "
                         "reports after make reproduce)")

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import WorkshopError
 from .losses import next_token_ce
-from .train import DistillConfig, DistillHistory, _check_data, _lr_factor, _micro_batch
+from .train import DistillConfig, DistillHistory, check_training_data, lr_factor, micro_batch
 
 
 def distill_modelopt(student, teacher, config: DistillConfig, data: torch.Tensor, progress: bool = True):
@@ -34,7 +34,7 @@ def distill_modelopt(student, teacher, config: DistillConfig, data: torch.Tensor
     except ImportError as e:
         raise WorkshopError(f"nvidia-modelopt is not importable ({e}).", "pip install nvidia-modelopt==0.47.0")
     config.validate()
-    _check_data(data, config)
+    check_training_data(data, config)
     if config.hidden_loss_weight or config.temperature_end is not None or config.checkpoint_dir:
         raise WorkshopError("distill_modelopt implements the logit loss at a fixed temperature only.",
                             "Use common.distill.distill for hidden-state losses, schedules and checkpoints.")
@@ -53,14 +53,14 @@ def distill_modelopt(student, teacher, config: DistillConfig, data: torch.Tensor
     model = mtd.convert(student, mode=[("kd_loss", kd_config)])
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     history = DistillHistory(student_parameters=sum(p.numel() for p in parameters),
                              teacher_parameters=sum(p.numel() for p in teacher.parameters()))
     for step in tqdm(range(config.steps), desc="distill (modelopt)", disable=not progress):
         t0 = time.perf_counter()
         total = 0.0
         for micro in range(config.grad_accum):
-            ids = _micro_batch(data, config, step * config.grad_accum + micro).to(device)
+            ids = micro_batch(data, config, step * config.grad_accum + micro).to(device)
             with autocast:
                 out = model(ids)
                 ce = next_token_ce(out.logits, ids)

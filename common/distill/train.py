@@ -19,9 +19,6 @@ teacher=None it is plain cross-entropy fine-tuning, the same loop, so the two co
   sharded; `distributed.full_model_state(student)` gathers its weights.
 """
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..data import DEFAULT_TRAIN, generated_ids, sample_windows, training_ids
 from ..errors import WorkshopError
+from ..paths import written_aside
 from . import distributed
 from .losses import HiddenStateLoss, kd_loss
 
@@ -116,14 +114,14 @@ class DistillHistory:
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
-def _micro_batch(data: torch.Tensor, config: DistillConfig, index: int) -> torch.Tensor:
+def micro_batch(data: torch.Tensor, config: DistillConfig, index: int) -> torch.Tensor:
     if data.dim() == 2:  # prepared windows, in order, wrapping around
         rows = torch.arange(index * config.batch, (index + 1) * config.batch) % data.size(0)
         return data[rows]
     return sample_windows(data, config.batch, config.seqlen, seed=config.seed * 1_000_003 + index)
 
 
-def _check_data(data: torch.Tensor, config: DistillConfig) -> None:
+def check_training_data(data: torch.Tensor, config: DistillConfig) -> None:
     if data.dim() == 1 and data.numel() <= config.seqlen:
         raise WorkshopError(f"The training text has {data.numel()} tokens, too few for one window of "
                             f"{config.seqlen}.", "Give more training text or a smaller seqlen.")
@@ -152,31 +150,17 @@ def save_checkpoint(directory: Path, student, state: dict) -> None:
     others wait for it, so none runs ahead of a checkpoint that is not there yet."""
     weights = distributed.full_model_state(student)
     if distributed.is_main():
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-"))
-        student.save_pretrained(tmp, state_dict=weights)
-        torch.save(state, tmp / TRAIN_STATE)
-        old = directory.with_name(f".{directory.name}.old")
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
+        with written_aside(directory, folder=True, replace=True) as tmp:
+            student.save_pretrained(tmp, state_dict=weights)
+            torch.save(state, tmp / TRAIN_STATE)
     distributed.barrier()
 
 
 def load_checkpoint(directory: Path, student) -> dict | None:
     if not (directory / TRAIN_STATE).is_file():
         return None
-    from safetensors.torch import load_file
-    weights = {}
-    for f in sorted(directory.glob("*.safetensors")):
-        weights |= load_file(f)
-    missing, unexpected = student.load_state_dict(weights, strict=False)
-    tied = {"lm_head.weight"} if student.config.tie_word_embeddings else set()
-    if set(missing) - tied or unexpected:
-        raise WorkshopError(f"The checkpoint in {directory} does not fit this student "
-                            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}).",
-                            "Resume with the same student, or point checkpoint_dir at a new directory.")
+    from ..quant.checkpoint import load_state
+    load_state(student, directory, "Resume with the same student, or point checkpoint_dir at a new directory.")
     return torch.load(directory / TRAIN_STATE, weights_only=False)
 
 
@@ -190,7 +174,7 @@ def _layer_pairs(n_student: int, n_teacher: int, count: int) -> list:
     return [(s, round(s * n_teacher / n_student)) for s in student_layers]
 
 
-def _lr_factor(step: int, config: DistillConfig) -> float:
+def lr_factor(step: int, config: DistillConfig) -> float:
     """Linear warm-up, then cosine decay to a tenth of the peak rate."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
@@ -217,7 +201,7 @@ def distill(student, teacher, config: DistillConfig, data: torch.Tensor, progres
     torchrun). History's tokens count every rank's; its peak memory is this rank's.
     """
     config.validate()
-    _check_data(data, config)
+    check_training_data(data, config)
     if teacher is None and config.alpha < 1.0:
         raise WorkshopError(f"alpha={config.alpha} weighs a teacher's loss, but no teacher was given.",
                             "Pass a teacher, or alpha=1.0 for CE-only fine-tuning.")
@@ -253,7 +237,7 @@ def distill(student, teacher, config: DistillConfig, data: torch.Tensor, progres
     # fused: one kernel for every parameter's update on a GPU instead of a dozen per tensor group
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95),
                                   fused=device.type == "cuda")
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     start = 0
     if state is not None:
         distributed.load_full_optimizer_state(trained, optimizer, state["optimizer"])
@@ -272,7 +256,7 @@ def distill(student, teacher, config: DistillConfig, data: torch.Tensor, progres
         try:
             for micro in range(config.grad_accum):
                 # this rank's share of the global micro-batch: every rank draws the same windows
-                ids = _micro_batch(data, config, step * config.grad_accum + micro)[rank::ranks].to(device)
+                ids = micro_batch(data, config, step * config.grad_accum + micro)[rank::ranks].to(device)
                 with autocast:
                     teacher_out = None
                     if teacher_needed:

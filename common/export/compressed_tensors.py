@@ -119,7 +119,7 @@ def save_compressed_tensors(model, tokenizer, out, sparse_format: str | None = N
 
     from safetensors.torch import save_file
 
-    from ..models import written_aside
+    from ..paths import written_aside
     from ..quant.qlinear import QuantLinear
     if sparse_format is not None:
         _refuse_sparse_format(sparse_format, model)
@@ -167,7 +167,7 @@ def save_compressed_tensors(model, tokenizer, out, sparse_format: str | None = N
         "quant_method": "compressed-tensors", "format": layout, "quantization_status": "compressed",
         "config_groups": {"group_0": {"targets": ["Linear"], **scheme, "output_activations": None, "format": layout}},
         "ignore": ["lm_head"], "kv_cache_scheme": None}
-    with written_aside(target) as tmp:
+    with written_aside(target, folder=True) as tmp:
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         tokenizer.save_pretrained(tmp)

@@ -47,7 +47,7 @@ from ..quant.modelopt_ptq import quiet_modelopt
 from .onnx import OPSET, Logits   # one opset for every format: blocked INT4 needs 21
 
 MIN_OPSET = {"int8": 13, "fp8": 19, "int4": 21}    # per-axis Q/DQ: 13; FP8 types: 19; INT4 and block_size: 21
-HOW_TO_QUANTIZE = ("Quantize it first: common.quant.modelopt_ptq.quantize_modelopt(model, 'FP8_DEFAULT_CFG', "
+HOW_TO_QUANTIZE = ("Quantize it first: common.quant.modelopt_ptq.quantize_modelopt(model, ModeloptConfig('FP8_DEFAULT_CFG'), "
                    "calib_ids) (or INT8_SMOOTHQUANT_CFG, INT4_AWQ_CFG, INT4_BLOCKWISE_G64).")
 
 
@@ -281,7 +281,7 @@ def export_modelopt_hf(model, tokenizer, out_dir) -> Path:
     """Write modelopt's unified Hugging Face checkpoint of the modelopt-quantized `model` (safetensors
     with FP8 / INT8 / packed INT4 weights and their scales, hf_quant_config.json, quantization_config
     in config.json) and the tokenizer to the new folder `out_dir`; returns the folder."""
-    from ..models import written_aside
+    from ..paths import written_aside
     for name, (module, fmt, _) in quantized_linears(model).items():
         block = (module.weight_quantizer.block_sizes or {}).get(-1)
         if fmt == "int4" and module.in_features % block:   # modelopt raises NotImplementedError, after work
@@ -293,7 +293,7 @@ def export_modelopt_hf(model, tokenizer, out_dir) -> Path:
         raise WorkshopError(f"--out {target} exists and is not empty.", "Give a new folder, or remove it first.")
     with quiet_modelopt():
         from modelopt.torch.export import export_hf_checkpoint
-        with written_aside(target) as tmp:
+        with written_aside(target, folder=True) as tmp:
             try:
                 export_hf_checkpoint(_hf_ready_copy(model), export_dir=tmp)
             except (NotImplementedError, ValueError, AssertionError) as e:

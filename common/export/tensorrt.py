@@ -34,10 +34,22 @@ def skip_reason() -> str:
     return "TensorRT is installed but there is no CUDA GPU here: TensorRT builds engines for a GPU only."
 
 
+def engine_plan(max_batch: int = 8, max_tokens: int = 2048, opt_tokens: int = 128, sparse_weights: bool = False) -> dict:
+    """What `build_engine` asks TensorRT for: the builder flags, and input_ids' (smallest, tuned-for,
+    largest) [batch, tokens] shapes. Sizes that make no profile are refused here, before TensorRT is needed."""
+    if min(max_batch, max_tokens, opt_tokens) < 1 or opt_tokens > max_tokens:
+        raise WorkshopError(f"An engine for batch <= {max_batch} and tokens <= {max_tokens}, tuned for {opt_tokens} tokens, "
+                            "has no valid shape profile.", "Give positive sizes with opt_tokens <= max_tokens.")
+    # FP16: the float parts in 16 bits, the Q/DQ pairs fix the rest; SPARSE_WEIGHTS: 2:4 kernels where faster
+    return {"flags": ("FP16", "SPARSE_WEIGHTS") if sparse_weights else ("FP16",),
+            "input_ids": ((1, 1), (1, opt_tokens), (max_batch, max_tokens))}
+
+
 def build_engine(onnx_path, engine_path, max_batch: int = 8, max_tokens: int = 2048, opt_tokens: int = 128,
                  sparse_weights: bool = False) -> Path:
-    """Parse `onnx_path`, build an engine for input_ids up to [max_batch, max_tokens] and write it to
-    `engine_path`; returns that path. `sparse_weights` lets TensorRT use 2:4 sparse kernels."""
+    """Parse `onnx_path`, build an engine for input_ids up to [max_batch, max_tokens] (`engine_plan`) and
+    write it to `engine_path`; returns that path. `sparse_weights` lets TensorRT use 2:4 sparse kernels."""
+    plan = engine_plan(max_batch, max_tokens, opt_tokens, sparse_weights)
     if tensorrt_version() is None:
         raise WorkshopError("No TensorRT engine can be built here.", skip_reason())
     import tensorrt as trt
@@ -50,11 +62,10 @@ def build_engine(onnx_path, engine_path, max_batch: int = 8, max_tokens: int = 2
         raise WorkshopError(f"TensorRT's ONNX parser refused {onnx_path}: {errors}",
                             "Export with workshop export --format onnx (opset 21, symmetric grids).")
     config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.FP16)   # the float parts in 16 bits; the Q/DQ pairs fix the rest
-    if sparse_weights:
-        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+    for flag in plan["flags"]:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
     profile = builder.create_optimization_profile()
-    profile.set_shape("input_ids", (1, 1), (1, opt_tokens), (max_batch, max_tokens))
+    profile.set_shape("input_ids", *plan["input_ids"])
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

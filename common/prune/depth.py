@@ -15,9 +15,10 @@ from ..errors import WorkshopError
 from ..calibration import decoder_layers, first_layer_inputs, run_layer
 
 
-@dataclass
+@dataclass(frozen=True)
 class DepthPruneConfig:
-    layers_removed: int = 4  # how many decoder layers to drop
+    layers_removed: int = 4  # how many decoder layers to drop (checked against the model's layer count)
+    needs_calibration = True  # block importance: each layer's effect on the calibration hidden states
 
 
 @torch.no_grad()

@@ -22,13 +22,28 @@ from ..calibration import linear_input_grams, linear_layers, walk_layers
 TARGETS = {"mlp": ("mlp.",), "attention": ("self_attn.",), "all": ("mlp.", "self_attn.")}
 
 
-@dataclass
+@dataclass(frozen=True)
 class LowRankConfig:
     param_fraction: float | None = 0.5  # keep this fraction of each targeted layer's parameters ...
     energy: float | None = None         # ... or keep singular values up to this fraction of energy
     activation_aware: bool = True       # whiten by calibration activations before the SVD
     targets: str = "mlp"                # "mlp", "attention" or "all"
     damp: float = 0.01                  # added to H's diagonal (fraction of its mean) before Cholesky
+
+    def __post_init__(self):
+        if (self.param_fraction is None) == (self.energy is None):
+            raise WorkshopError("Give exactly one of param_fraction and energy.",
+                                "e.g. LowRankConfig(param_fraction=0.5) or LowRankConfig(energy=0.9, param_fraction=None).")
+        value = self.energy if self.energy is not None else self.param_fraction
+        if not 0 < value <= 1:
+            raise WorkshopError(f"{'energy' if self.energy is not None else 'param_fraction'}={value} is outside (0, 1].",
+                                "Give a fraction such as 0.5.")
+        if self.targets not in TARGETS:
+            raise WorkshopError(f"Unknown targets {self.targets!r}.", f"Use one of {', '.join(TARGETS)}.")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.activation_aware
 
 
 def rank_for(linear: nn.Linear, singular_values: torch.Tensor, config: LowRankConfig) -> int:
@@ -63,24 +78,10 @@ def factorized_linear(linear: nn.Linear, a: torch.Tensor, b: torch.Tensor) -> nn
     return nn.Sequential(first, second)
 
 
-def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
-
-
 @torch.no_grad()
 def prune_lowrank(model, config: LowRankConfig, calib_batch=None, progress: bool = True):
     """Factorize the targeted linears of every decoder layer; returns the model (fewer parameters)."""
-    if (config.param_fraction is None) == (config.energy is None):
-        raise WorkshopError("Give exactly one of param_fraction and energy.",
-                            "e.g. LowRankConfig(param_fraction=0.5) or LowRankConfig(energy=0.9, param_fraction=None).")
-    value = config.energy if config.energy is not None else config.param_fraction
-    if not 0 < value <= 1:
-        raise WorkshopError(f"{'energy' if config.energy is not None else 'param_fraction'}={value} is outside (0, 1].",
-                            "Give a fraction such as 0.5.")
-    if config.targets not in TARGETS:
-        raise WorkshopError(f"Unknown targets {config.targets!r}.", f"Use one of {', '.join(TARGETS)}.")
-    if config.activation_aware and calib_batch is None:
+    if config.needs_calibration and calib_batch is None:
         raise WorkshopError("Activation-aware SVD needs calibration text and none was given.",
                             "Pass calib_batch, or set activation_aware=False.")
 
@@ -102,4 +103,4 @@ def factorize_layer(layer, config: LowRankConfig, gram_of) -> None:
         out_f, in_f = linear.weight.shape
         if rank * (out_f + in_f) >= out_f * in_f:
             continue  # the factors would be no smaller than the layer
-        replace_module(layer, name, factorized_linear(linear, s[:rank, None] * vh[:rank], u[:, :rank]))
+        layer.set_submodule(name, factorized_linear(linear, s[:rank, None] * vh[:rank], u[:, :rank]))

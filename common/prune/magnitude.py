@@ -16,10 +16,11 @@ from ..calibration import decoder_layers, linear_layers
 from .masks import SparsityConfig, apply_mask, mask_from_scores
 
 
-@dataclass
+@dataclass(frozen=True)
 class MagnitudeConfig(SparsityConfig):
     per_row: bool = False  # compare weights within each output row instead of the whole matrix
     tie_break_seed: int | None = None  # break ties of |w| at random (this seed) instead of by the sort
+    needs_calibration = False          # |w| alone
 
 
 def magnitude_scores(weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -33,26 +33,29 @@ def check_sparsity(sparsity: float) -> None:
                             "to zero, and 1 would remove every weight.", "Give a sparsity such as 0.5.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SparsityConfig:
-    """What every one-shot weight-pruning method takes."""
+    """What every one-shot weight-pruning method takes; checked when it is made."""
     sparsity: float = 0.5                 # fraction of zeros (ignored when pattern is set)
     pattern: str | None = None            # "2:4", "4:8": N:M semi-structured instead of unstructured
     layer_sparsities: tuple | None = None  # per decoder layer (non-uniform allocation); 0 skips a layer
     store_masks: bool = False             # keep masks as persistent bit-packed buffers (counted as stored)
+    needs_calibration = True              # (magnitude pruning, which reads only the weights, says False)
+
+    def __post_init__(self):
+        self.nm()
+        check_sparsity(self.sparsity)
+        for s in self.layer_sparsities or ():
+            check_sparsity(s)
 
     def nm(self) -> tuple | None:
         return parse_pattern(self.pattern) if self.pattern else None
 
     def validate(self, num_layers: int) -> None:
-        self.nm()
-        check_sparsity(self.sparsity)
-        if self.layer_sparsities is not None:
-            if len(self.layer_sparsities) != num_layers:
-                raise WorkshopError(f"layer_sparsities has {len(self.layer_sparsities)} entries for a model "
-                                    f"of {num_layers} layers.", "Give one sparsity per decoder layer.")
-            for s in self.layer_sparsities:
-                check_sparsity(s)
+        """What only the model can tell: one layer sparsity per decoder layer."""
+        if self.layer_sparsities is not None and len(self.layer_sparsities) != num_layers:
+            raise WorkshopError(f"layer_sparsities has {len(self.layer_sparsities)} entries for a model "
+                                f"of {num_layers} layers.", "Give one sparsity per decoder layer.")
 
     def for_layer(self, index: int) -> float:
         """This layer's sparsity (for N:M: 0 means skip the layer, anything else applies N:M)."""

@@ -27,10 +27,19 @@ from ..errors import WorkshopError
 MODES = ("sparse_magnitude", "sparsegpt")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModeloptSparsityConfig:
     mode: str = "sparsegpt"  # "sparse_magnitude" or "sparsegpt" (always 2:4)
     export: bool = True      # mts.export: plain nn.Linear with the zeros in the weights
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise WorkshopError(f"Unknown modelopt sparsity mode {self.mode!r}.",
+                                f"Use modelopt:{' or modelopt:'.join(MODES)}.")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.mode == "sparsegpt"
 
 
 def _import_mts():
@@ -43,9 +52,7 @@ def _import_mts():
 
 def prune_modelopt(model, config: ModeloptSparsityConfig, calib_batch=None, progress: bool = True):
     """2:4-sparsify every linear modelopt selects (decoder projections) with modelopt; in place."""
-    if config.mode not in MODES:
-        raise WorkshopError(f"Unknown modelopt sparsity mode {config.mode!r}.", f"Use modelopt:{' or modelopt:'.join(MODES)}.")
-    if config.mode == "sparsegpt" and calib_batch is None:
+    if config.needs_calibration and calib_batch is None:
         raise WorkshopError("modelopt's sparsegpt needs calibration data.", "Pass calib_batch.")
     mts = _import_mts()
     device = next(model.parameters()).device

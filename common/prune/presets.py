@@ -6,15 +6,11 @@ sparsegpt), of the MLP channels (width; `heads_fraction` for attention heads), o
 (magnitude, wanda, sparsegpt; modelopt is always 2:4).
 """
 from ..errors import WorkshopError
+from .masks import check_sparsity, parse_pattern
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "width", "depth", "svd", "modelopt:sparse_magnitude",
            "modelopt:sparsegpt")
 NEEDS_CALIBRATION = ("wanda", "sparsegpt", "width", "depth", "svd", "modelopt:sparsegpt")
-
-
-def check_sparsity(sparsity: float) -> None:
-    if not 0 <= sparsity < 1:
-        raise WorkshopError(f"--sparsity {sparsity} is outside [0, 1).", "Give the fraction removed, e.g. 0.5.")
 
 
 def build_pruner(method: str, num_layers: int, sparsity: float | None = None, pattern: str | None = None,
@@ -33,14 +29,13 @@ def build_pruner(method: str, num_layers: int, sparsity: float | None = None, pa
         raise WorkshopError(f"--pattern applies to magnitude, wanda and sparsegpt, not {method}.",
                             "Leave --pattern out (modelopt is always 2:4), or pick one of those methods.")
     if pattern or method.startswith("modelopt:"):
-        from .masks import parse_pattern
         n, m = parse_pattern(pattern or "2:4")
         if sparsity is not None and abs(sparsity - (m - n) / m) > 1e-9:
             raise WorkshopError(f"--sparsity {sparsity} contradicts the pattern {n}:{m}, which removes {(m - n) / m:g} "
                                 "of the weights by construction.", f"Leave --sparsity out with {'--pattern' if pattern else method}, "
                                 "or drop --pattern for unstructured sparsity at that level.")
     sparsity = 0.5 if sparsity is None else sparsity
-    check_sparsity(sparsity)
+    check_sparsity(sparsity)   # before any config: depth and svd turn it into other numbers
     if method.startswith("modelopt:"):
         return prune_modelopt, ModeloptSparsityConfig(mode=method.split(":", 1)[1])
     if method in ("magnitude", "wanda", "sparsegpt"):

@@ -21,14 +21,14 @@ from .masks import SparsityConfig, apply_mask, check_sparsity
 from .row_sparsity import check_row_spread, mask_with_row_counts, trim_row_counts
 
 
-@dataclass
+@dataclass(frozen=True)
 class SparseGPTConfig(SparsityConfig):
     block_size: int = 128  # columns whose mask is chosen together (a multiple of M for N:M)
     damp: float = 0.01     # added to H's diagonal, as a fraction of its mean, to keep it invertible
     row_spread: float = 0.0  # > 0: each row's sparsity within target +- row_spread, lower for larger outputs
 
-    def validate(self, num_layers: int) -> None:
-        super().validate(num_layers)
+    def __post_init__(self):
+        super().__post_init__()
         check_row_spread(self.row_spread, self.pattern)
 
 

@@ -15,13 +15,13 @@ from .masks import SparsityConfig, apply_mask, mask_from_scores
 from .row_sparsity import check_row_spread, mask_with_row_counts, trim_row_counts
 
 
-@dataclass
+@dataclass(frozen=True)
 class WandaConfig(SparsityConfig):
     per_row: bool = True      # the paper's comparison group: each output row
     row_spread: float = 0.0   # > 0: each row's sparsity within target +- row_spread, lower for larger outputs
 
-    def validate(self, num_layers: int) -> None:
-        super().validate(num_layers)
+    def __post_init__(self):
+        super().__post_init__()
         check_row_spread(self.row_spread, self.pattern)
         if self.row_spread and not self.per_row:
             raise WorkshopError("row_spread sets a sparsity for every output row, so weights must compete "

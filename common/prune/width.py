@@ -28,7 +28,7 @@ IMPORTANCES = ("activation", "magnitude", "study")
 HEAD_GRANULARITIES = ("query", "group")
 
 
-@dataclass
+@dataclass(frozen=True)
 class WidthPruneConfig:
     mlp_fraction: float = 0.3        # fraction of MLP channels removed in every layer
     heads_fraction: float = 0.0      # fraction of query heads (or key/value groups) removed
@@ -36,24 +36,30 @@ class WidthPruneConfig:
     round_to: int = 8                # kept MLP channels rounded to a multiple of this (tensor cores); 1: off
     head_granularity: str = "query"  # "query": heads inside each group; "group": whole key/value groups
 
+    def __post_init__(self):
+        for name in ("mlp_fraction", "heads_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise WorkshopError(f"{name}={value} is outside [0, 1): it is the fraction removed, and "
+                                    "removing everything leaves no layer.", f"Give {name} between 0 and 0.99.")
+        if self.importance not in IMPORTANCES:
+            raise WorkshopError(f"Unknown importance {self.importance!r}.", f"Use one of {', '.join(IMPORTANCES)}.")
+        if self.head_granularity not in HEAD_GRANULARITIES:
+            raise WorkshopError(f"Unknown head_granularity {self.head_granularity!r}.",
+                                f"Use one of {', '.join(HEAD_GRANULARITIES)}.")
+        if self.round_to < 1:
+            raise WorkshopError(f"round_to={self.round_to} must be 1 or more.", "Use 1 (no rounding), 8 or 64.")
+        if self.importance == "study" and self.heads_fraction:
+            raise WorkshopError("The study's importance scores MLP channels only.",
+                                "Use importance='activation' or 'magnitude' to prune heads too.")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.importance != "magnitude"
+
 
 def _validate(model, config: WidthPruneConfig, calib_batch) -> None:
-    for name in ("mlp_fraction", "heads_fraction"):
-        value = getattr(config, name)
-        if not 0.0 <= value < 1.0:
-            raise WorkshopError(f"{name}={value} is outside [0, 1): it is the fraction removed, and "
-                                "removing everything leaves no layer.", f"Give {name} between 0 and 0.99.")
-    if config.importance not in IMPORTANCES:
-        raise WorkshopError(f"Unknown importance {config.importance!r}.", f"Use one of {', '.join(IMPORTANCES)}.")
-    if config.head_granularity not in HEAD_GRANULARITIES:
-        raise WorkshopError(f"Unknown head_granularity {config.head_granularity!r}.",
-                            f"Use one of {', '.join(HEAD_GRANULARITIES)}.")
-    if config.round_to < 1:
-        raise WorkshopError(f"round_to={config.round_to} must be 1 or more.", "Use 1 (no rounding), 8 or 64.")
-    if config.importance == "study" and config.heads_fraction:
-        raise WorkshopError("The study's importance scores MLP channels only.",
-                            "Use importance='activation' or 'magnitude' to prune heads too.")
-    if config.importance in ("activation", "study") and calib_batch is None:
+    if config.needs_calibration and calib_batch is None:
         raise WorkshopError("Activation importance needs calibration text and none was given.",
                             "Pass calib_batch (common.data.calibration_batch), or use importance='magnitude'.")
     if not hasattr(model, "model") or not hasattr(decoder_layers(model)[0], "mlp"):

@@ -12,23 +12,34 @@ from dataclasses import dataclass
 import torch
 
 from ..calibration import record_linear_inputs, walk_layers
+from ..errors import WorkshopError
 from .formats import check_int_grid, fake_quant_int
 from .rtn import rtn_into
 
 
-@dataclass
+@dataclass(frozen=True)
 class AWQConfig:
     bits: int = 4
     group_size: int | None = 128
     symmetric: bool = False
-    alpha_grid: int = 10           # alphas 0, 1/10, ..., 9/10
+    alpha_points: int = 10         # alphas tried: 0, 1/10, ..., 9/10 (alpha_grid)
     clip_search: bool = True
     clip_ratios: tuple = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
     search_tokens: int = 512       # calibration tokens the searches use (a strided subset): enough for
                                    # a per-channel statistic, and the searches' cost grows with it
+    needs_calibration = True       # the scales come from the calibration activations
 
     def __post_init__(self):
         check_int_grid(self.bits, self.group_size)
+        if not isinstance(self.alpha_points, int) or self.alpha_points < 1:
+            raise WorkshopError(f"alpha_points={self.alpha_points!r} is not a number of alphas to try.",
+                                "Give a positive count, e.g. 10 (alphas 0, 0.1, ..., 0.9).")
+        if not self.clip_ratios or not all(0 < r <= 1 for r in self.clip_ratios):
+            raise WorkshopError(f"clip_ratios={self.clip_ratios!r}: each is the fraction of a group's range kept, "
+                                "in (0, 1].", "Give e.g. (1.0, 0.95, 0.9); 1.0 keeps the whole range.")
+        if not isinstance(self.search_tokens, int) or self.search_tokens < 1:
+            raise WorkshopError(f"search_tokens={self.search_tokens!r} is not a number of tokens.",
+                                "Give a positive count, e.g. 512.")
 
 
 def scaling_groups(layer) -> list:
@@ -41,6 +52,11 @@ def scaling_groups(layer) -> list:
     if attn.v_proj.out_features == attn.o_proj.in_features:
         groups.append((attn.v_proj, ["self_attn.o_proj"]))
     return groups
+
+
+def alpha_grid(points: int) -> list:
+    """The alphas a scale search tries: 0, 1/points, ..., (points - 1)/points."""
+    return [i / points for i in range(points)]
 
 
 def channel_abs_mean(x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +87,7 @@ def search_scale(x: torch.Tensor, weights: list, config: AWQConfig) -> torch.Ten
     """The per-input-channel scale s = mean|x|^alpha whose alpha minimises the quantized output error."""
     x_mean = channel_abs_mean(x)
     best, best_s = float("inf"), torch.ones_like(x_mean)
-    for alpha in [i / config.alpha_grid for i in range(config.alpha_grid)]:
+    for alpha in alpha_grid(config.alpha_points):
         s = x_mean.pow(alpha).clamp(min=1e-4)
         s = s / (s.max() * s.min()).sqrt()      # centre the scales around 1 (only ratios matter)
         error = _output_error(x / s, [w * s for w in weights],
@@ -104,27 +120,33 @@ def clip_weight(x: torch.Tensor, weight: torch.Tensor, config: AWQConfig) -> tor
     return best.reshape(weight.shape).to(weight.dtype)
 
 
-def _search_subset(x: torch.Tensor, config: AWQConfig) -> torch.Tensor:
+def search_subset(x: torch.Tensor, config: AWQConfig) -> torch.Tensor:
+    """A strided subset of `config.search_tokens` of the tokens `x` [tokens, in]."""
     return x[:: max(1, x.shape[0] // config.search_tokens)]
 
 
-def quantize_awq(model, config: AWQConfig, calib_batch: torch.Tensor, progress: bool = True):
-    """AWQ scale search folded into the model, optional clip search, then round-to-nearest; layer by layer."""
-    def quantize_layer(index, layer, hidden, kwargs):
-        inputs = record_linear_inputs(layer, hidden, kwargs)
-        for previous, names in scaling_groups(layer):
-            linears = [layer.get_submodule(n) for n in names]
-            # Folding leaves every output of the float layer unchanged, so the inputs recorded
-            # before any folding hold for each group until its own scales divide them.
-            s = search_scale(_search_subset(inputs[names[0]], config), [lin.weight.float() for lin in linears], config)
-            fold_scales(previous, linears, s)
-            for name in names:
-                inputs[name] = inputs[name] / s
-        for name, x in inputs.items():
-            linear = layer.get_submodule(name)
-            w = linear.weight.data
-            if config.clip_search:
-                w = clip_weight(_search_subset(x, config), w, config)
-            rtn_into(linear, w, config.bits, config.group_size, config.symmetric)
+def awq_layer(layer, hidden: torch.Tensor, kwargs: dict, config: AWQConfig) -> None:
+    """One decoder layer, in place, from the hidden states `hidden` it receives on the calibration data:
+    scales searched and folded, optional clip search, then round-to-nearest."""
+    inputs = record_linear_inputs(layer, hidden, kwargs)
+    for previous, names in scaling_groups(layer):
+        linears = [layer.get_submodule(n) for n in names]
+        # Folding leaves every output of the float layer unchanged, so the inputs recorded
+        # before any folding hold for each group until its own scales divide them.
+        s = search_scale(search_subset(inputs[names[0]], config), [lin.weight.float() for lin in linears], config)
+        fold_scales(previous, linears, s)
+        for name in names:
+            inputs[name] = inputs[name] / s
+    for name, x in inputs.items():
+        linear = layer.get_submodule(name)
+        w = linear.weight.data
+        if config.clip_search:
+            w = clip_weight(search_subset(x, config), w, config)
+        rtn_into(linear, w, config.bits, config.group_size, config.symmetric)
 
-    return walk_layers(model, calib_batch, quantize_layer, progress, desc="AWQ")
+
+def quantize_awq(model, config: AWQConfig, calib_batch: torch.Tensor, progress: bool = True):
+    """AWQ on every decoder layer in order, each calibrated on what the layers before it (already
+    quantized) output."""
+    return walk_layers(model, calib_batch, lambda index, layer, hidden, kwargs: awq_layer(layer, hidden, kwargs, config),
+                       progress, desc="AWQ")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..calibration import CHUNK, decoder_layers, linear_layers
+from .awq import alpha_grid
 from .layer_study import rtn_weight
 
 # Linears of a Llama decoder layer that read one input (the same groups as AWQ's and GPTQ's).
@@ -107,16 +108,12 @@ def output_error(x: torch.Tensor, weights: list, w_hats: list) -> float:
     return sum(float(((x @ (w.float() - w_hat).T) ** 2).sum()) / x.shape[0] for w, w_hat in zip(weights, w_hats))
 
 
-def alpha_grid(points: int = 5) -> list:
-    """0, 1/points, ..., (points - 1)/points: 5 points (0, 0.2, ..., 0.8) keep the search of every layer of
-    the model within seconds on a CPU (each point rounds every weight of the layer once)."""
-    return [i / points for i in range(points)]
-
-
 @torch.no_grad()
 def search_scale(weights: list, x: torch.Tensor, bits: int, group_size: int | None, points: int = 5) -> torch.Tensor:
     """Step 4: s = mean|x|^alpha (per input channel), alpha in alpha_grid(points), chosen to minimise the
-    output error of Q(W diag(s)) diag(s)^-1 summed over `weights` (linears that read `x`)."""
+    output error of Q(W diag(s)) diag(s)^-1 summed over `weights` (linears that read `x`). 5 points (0, 0.2,
+    ..., 0.8) keep the search of every layer of the model within seconds on a CPU (each point rounds every
+    weight of the layer once)."""
     x_mean = x.abs().float().mean(dim=0)
     best, best_s = float("inf"), torch.ones_like(x_mean)
     for alpha in alpha_grid(points):

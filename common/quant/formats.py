@@ -14,7 +14,7 @@ import torch
 from ..errors import WorkshopError
 
 
-def _grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
+def grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
     """View `w` as [groups, group_len] according to the granularity."""
     if group_size == -1:
         return w.reshape(1, -1)
@@ -68,7 +68,7 @@ def fake_quant_int(w: torch.Tensor, bits: int, group_size: int | None = None, sy
     packed layer does, so that the result is exactly what that layer computes. `return_grid` also
     returns the scales and zero points, [rows, groups] float32 (what a packed layer stores).
     """
-    groups = _grouped(w, group_size).float()
+    groups = grouped(w, group_size).float()
     scale, zero = int_scale_zero(groups, bits, symmetric)
     if scale_dtype is not None:
         scale = scale.to(scale_dtype).float()
@@ -132,7 +132,7 @@ def round_to_grid(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 def _absmax_fake_quant(w: torch.Tensor, group_size, grid_max: float, round_fn, scale_dtype=None) -> torch.Tensor:
     """Scale each group so its largest |w| lands on the grid's largest value, round, scale back."""
-    groups = _grouped(w, group_size).float()
+    groups = grouped(w, group_size).float()
     scale = groups.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / grid_max
     if scale_dtype is not None:  # as stored by a packed layer (see fake_quant_int)
         scale = scale.to(scale_dtype).float()
@@ -167,7 +167,7 @@ def fake_quant_fp4(w: torch.Tensor, group_size: int | None = 32) -> torch.Tensor
 def fake_quant_nvfp4(w: torch.Tensor) -> torch.Tensor:
     """NVFP4: E2M1 elements in blocks of 16, each block's scale stored as FP8 E4M3, times one fp32
     scale per tensor (chosen so the largest block scale lands at the top of the E4M3 range)."""
-    blocks = _grouped(w, NVFP4_BLOCK).float()
+    blocks = grouped(w, NVFP4_BLOCK).float()
     block_amax = blocks.abs().amax(dim=1, keepdim=True)
     tensor_scale = block_amax.max().clamp(min=1e-12) / (6.0 * 448.0)
     block_scale = (block_amax / 6.0 / tensor_scale).to(torch.float8_e4m3fn).float() * tensor_scale
@@ -182,10 +182,36 @@ def fake_quant_mxfp4(w: torch.Tensor) -> torch.Tensor:
     The scale is 2^(floor(log2(amax)) - 2): the block maximum lands in [4, 8) and values above 6 clamp,
     the price of a scale that is a bare exponent.
     """
-    blocks = _grouped(w, MXFP4_BLOCK).float()
+    blocks = grouped(w, MXFP4_BLOCK).float()
     amax = blocks.abs().amax(dim=1, keepdim=True).clamp(min=2.0 ** -126)
     scale = 2.0 ** (torch.floor(torch.log2(amax)) - 2).clamp(-127, 127)
     return (round_to_grid(blocks / scale, fp4_e2m1_values()) * scale).reshape(w.shape).to(w.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Static activation scales: one calibrated scale per tensor, fixed at inference (TensorRT's form)
+# ---------------------------------------------------------------------------------------------
+def static_scale(amax: float, fmt: str) -> torch.Tensor:
+    """The float32 scale [1] that maps the calibrated max |x| onto the largest value of `fmt`
+    ("int8": 127, or an FP8 format)."""
+    top = 127 if fmt == "int8" else torch.finfo(FP8_DTYPES[fmt]).max
+    return torch.tensor([max(amax, 1e-12) / top], dtype=torch.float32)
+
+
+def static_codes(x: torch.Tensor, scale: torch.Tensor, fmt: str) -> torch.Tensor:
+    """x / scale on the grid of `fmt`, in float32, as ONNX's QuantizeLinear rounds it: INT8 to
+    integer-valued floats (half to even, saturating at -128 and 127), FP8 to float8 values (the cast,
+    after a clamp to the format's range)."""
+    scaled = x.float() / scale
+    if fmt == "int8":
+        return torch.round(scaled).clamp(-128, 127)
+    top = torch.finfo(FP8_DTYPES[fmt]).max
+    return scaled.clamp(-top, top).to(FP8_DTYPES[fmt])
+
+
+def quantize_static(x: torch.Tensor, scale: torch.Tensor, fmt: str) -> torch.Tensor:
+    """x rounded to `fmt` with one fixed scale (QuantizeLinear -> DequantizeLinear), in x's dtype."""
+    return (static_codes(x, scale, fmt).float() * scale).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,32 +10,27 @@ from dataclasses import dataclass
 import torch
 
 from ..calibration import linear_layers, record_linear_inputs, walk_layers
+from ..errors import WorkshopError
 from .formats import FP8_DTYPES, fake_quant_fp8
-from .storage import WeightFormat, mark_quantized
+from .storage import WeightFormat, mark_quantized, quantize_inputs_static
 
 
-@dataclass
+@dataclass(frozen=True)
 class FP8Config:
     fmt: str = "fp8_e4m3"
     quantize_activations: bool = True
     weight_group_size: int | None = None   # None: a scale per output channel; -1: one per tensor
 
+    def __post_init__(self):
+        if self.fmt not in FP8_DTYPES:
+            raise WorkshopError(f"FP8Config(fmt={self.fmt!r}) is not an FP8 format.", f"Use one of {', '.join(FP8_DTYPES)}.")
+        if self.weight_group_size not in (None, -1):
+            raise WorkshopError(f"FP8Config(weight_group_size={self.weight_group_size!r}): FP8 weights are scaled per "
+                                "output channel or per tensor.", "Give None (per channel) or -1 (per tensor).")
 
-def quantize_activations_static(linear, amax: float, fmt: str) -> None:
-    """From now on `linear` sees its input as `fmt` values with one fixed scale, amax / max(fmt)."""
-    dtype = FP8_DTYPES[fmt]
-    fmax = torch.finfo(dtype).max
-    scale = static_input_scale(amax, fmt).to(linear.weight.device)
-
-    def hook(module, args):  # in float32, as QuantLinear's fp8_static inputs (bit for bit)
-        x = args[0]
-        return (((x.float() / scale).clamp(-fmax, fmax).to(dtype).float() * scale).to(x.dtype),)
-    linear.register_forward_pre_hook(hook)
-
-
-def static_input_scale(amax: float, fmt: str = "fp8_e4m3") -> torch.Tensor:
-    """The float32 scale [1] that maps the calibrated max |x| onto the format's largest value."""
-    return torch.tensor([max(amax, 1e-12) / torch.finfo(FP8_DTYPES[fmt]).max], dtype=torch.float32)
+    @property
+    def needs_calibration(self) -> bool:
+        return self.quantize_activations   # the static activation scales come from it; the weights' do not
 
 
 def quantize_fp8(model, config: FP8Config, calib_batch: torch.Tensor, progress: bool = True):
@@ -44,10 +39,8 @@ def quantize_fp8(model, config: FP8Config, calib_batch: torch.Tensor, progress: 
         inputs = record_linear_inputs(layer, hidden, kwargs) if config.quantize_activations else {}
         for name, linear in linear_layers(layer).items():
             linear.weight.data = fake_quant_fp8(linear.weight.data, config.fmt, config.weight_group_size)
-            fmt = WeightFormat(config.fmt, 8, config.weight_group_size)
+            mark_quantized(linear, WeightFormat(config.fmt, 8, config.weight_group_size))
             if config.quantize_activations:
-                fmt.activations, fmt.input_amax = "fp8_static", inputs[name].abs().max().item()
-                quantize_activations_static(linear, fmt.input_amax, config.fmt)
-            mark_quantized(linear, fmt)
+                quantize_inputs_static(linear, inputs[name].abs().max().item(), config.fmt)
 
     return walk_layers(model, calib_batch, quantize_layer, progress, desc="FP8")

@@ -18,15 +18,16 @@ from .formats import check_int_grid, dequantize_int, int_scale_zero, quantize_in
 from .storage import WeightFormat, mark_quantized, stored_scale_dtype
 
 
-@dataclass
+@dataclass(frozen=True)
 class GPTQConfig:
     bits: int = 4
     group_size: int | None = 128   # None: one scale per output channel
     symmetric: bool = False
-    percdamp: float = 0.01         # damping: this fraction of the mean diagonal is added to H
+    damp: float = 0.01             # damping: this fraction of the mean diagonal is added to H (SparseGPT's too)
     block_size: int = 128          # columns updated together before the rest of W is touched
     act_order: bool = True         # quantize columns with the largest H[i, i] (most input energy) first,
                                    # while many columns are left to absorb their error
+    needs_calibration = True       # H comes from the calibration inputs
 
     def __post_init__(self):
         check_int_grid(self.bits, self.group_size)
@@ -80,7 +81,7 @@ def gptq_quantize_weight(weight: torch.Tensor, H: torch.Tensor, config: GPTQConf
     else:
         perm = torch.arange(n_in, device=W.device)
 
-    H += config.percdamp * torch.mean(torch.diag(H)) * torch.eye(n_in, device=H.device)
+    H += config.damp * torch.mean(torch.diag(H)) * torch.eye(n_in, device=H.device)
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
 
     Q = torch.zeros_like(W)

@@ -24,13 +24,14 @@ KV_FORMATS = ("int8", "int4", "int2", "fp8_e4m3")
 AXES = ("channel", "token")
 
 
-@dataclass
+@dataclass(frozen=True)
 class KVQuantConfig:
     fmt: str = "int8"                 # int8 / int4 / int2 (asymmetric, as KIVI), or fp8_e4m3
     key_axis: str = "channel"         # KIVI: keys per channel ...
     value_axis: str = "token"         # ... values per token
     token_group: int = 32             # tokens sharing one per-channel scale
     channel_group: int | None = None  # channels sharing one per-token scale; None: one head (head_dim)
+    needs_calibration = False         # the scales are computed from the cached values themselves
 
     def __post_init__(self):
         if self.fmt not in KV_FORMATS:
@@ -38,6 +39,9 @@ class KVQuantConfig:
         if self.key_axis not in AXES or self.value_axis not in AXES:
             raise WorkshopError(f"Quantization axes must be 'channel' or 'token', got {self.key_axis!r}, "
                                 f"{self.value_axis!r}.", "KIVI uses key_axis='channel', value_axis='token'.")
+        if self.token_group < 1 or (self.channel_group is not None and self.channel_group < 1):
+            raise WorkshopError(f"token_group={self.token_group}, channel_group={self.channel_group}: a group holds "
+                                "at least one value.", "Give token_group=32 (KIVI's) and channel_group=None (a head).")
 
 
 def fake_quant_kv(x: torch.Tensor, fmt: str, axis: str, token_group: int = 32,

@@ -9,7 +9,8 @@ import torch
 
 from ..data import eval_windows, token_ids
 from .formats import fake_quant_int
-from .smoothquant import quantize_static_int8, smoothing_scale, static_int8_scale
+from .formats import quantize_static, static_scale
+from .smoothquant import smoothing_scale
 
 
 def eval_text_windows(tokenizer, text: str, seqlen: int, windows: int) -> torch.Tensor:
@@ -49,7 +50,7 @@ def w8a8_output(x: torch.Tensor, weight: torch.Tensor, activations: str, calib_x
     if activations == "per_token":
         x_q = fake_quant_int(x, 8, None, symmetric=True)
     else:
-        x_q = quantize_static_int8(x, static_int8_scale(calib_x.abs().max().item()))
+        x_q = quantize_static(x, static_scale(calib_x.abs().max().item(), "int8"), "int8")
     return x_q @ w_q.T
 
 

@@ -11,6 +11,7 @@ a CUDA tensor).
 import contextlib
 import sys
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -62,13 +63,23 @@ def modelopt_config(mtq, config_name: str) -> dict:
     return config
 
 
-def quantize_modelopt(model, config_name: str, calib_batch: torch.Tensor, progress: bool = True,
-                      weights_only: bool = False):
-    """The model fake-quantized by modelopt's `config_name`, calibrated on `calib_batch`;
-    `weights_only` switches its activation quantizers off afterwards (to tell the two errors apart)."""
-    if config_name not in CONFIGS:
-        raise WorkshopError(f"modelopt:{config_name} is not one of the configurations compared here.",
-                            f"Use modelopt:<one of {', '.join(CONFIGS)}>.")
+@dataclass(frozen=True)
+class ModeloptConfig:
+    """One of modelopt's configurations compared here (a key of CONFIGS), as a config like ours;
+    `weights_only` switches its activation quantizers off after calibration (to tell the two errors apart)."""
+    name: str = "FP8_DEFAULT_CFG"
+    weights_only: bool = False
+    needs_calibration = True   # every configuration calibrates its quantizers' ranges (and AWQ/SmoothQuant scales)
+
+    def __post_init__(self):
+        if self.name not in CONFIGS:
+            raise WorkshopError(f"modelopt:{self.name} is not a modelopt configuration compared here.",
+                                f"Use modelopt:<one of {', '.join(CONFIGS)}>.")
+
+
+def quantize_modelopt(model, config: ModeloptConfig, calib_batch: torch.Tensor, progress: bool = True):
+    """The model fake-quantized by modelopt's configuration `config.name`, calibrated on `calib_batch`."""
+    config_name = config.name
     if config_name in NEEDS_CUDA and not torch.cuda.is_available():
         raise WorkshopError(f"modelopt's {config_name} needs a CUDA GPU.", "Run it on the GPU, or pick "
                             "FP8_DEFAULT_CFG, INT8_SMOOTHQUANT_CFG, INT4_AWQ_CFG or W4A8_AWQ_BETA_CFG.")
@@ -83,7 +94,7 @@ def quantize_modelopt(model, config_name: str, calib_batch: torch.Tensor, progre
 
     with torch.no_grad(), quiet_modelopt():
         model = mtq.quantize(model, modelopt_config(mtq, config_name), forward_loop)
-    if weights_only:
+    if config.weights_only:
         mtq.disable_quantizer(model, "*input_quantizer")
     mark_modelopt_bytes(model, config_name)
     return model

@@ -9,13 +9,20 @@ from dataclasses import dataclass
 import torch
 
 from ..calibration import decoder_layers, linear_layers
+from ..errors import WorkshopError
 from .formats import fake_quant_nf4
 from .storage import WeightFormat, mark_quantized, stored_scale_dtype
 
 
-@dataclass
+@dataclass(frozen=True)
 class NF4Config:
     block_size: int = 64
+    needs_calibration = False   # absmax per block: the weights alone decide the grid
+
+    def __post_init__(self):
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise WorkshopError(f"NF4Config(block_size={self.block_size!r}) is not a number of weights.",
+                                "Give a positive block size that divides the layers' inputs, e.g. 64 (QLoRA's).")
 
 
 @torch.no_grad()

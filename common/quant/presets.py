@@ -20,15 +20,12 @@ def method_and_config(method: str, bits: int | None = None, group_size: int | No
     `symmetric`: an integer grid around zero, without zero points (what TensorRT's INT4 takes).
     `static_activations`: SmoothQuant with one calibrated activation scale per tensor (TensorRT's INT8)."""
     if method.startswith("modelopt:"):
-        from .modelopt_ptq import CONFIGS
-        name = method.split(":", 1)[1]
-        if name not in CONFIGS:
-            raise WorkshopError(f"--method {method}: {name!r} is not a modelopt configuration compared here.",
-                                f"Use modelopt:<one of {', '.join(CONFIGS)}>.")
+        from .modelopt_ptq import ModeloptConfig, quantize_modelopt
+        config = ModeloptConfig(method.split(":", 1)[1])
         if bits is not None or group_size is not None:
             raise WorkshopError(f"--method {method} fixes its own bits and block size.",
                                 "Leave out --bits and --group-size with modelopt configurations.")
-        return "modelopt", name
+        return quantize_modelopt, config
     if method not in METHODS:
         raise WorkshopError(f"Unknown method {method!r}.",
                             f"Use one of {', '.join(METHODS)}, or modelopt:<CONFIG_NAME>.")

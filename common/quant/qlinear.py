@@ -1,11 +1,6 @@
 """QuantLinear: a linear layer that stores real quantized weights (packed codes, scales, zeros).
 
-Packed INT4 layout (the contract with the Triton kernel of kernels/; do not change one side alone):
-  weight W is [N = out_features, K = in_features]; groups of `group_size` g run along K;
-  `qweight` uint8 [N, K // 2]: byte j of row n holds the code of k = 2j in its LOW nibble and of
-            k = 2j + 1 in its HIGH nibble; codes q are 0..15 (symmetric quantization uses zero = 8);
-  `scales`, `zeros` [N, K // g], float16 (bfloat16 when the model is bf16);
-  dequantization: w[n, k] = (q[n, k] - zeros[n, k // g]) * scales[n, k // g].
+INT4: the packed layout of `common.quant.layout` (codes 0..15, two per byte, scales and zeros per group).
 INT8: `qweight` int8 [N, K] and per-channel `scales` [N, 1]; w = q * scale.
 FP8:  `qweight` float8_e4m3fn [N, K] and a float32 `scales` per tensor [1, 1] or per channel [N, 1].
 NF4:  `qweight` packed as INT4 (indices into the 16 NF4 levels), `scales` [N, K // g] (absmax per block).
@@ -26,13 +21,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import WorkshopError
-from .smoothquant import quantize_static_int8, static_int8_scale
-from .formats import FP8_MAX, _grouped, fake_quant_int, int_scale_zero, nearest_index, nf4_levels, quantize_int
+from .formats import (fake_quant_int, grouped, int_scale_zero, nearest_index, nf4_levels, quantize_int, quantize_static,
+                      static_scale)
+from .layout import dequantize_int4, pack_int4, unpack_int4
 from .storage import stored_scale_dtype
 
 QUANT_LINEAR_FORMATS = ("int4", "int8", "fp8", "nf4")
 ACTIVATIONS = (None, "int8_per_token", "int8_static", "fp8_static")
 ACTIVATION_FORMAT = {"int8_per_token": "int8", "int8_static": "int8", "fp8_static": "fp8"}
+STATIC_GRID = {"int8_static": "int8", "fp8_static": "fp8_e4m3"}   # the format of formats.quantize_static
 class MarlinCache(NamedTuple):
     key: tuple          # (tensor versions, device, dtype, data pointer) it was made from
     packed: object      # kernels.marlin.MarlinWeight
@@ -44,28 +41,6 @@ class MarlinCache(NamedTuple):
 
 KERNEL_MAX_ROWS = 16  # above this, dequantize + cuBLAS beats the Triton kernel (kernels/RESULTS.md)
 MARLIN_MAX_ROWS = 64  # the CUDA kernel's limit; up to it, it beats dequantize + cuBLAS (kernels/marlin/NOTES.md)
-
-
-def pack_int4(codes: torch.Tensor) -> torch.Tensor:
-    """[N, K] codes in 0..15 -> uint8 [N, K // 2]: even k in the low nibble, odd k in the high one."""
-    if codes.shape[-1] % 2:
-        raise WorkshopError(f"Cannot pack {codes.shape[-1]} int4 codes per row into bytes.",
-                            "Pack rows of even length (every layer of the course models is).")
-    if codes.min() < 0 or codes.max() > 15:
-        raise WorkshopError("INT4 codes must be in 0..15 to pack.", "Shift signed codes by 8 (zero point 8).")
-    codes = codes.to(torch.uint8)
-    return codes[:, 0::2] | (codes[:, 1::2] << 4)
-
-
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, K // 2] -> uint8 codes [N, K], the inverse of `pack_int4`."""
-    return torch.stack([packed & 0xF, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
-
-
-def dequantize_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int) -> torch.Tensor:
-    """The reference dequantization of the packed layout, in float32: [N, K]."""
-    q = unpack_int4(qweight).float()
-    return (q - zeros.float().repeat_interleave(group_size, dim=1)) * scales.float().repeat_interleave(group_size, dim=1)
 
 
 class QuantLinear(nn.Module):
@@ -139,18 +114,18 @@ class QuantLinear(nn.Module):
         `scale_dtype`)."""
         if self.fmt == "fp8":
             fmax = torch.finfo(torch.float8_e4m3fn).max
-            amax = _grouped(w, self.group_size).float().abs().amax(dim=1, keepdim=True)
+            amax = grouped(w, self.group_size).float().abs().amax(dim=1, keepdim=True)
             scale = amax.clamp(min=1e-12) / fmax
             return (w.float().reshape(scale.shape[0], -1) / scale).reshape(w.shape).clamp(-fmax, fmax), scale, None
         if self.fmt == "nf4":
-            blocks = _grouped(w, self.group_size).float()
+            blocks = grouped(w, self.group_size).float()
             scale = blocks.abs().amax(dim=1, keepdim=True).clamp(min=1e-12).to(self.scales.dtype).float()
             levels = nf4_levels().to(w.device)
             codes = nearest_index(blocks / scale, levels)
             return codes.reshape(w.shape), scale.reshape(w.shape[0], -1), None
         bits, group = (4, self.group_size) if self.fmt == "int4" else (8, None)
         symmetric = symmetric or self.fmt == "int8"  # INT8 stores no zero points
-        groups = _grouped(w, group).float()
+        groups = grouped(w, group).float()
         scale, zero = int_scale_zero(groups, bits, symmetric)
         scale = scale.to(self.scales.dtype).float()
         q = quantize_int(groups, scale, zero, bits, symmetric)
@@ -214,11 +189,8 @@ class QuantLinear(nn.Module):
             return out if bias is None else out + bias
         if self.activations == "int8_per_token":
             x = fake_quant_int(x.reshape(rows, -1), 8, None, True).reshape(x.shape)
-        elif self.activations == "int8_static":
-            x = quantize_static_int8(x, self.input_scale)
-        elif self.activations == "fp8_static":  # in float32, as the tensor-core path and fp8.py's hook
-            x = ((x.float() / self.input_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
-                 * self.input_scale).to(x.dtype)
+        elif self.activations in ("int8_static", "fp8_static"):  # in float32, as the hooks of fake quantization
+            x = quantize_static(x, self.input_scale, STATIC_GRID[self.activations])
         # Reference path, and many rows (prefill): dequantize once, then a dense tensor-core matmul.
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
@@ -314,9 +286,7 @@ def replace_linears(model: nn.Module, fmt: str = "int4", group_size: int | None 
     names = [name for name, m in model.named_modules()
              if isinstance(m, nn.Linear) and not any(s in name for s in skip)]
     for name in tqdm(names, desc=f"quantizing to {fmt}", disable=not progress, leave=False):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, QuantLinear.from_linear(getattr(parent, child), fmt, group_size, symmetric=symmetric))
+        model.set_submodule(name, QuantLinear.from_linear(model.get_submodule(name), fmt, group_size, symmetric=symmetric))
     return model
 
 
@@ -330,7 +300,6 @@ class NotPackable(Exception):
 def packed_layer(linear: nn.Linear) -> QuantLinear:
     """The QuantLinear storing `linear`'s fake-quantized weight (marked by `storage.mark_quantized`):
     the codes are recovered from the weight and the recorded grid, so both compute the same function."""
-    from .fp8 import static_input_scale
     fmt, w = linear.weight_format, linear.weight.detach()
     if fmt.kind == "int" and fmt.bits == 4 and fmt.activations is None:
         group = fmt.group_size or linear.in_features   # per channel: one group as wide as the row
@@ -346,10 +315,10 @@ def packed_layer(linear: nn.Linear) -> QuantLinear:
         return QuantLinear.from_linear(linear, "int4", group, codes=codes, scales=scale, zeros=zero)
     if fmt.kind == "int" and fmt.bits == 8 and fmt.symmetric and fmt.group_size is None \
             and fmt.activations in (None, "int8_per_token", "int8_static"):
-        scale = static_int8_scale(fmt.input_amax) if fmt.activations == "int8_static" else None
+        scale = static_scale(fmt.input_amax, STATIC_GRID["int8_static"]) if fmt.activations == "int8_static" else None
         return QuantLinear.from_linear(linear, "int8", activations=fmt.activations, input_scale=scale)
     if fmt.kind == "fp8_e4m3" and fmt.group_size in (None, -1) and fmt.activations in (None, "fp8_static"):
-        scale = static_input_scale(fmt.input_amax) if fmt.activations else None
+        scale = static_scale(fmt.input_amax, STATIC_GRID["fp8_static"]) if fmt.activations else None
         return QuantLinear.from_linear(linear, "fp8", fmt.group_size, activations=fmt.activations, input_scale=scale)
     if fmt.kind == "nf4":
         return QuantLinear.from_linear(linear, "nf4", fmt.group_size)
@@ -372,8 +341,7 @@ def unpack_quantized(model: nn.Module) -> int:
             linear.weight.copy_(weight)
             if module.bias is not None:
                 linear.bias.copy_(module.bias)
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, linear)
+            model.set_submodule(name, linear)
             unpacked += 1
     return unpacked
 
@@ -389,45 +357,10 @@ def pack_quantized(model: nn.Module, progress: bool = True) -> nn.Module:
                             "Quantize it first (quantize_rtn, quantize_gptq, quantize_awq, ...), then pack.")
     left = {}
     for name in tqdm(names, desc="packing", disable=not progress, leave=False):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
         try:
-            setattr(parent, child, packed_layer(getattr(parent, child)))
+            model.set_submodule(name, packed_layer(model.get_submodule(name)))
         except NotPackable as reason:
             left.setdefault(str(reason), []).append(name)
     if left:
         warnings.warn("; ".join(f"{len(v)} linears stay fake-quantized ({k}: no packed layout)" for k, v in left.items()))
-    return model
-
-
-def packed_layout(model: nn.Module) -> dict:
-    """{name: the arguments that rebuild its empty QuantLinear}: saved in the config as `workshop_packed`."""
-    return {name: {"in_features": m.in_features, "out_features": m.out_features, "fmt": m.fmt,
-                   "group_size": m.group_size, "bias": m.bias is not None, "activations": m.activations}
-            for name, m in model.named_modules() if isinstance(m, QuantLinear)}
-
-
-def load_packed(path, dtype: torch.dtype):
-    """A model saved with packed QuantLinear layers: the architecture from config.json, each packed
-    linear rebuilt empty from `workshop_packed`, then every stored tensor loaded (strictly)."""
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-    config = AutoConfig.from_pretrained(path)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # (its random weights are overwritten)
-    for name, args in config.workshop_packed.items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, QuantLinear(**args, dtype=dtype))
-    state = {}
-    for file in sorted(Path(path).glob("*.safetensors")):
-        state |= load_file(file)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
-    if unexpected or set(missing) - tied:
-        raise WorkshopError(f"The packed checkpoint in {path} does not match its config "
-                            f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}).",
-                            "Save it again with `workshop quantize ... --out DIR`.")
-    if tied:
-        model.tie_weights()
     return model

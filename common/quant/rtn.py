@@ -12,11 +12,12 @@ from .formats import check_int_grid, fake_quant_int
 from .storage import WeightFormat, mark_quantized, stored_scale_dtype
 
 
-@dataclass
+@dataclass(frozen=True)
 class RTNConfig:
     bits: int = 4
     group_size: int | None = 128   # None: one scale per output channel
     symmetric: bool = False
+    needs_calibration = False      # the weights alone decide the grid
 
     def __post_init__(self):
         check_int_grid(self.bits, self.group_size)

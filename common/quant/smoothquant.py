@@ -19,12 +19,12 @@ from ..errors import WorkshopError
 from .awq import fold_scales, scaling_groups
 from .formats import fake_quant_int
 from .rtn import rtn_into
-from .storage import mark_quantized
+from .storage import quantize_inputs_static
 
 ACTIVATION_SCALES = ("per_token", "static")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SmoothQuantConfig:
     alpha: float = 0.5           # migration strength: 0 leaves X alone, 1 moves all its range into W
     smooth: bool = True          # False: plain W8A8 (no scales migrated), the baseline SmoothQuant beats
@@ -32,8 +32,16 @@ class SmoothQuantConfig:
     act_bits: int = 8
     activation_scales: str = "per_token"   # or "static": one calibrated scale per tensor (8 bits only)
     smooth_down_proj: bool = False         # also smooth down_proj's inputs (static scales need it most)
+    needs_calibration = True               # the smoothing scales (and static activation scales) come from it
 
     def __post_init__(self):
+        if not 0 <= self.alpha <= 1:
+            raise WorkshopError(f"alpha={self.alpha} is not a migration strength in [0, 1].",
+                                "Give e.g. 0.5 (0 leaves the activations alone, 1 moves all their range).")
+        for name in ("weight_bits", "act_bits"):
+            if not 2 <= getattr(self, name) <= 8:
+                raise WorkshopError(f"{name}={getattr(self, name)}: the integer grids here have 2 to 8 bits.",
+                                    f"Give {name}=8 (W8A8).")
         if self.activation_scales not in ACTIVATION_SCALES:
             raise WorkshopError(f"activation_scales={self.activation_scales!r} is not one of {ACTIVATION_SCALES}.",
                                 "Use 'per_token' (computed at run time) or 'static' (calibrated, TensorRT's form).")
@@ -72,43 +80,29 @@ def quantize_activations_per_token(linear, bits: int) -> None:
         linear.weight_format.activations = f"int{bits}_per_token"
 
 
-def static_int8_scale(amax: float) -> torch.Tensor:
-    """The float32 scale [1] mapping the calibrated max |x| onto INT8's 127."""
-    return torch.tensor([max(amax, 1e-12) / 127], dtype=torch.float32)
-
-
-def quantize_static_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x rounded to INT8 codes with one fixed scale (zero point 0), in float32, as ONNX's
-    QuantizeLinear -> DequantizeLinear computes it: round half to even, saturate at -128 and 127."""
-    return (torch.round(x.float() / scale).clamp(-128, 127) * scale).to(x.dtype)
-
-
-def quantize_activations_static(linear, amax: float) -> None:
-    """From now on `linear` sees its input rounded to INT8 with the one scale amax / 127."""
-    scale = static_int8_scale(amax).to(linear.weight.device)
-    linear.register_forward_pre_hook(lambda module, args: (quantize_static_int8(args[0], scale),))
-    linear.weight_format.activations, linear.weight_format.input_amax = "int8_static", amax
-    mark_quantized(linear, linear.weight_format)   # the stored bytes now include the input scale
+def smoothquant_layer(layer, hidden: torch.Tensor, kwargs: dict, config: SmoothQuantConfig) -> None:
+    """One decoder layer, in place, from the hidden states `hidden` it receives on the calibration data:
+    smoothed with the calibration maxima, then W8 per channel and A8 per token, or per tensor with a
+    calibrated scale (fake-quantized)."""
+    if config.smooth:
+        inputs = record_linear_inputs(layer, hidden, kwargs)
+        for producer, names in smoothing_groups(layer, config.smooth_down_proj):
+            linears = [layer.get_submodule(n) for n in names]
+            fold_scales(producer, linears, smoothing_scale(channel_abs_max(inputs[names[0]]),
+                                                  [lin.weight for lin in linears], config.alpha))
+    for linear in linear_layers(layer).values():
+        rtn_into(linear, linear.weight.data, config.weight_bits, None, True)
+    if config.activation_scales == "static":  # the inputs the layer now sees: smoothed, weights quantized
+        inputs = record_linear_inputs(layer, hidden, kwargs)
+    for name, linear in linear_layers(layer).items():
+        if config.activation_scales == "static":
+            quantize_inputs_static(linear, inputs[name].abs().max().item(), "int8")
+        else:
+            quantize_activations_per_token(linear, config.act_bits)
 
 
 def quantize_smoothquant(model, config: SmoothQuantConfig, calib_batch: torch.Tensor, progress: bool = True):
-    """Smooth each layer with calibration maxima, then W8 per channel and A8 per token, or per tensor with
-    a calibrated scale (fake-quantized)."""
-    def quantize_layer(index, layer, hidden, kwargs):
-        if config.smooth:
-            inputs = record_linear_inputs(layer, hidden, kwargs)
-            for producer, names in smoothing_groups(layer, config.smooth_down_proj):
-                linears = [layer.get_submodule(n) for n in names]
-                fold_scales(producer, linears, smoothing_scale(channel_abs_max(inputs[names[0]]),
-                                                      [lin.weight for lin in linears], config.alpha))
-        for linear in linear_layers(layer).values():
-            rtn_into(linear, linear.weight.data, config.weight_bits, None, True)
-        if config.activation_scales == "static":  # the inputs the layer now sees: smoothed, weights quantized
-            inputs = record_linear_inputs(layer, hidden, kwargs)
-        for name, linear in linear_layers(layer).items():
-            if config.activation_scales == "static":
-                quantize_activations_static(linear, inputs[name].abs().max().item())
-            else:
-                quantize_activations_per_token(linear, config.act_bits)
-
-    return walk_layers(model, calib_batch, quantize_layer, progress, desc="SmoothQuant")
+    """SmoothQuant on every decoder layer in order, each calibrated on what the layers before it output."""
+    return walk_layers(model, calib_batch,
+                       lambda index, layer, hidden, kwargs: smoothquant_layer(layer, hidden, kwargs, config),
+                       progress, desc="SmoothQuant")

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .formats import quantize_static, static_scale
+from ..sizes import unique_tensors
+
 SCALE_BYTES = 2  # scales and zero points are stored in 16 bits, as the INT4 kernels and checkpoints do
 
 
@@ -54,11 +57,20 @@ def mark_quantized(linear: nn.Linear, fmt: WeightFormat) -> None:
     linear.packed_weight_bytes = fmt.packed_bytes(linear.out_features, linear.in_features)
 
 
+def quantize_inputs_static(linear: nn.Linear, amax: float, fmt: str) -> None:
+    """From now on the marked `linear` sees its input rounded to `fmt` ("int8" or an FP8 format) with
+    the one scale amax / max(fmt); its mark records it (and counts the stored float32 input scale)."""
+    scale = static_scale(amax, fmt).to(linear.weight.device)
+    linear.register_forward_pre_hook(lambda module, args: (quantize_static(args[0], scale, fmt),))
+    linear.weight_format.activations = "int8_static" if fmt == "int8" else "fp8_static"
+    linear.weight_format.input_amax = amax
+    mark_quantized(linear, linear.weight_format)
+
+
 def true_bytes(model) -> int:
     """Bytes the model would take with its quantized weights packed: each tensor once (a tied
     embedding too), a weight marked by `mark_quantized` at its packed size, the rest as stored."""
-    from ..eval import _unique_tensors
     packed = {f"{name}.weight": m.packed_weight_bytes for name, m in model.named_modules()
               if hasattr(m, "packed_weight_bytes")}
-    return sum(packed.get(name, t.numel() * t.element_size()) for name, t in _unique_tensors(model)
+    return sum(packed.get(name, t.numel() * t.element_size()) for name, t in unique_tensors(model)
                if "_quantizer." not in name)  # modelopt's quantizer state: the packed scales count it

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 
 from common.errors import WorkshopError
-from common.quant.qlinear import pack_int4, unpack_int4
+from common.quant.layout import pack_int4, unpack_int4
 
 TILE_K = 64       # K of one repacked code tile (a pipeline stage holds one or two)
 TILE_N = 64       # output columns per thread block
