@@ -1,7 +1,8 @@
 """The decks: Markdown sources in slides/ (Marp), filled with the numbers and figures of a reports
 folder, then rendered to self-contained HTML and PDF by Marp's command-line tool.
 
-    workshop slides [--source reports/h200] [--out slides/build] [--no-render]      (make slides)
+    workshop slides [--source reports/h200] [--fallback reports/h200] [--out slides/build] [--no-render]
+                                                                                    (make slides)
 
 A deck types no measured number. It writes a placeholder, and `fill` puts in the value from
 `<source>/results.json` (each lab's latest run); fields are separated by " | " (spaces around the
@@ -27,6 +28,8 @@ bar, so a row name may hold a bare "|"):
                              computed (results.json), as a numbered list; the deck's own text between
                              the two markers (placeholders filled from the same run) stands in for a
                              run recorded before the labs computed takeaways
+A lab whose run in the source lacks a row or figure the decks read (quick mode records no long-context
+rows) is taken whole from the fallback folder's run (runs_for_decks), and its footer names that run.
 One measurement, one source: where two labs record the same quantity (SAME_MEASUREMENT), the decks
 may show only one of its rows, so a number never appears with two values.
 Speaker notes are HTML comments (`<!-- ... -->`), as Marp reads them.
@@ -147,7 +150,7 @@ def _value(results: dict, source: Path, fields: list) -> str:
         return support_matrix()
     if fields[0] == "figure":
         lab, k = fields[1], int(fields[2])
-        path = figure_path(source, lab, k)
+        path = figure_path(Path(results.get(lab, {}).get("folder", source)), lab, k)
         if not path.is_file():
             raise KeyError(f"figure {k} of {lab}: no {path}")
         return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
@@ -238,14 +241,50 @@ def slides_of(text: str) -> list:
     return [s for s in re.split(r"^---$", body, flags=re.M) if s.strip()]
 
 
-def build(source: Path, out: Path) -> list:
-    """Fill every deck from `source` into `out`; returns the filled decks' paths. Any placeholder
-    left unfilled stops it before anything is written (one message lists them all)."""
-    results_file = source / "results.json"
-    if not results_file.is_file():
-        raise WorkshopError(f"{results_file} does not exist: the decks take their numbers from a reports folder.",
-                            "Use --source reports/h200 (the recorded GPU run) or run `make reproduce` first.")
-    results = json.loads(results_file.read_text())
+def _figures_used(text: str) -> set:
+    """{(lab, k)} of every figure placeholder of a deck."""
+    found = set()
+    for match in PLACEHOLDER.finditer(text):
+        fields = [f.strip() for f in re.split(r"\s\|\s", match.group(1))]
+        if fields[0] == "figure" and len(fields) == 3:
+            found.add((fields[1], int(fields[2])))
+    return found
+
+
+def runs_for_decks(source: Path, fallback: Path | None = None) -> tuple:
+    """({lab: run}, [labs taken from `fallback`]): each lab's run in `source`, or, where that run lacks a
+    row or a figure the decks read (a quick-mode run has no 8,192-token rows, a lab not run has none),
+    the same lab's whole run from `fallback`: one lab's numbers always come from one run, and each run
+    keeps its folder for its figures."""
+    def load(folder):
+        path = folder / "results.json"
+        if not path.is_file():
+            raise WorkshopError(f"{path} does not exist: the decks take their numbers from a reports folder.",
+                                "Use --source reports/h200 (the recorded GPU run) or run `make reproduce` first.")
+        return {lab: run | {"folder": str(folder)} for lab, run in json.loads(path.read_text()).items()}
+    runs = load(source)
+    if fallback is None or fallback.resolve() == source.resolve():
+        return runs, []
+    spare = load(fallback)
+    texts = [deck.read_text() for deck in decks()]
+    rows = set().union(*(rows_used(t) for t in texts))
+    figures = set().union(*(_figures_used(t) for t in texts))
+    taken = []
+    for lab in sorted({lab for lab, _ in rows | figures}):
+        have = {row["what"] for row in runs.get(lab, {}).get("rows", [])}
+        complete = all(what in have for l, what in rows if l == lab) and lab in runs and all(
+            figure_path(source, l, k).is_file() for l, k in figures if l == lab)
+        if not complete and lab in spare:
+            runs[lab] = spare[lab]
+            taken.append(lab)
+    return runs, taken
+
+
+def build(source: Path, out: Path, fallback: Path | None = None) -> list:
+    """Fill every deck from `source` into `out` (labs whose run there lacks what the decks read: from
+    `fallback`'s run, see runs_for_decks); returns the filled decks' paths. Any placeholder left
+    unfilled stops it before anything is written (one message lists them all)."""
+    results, _ = runs_for_decks(source, fallback)
     filled, problems = {}, []
     for rows in two_sources([deck.read_text() for deck in decks()]):
         problems.append("one measurement shown from two rows: " + "; ".join(f"{lab} | {what}" for lab, what in rows))

@@ -215,3 +215,23 @@ def test_each_lab_deck_lists_the_exercises_its_notebook_asks_in_order_and_kind(l
     slide = deck[deck.index("# Exercises\n"):].split("\n---", 1)[0]
     listed = re.findall(r"^(\d+)\. \*([a-z, ]+)\*:", slide, flags=re.M)
     assert asked and listed == asked
+
+
+def test_a_lab_whose_run_lacks_a_row_the_decks_read_comes_whole_from_the_fallback(tmp_path):
+    """After a quick-mode make reproduce, reports/ lacks long-context rows: such a lab is taken whole from the
+    recorded run (one lab, one run), the labs that have everything stay, and the decks fill."""
+    from common.slides import runs_for_decks
+    source = tmp_path / "reports"
+    shutil.copytree(RECORD / "figures", source / "figures")
+    results = json.loads((RECORD / "results.json").read_text())
+    results["03_pruning_and_low_rank"]["rows"] = [row for row in results["03_pruning_and_low_rank"]["rows"]
+                                                 if row["what"] != "perplexity SparseGPT 2:4, wiki"]
+    results["03_pruning_and_low_rank"]["date"] = "2026-12-08T00:00:00"
+    (source / "results.json").write_text(json.dumps(results))
+    runs, taken = runs_for_decks(source, RECORD)
+    assert taken == ["03_pruning_and_low_rank"]
+    assert runs["03_pruning_and_low_rank"]["date"] != "2026-12-08T00:00:00"
+    assert runs["02_post_training_quantization"]["folder"] == str(source)
+    assert len(build(source, tmp_path / "out", RECORD)) == len(decks())
+    with pytest.raises(WorkshopError, match="SparseGPT 2:4, wiki"):   # no fallback: the missing row is named
+        build(source, tmp_path / "out2")
