@@ -345,3 +345,15 @@ def test_calibration_table_takes_over_measured_cells_and_runs_the_rest(tiny):
     again = calibration_table(model, tokenizer, protocol, ["wiki"], [gptq], [rtn], progress=False,
                               measured={("RTN W4", None): full["rows"][0]["ppl"]})
     assert again["rows"] == full["rows"] and again["baseline"] == full["baseline"]
+
+
+def test_modelopt_block_size_variants_change_only_the_weight_block():
+    """INT4_AWQ_G64 is modelopt's INT4_AWQ_CFG with blocks of 64 (ours), for a comparison on equal footing."""
+    mtq = pytest.importorskip("modelopt.torch.quantization")
+    from common.quant.modelopt_ptq import modelopt_config
+
+    def weight_blocks(config):
+        return [e["cfg"]["block_sizes"][-1] for e in config["quant_cfg"] if e.get("quantizer_name") == "*weight_quantizer"]
+    variant = modelopt_config(mtq, "INT4_AWQ_G64")
+    assert weight_blocks(variant) == [64] and weight_blocks(mtq.INT4_AWQ_CFG) == [128]   # the preset is left as it was
+    assert variant["algorithm"] == mtq.INT4_AWQ_CFG["algorithm"]

@@ -24,13 +24,15 @@ CONFIGS = {
     "FP8_DEFAULT_CFG": (8, -1, "FP8 E4M3 W8A8, per-tensor scales"),
     "INT8_SMOOTHQUANT_CFG": (8, None, "INT8 W8A8, SmoothQuant, per-channel weights"),
     "INT4_AWQ_CFG": (4, 128, "INT4 weight-only AWQ, blocks of 128"),
+    "INT4_AWQ_G64": (4, 64, "INT4 weight-only AWQ, blocks of 64: INT4_AWQ_CFG with 64 for its 128, our AWQ's block "
+                     "(the comparison on equal footing)"),
     "W4A8_AWQ_BETA_CFG": (4, 128, "INT4 weights (AWQ, blocks of 128), FP8 activations"),
     "NVFP4_DEFAULT_CFG": (4, 16, "FP4 E2M1 W4A4, FP8 scale per 16 (CUDA only)"),
     "INT4_BLOCKWISE_G64": (4, 64, "INT4 weight-only, blocks of 64 (lab 05's QAT): INT4_BLOCKWISE_WEIGHT_ONLY_CFG "
                            "with 64 for its 128, which does not divide SmolLM2's 576 inputs"),
 }
 # Configurations made from one of modelopt's presets by changing its weight quantizer's block size.
-BLOCK_SIZE_VARIANTS = {"INT4_BLOCKWISE_G64": ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", 64)}
+BLOCK_SIZE_VARIANTS = {"INT4_BLOCKWISE_G64": ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", 64), "INT4_AWQ_G64": ("INT4_AWQ_CFG", 64)}
 LAB02 = ("FP8_DEFAULT_CFG", "INT8_SMOOTHQUANT_CFG", "INT4_AWQ_CFG", "W4A8_AWQ_BETA_CFG", "NVFP4_DEFAULT_CFG")
 NEEDS_CUDA = {"NVFP4_DEFAULT_CFG"}
 
