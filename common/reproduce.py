@@ -50,7 +50,7 @@ def record_timing(mode: str, lab: str, seconds: float, device: str, note: str = 
     write_json_atomic(path, timings)
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = REPO_ROOT / "README.md"
 TIMINGS_BEGIN, TIMINGS_END = "<!-- BEGIN TIMINGS (python -m common.reproduce) -->", "<!-- END TIMINGS -->"
 
 
