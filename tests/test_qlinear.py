@@ -5,6 +5,8 @@ import torch.nn.functional as F
 from common.errors import WorkshopError
 from common.sizes import stored_bytes
 from common.quant.formats import fake_quant_fp8, fake_quant_int, relative_error
+from common.quant import kernel_paths
+from common.quant.kernel_paths import MarlinCache, uses_low_precision_gemm
 from common.quant.layout import pack_int4, unpack_int4
 from common.quant.qlinear import QuantLinear, replace_linears
 
@@ -114,20 +116,19 @@ def test_replace_linears(tiny):
 @pytest.mark.parametrize("fmt, group_size, activations", [("int8", None, "int8_per_token"),
                                                           ("fp8", None, "fp8_static"), ("fp8", -1, "fp8_static")])
 @pytest.mark.parametrize("shape", [(2, 32), (1, 1), (1, 3)])  # prefill-like, and decode's rows padded to the kernels' M
-def test_low_precision_gemm_paths_match_the_reference(fmt, group_size, activations, shape):
+def test_low_precision_gemm_paths_match_the_reference(fmt, group_size, activations, shape, monkeypatch):
     lin = linear(256, 512).cuda().to(torch.bfloat16)
     x = torch.randn(*shape, 512, device="cuda", dtype=torch.bfloat16)
     scale = torch.tensor([x.abs().max().item() / 448], device="cuda") if fmt == "fp8" else None
     q = QuantLinear.from_linear(lin, fmt, group_size, activations=activations, input_scale=scale)
-    assert q.uses_low_precision_gemm()
+    assert uses_low_precision_gemm(q)
     fast = q(x)
     assert fast.shape == (*shape, 256)
-    q.uses_low_precision_gemm = lambda: False   # the dequantize-then-matmul reference
+    monkeypatch.setattr(kernel_paths, "uses_low_precision_gemm", lambda layer: False)   # the dequantize-then-matmul reference
     assert relative_error(q(x).float(), fast.float()) < 1e-2
 
 
 def test_marlin_cache_picks_the_slices_of_the_inputs_row_tile():
-    from common.quant.qlinear import MarlinCache
     cache = MarlinCache(key=(), packed=None, splits=(8, 6, 4, 2))  # one choice per 16-row tile of the kernel
     picked = {rows: cache.splits_for(torch.zeros(rows, 64)) for rows in (1, 16, 17, 32, 33, 48, 49, 64)}
     assert picked == {1: 8, 16: 8, 17: 6, 32: 6, 33: 4, 48: 4, 49: 2, 64: 2}
