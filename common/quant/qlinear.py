@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import WorkshopError
-from .formats import (fake_quant_int, grouped, int_scale_zero, nearest_index, nf4_levels, quantize_int, quantize_static,
-                      static_scale)
+from .formats import fake_quant_int, fp8_codes, int_codes, nf4_codes, nf4_levels, quantize_static, static_scale
 from .kernel_paths import kernel_output
 from .layout import dequantize_int4, pack_int4, unpack_int4
 from .storage import stored_scale_dtype
@@ -101,28 +100,20 @@ class QuantLinear(nn.Module):
 
     @torch.no_grad()
     def quantize_weight(self, w: torch.Tensor, symmetric: bool = False):
-        """Round-to-nearest codes, scales and zeros of `w`, with scales rounded to their stored dtype first
-        so that the codes are the nearest ones for the scales actually stored (as `fake_quant_int` with
-        `scale_dtype`)."""
-        if self.fmt == "fp8":
-            fmax = torch.finfo(torch.float8_e4m3fn).max
-            amax = grouped(w, self.group_size).float().abs().amax(dim=1, keepdim=True)
-            scale = amax.clamp(min=1e-12) / fmax
-            return (w.float().reshape(scale.shape[0], -1) / scale).reshape(w.shape).clamp(-fmax, fmax), scale, None
+        """Round-to-nearest codes, scales and zeros of `w` as `store` takes them: the grids of
+        `common.quant.formats`, with scales rounded to their stored dtype first, as the fake quantizers
+        round them, so that a packed layer computes exactly what its fake-quantized linear did."""
+        if self.fmt == "fp8":   # FP8 scales stay float32
+            codes, scale = fp8_codes(w, "fp8_e4m3", self.group_size)
+            return codes.reshape(w.shape), scale.reshape(self.scales.shape), None
         if self.fmt == "nf4":
-            blocks = grouped(w, self.group_size).float()
-            scale = blocks.abs().amax(dim=1, keepdim=True).clamp(min=1e-12).to(self.scales.dtype).float()
-            levels = nf4_levels().to(w.device)
-            codes = nearest_index(blocks / scale, levels)
-            return codes.reshape(w.shape), scale.reshape(w.shape[0], -1), None
-        bits, group = (4, self.group_size) if self.fmt == "int4" else (8, None)
+            codes, scale = nf4_codes(w, self.group_size, self.scales.dtype)
+            return codes.reshape(w.shape), scale.reshape(self.scales.shape), None
+        bits = 4 if self.fmt == "int4" else 8
         symmetric = symmetric or self.fmt == "int8"  # INT8 stores no zero points
-        groups = grouped(w, group).float()
-        scale, zero = int_scale_zero(groups, bits, symmetric)
-        scale = scale.to(self.scales.dtype).float()
-        q = quantize_int(groups, scale, zero, bits, symmetric)
-        N = w.shape[0]
-        return q.reshape(w.shape), scale.reshape(N, -1), (None if self.fmt == "int8" else zero.reshape(N, -1))
+        codes, scale, zero = int_codes(w, bits, self.group_size, symmetric, self.scales.dtype)
+        zeros = None if self.fmt == "int8" else zero.reshape(self.scales.shape)
+        return codes.reshape(w.shape), scale.reshape(self.scales.shape), zeros
 
     @torch.no_grad()
     def store(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None) -> None:
