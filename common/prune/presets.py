@@ -14,8 +14,9 @@ NEEDS_CALIBRATION = ("wanda", "sparsegpt", "width", "depth", "svd", "modelopt:sp
 
 
 def build_pruner(method: str, num_layers: int, sparsity: float | None = None, pattern: str | None = None,
-                 heads_fraction: float = 0.0, importance: str = "activation"):
-    """(function, config) for a method name; `sparsity` is the fraction removed (default 0.5)."""
+                 heads_fraction: float = 0.0, importance: str = "activation", true_sequential: bool = False):
+    """(function, config) for a method name; `sparsity` is the fraction removed (default 0.5).
+    `true_sequential`: SparseGPT prunes each group of a layer's linears after the groups before it."""
     from .depth import DepthPruneConfig, prune_depth
     from .lowrank import LowRankConfig, prune_lowrank
     from .magnitude import MagnitudeConfig, prune_magnitude
@@ -28,6 +29,8 @@ def build_pruner(method: str, num_layers: int, sparsity: float | None = None, pa
     if pattern and method not in ("magnitude", "wanda", "sparsegpt"):
         raise WorkshopError(f"--pattern applies to magnitude, wanda and sparsegpt, not {method}.",
                             "Leave --pattern out (modelopt is always 2:4), or pick one of those methods.")
+    if true_sequential and method != "sparsegpt":
+        raise WorkshopError(f"--true-sequential applies to sparsegpt, not {method}.", "Leave out --true-sequential.")
     if pattern or method.startswith("modelopt:"):
         n, m = parse_pattern(pattern or "2:4")
         if sparsity is not None and abs(sparsity - (m - n) / m) > 1e-9:
@@ -41,6 +44,8 @@ def build_pruner(method: str, num_layers: int, sparsity: float | None = None, pa
     if method in ("magnitude", "wanda", "sparsegpt"):
         function, config_type = {"magnitude": (prune_magnitude, MagnitudeConfig), "wanda": (prune_wanda, WandaConfig),
                                  "sparsegpt": (prune_sparsegpt, SparseGPTConfig)}[method]
+        if method == "sparsegpt":
+            return function, config_type(sparsity=sparsity, pattern=pattern, true_sequential=true_sequential)
         return function, config_type(sparsity=sparsity, pattern=pattern)
     if method == "width":
         return prune_width, WidthPruneConfig(mlp_fraction=sparsity, heads_fraction=heads_fraction,
