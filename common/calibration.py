@@ -14,9 +14,10 @@ squared output error, H = 2 X^T X / n = 2 G (the convention of both papers' code
 `linear_input_grams`, serves all of them. The factor is immaterial to both, since they damp H by a
 fraction of its own mean diagonal: any positive multiple of H gives the same weights.
 
-Within a decoder layer, GPTQ and SparseGPT can also go group by group of linears (`hessians_in_layer_order`,
-"true sequential" in their reference code): the linears that read the attention's output or the MLP's
-product are then calibrated on the inputs that the already edited linears before them produce.
+Within a decoder layer, GPTQ and SparseGPT can also go group by group of linears ("true sequential"
+in their reference code, `hessians_in_layer_order`): the linears that read the attention's output or
+the MLP's product are then calibrated on the inputs that the already edited linears before them
+produce.
 """
 import torch
 from torch import nn

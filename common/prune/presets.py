@@ -44,9 +44,8 @@ def build_pruner(method: str, num_layers: int, sparsity: float | None = None, pa
     if method in ("magnitude", "wanda", "sparsegpt"):
         function, config_type = {"magnitude": (prune_magnitude, MagnitudeConfig), "wanda": (prune_wanda, WandaConfig),
                                  "sparsegpt": (prune_sparsegpt, SparseGPTConfig)}[method]
-        if method == "sparsegpt":
-            return function, config_type(sparsity=sparsity, pattern=pattern, true_sequential=true_sequential)
-        return function, config_type(sparsity=sparsity, pattern=pattern)
+        options = {"true_sequential": true_sequential} if method == "sparsegpt" else {}
+        return function, config_type(sparsity=sparsity, pattern=pattern, **options)
     if method == "width":
         return prune_width, WidthPruneConfig(mlp_fraction=sparsity, heads_fraction=heads_fraction,
                                              importance=importance)

@@ -4,9 +4,10 @@ of the layer's output error, so that the layer's outputs (not its weights) stay 
 
 For a linear layer with inputs X, the output error ||W X - Q X||^2 / n has Hessian H = 2 X^T X / n
 in every row of W (`calibration.hessian`). Rounding column i by err_i moves the best values of the
-later columns by -err_i * Hinv[i, i:] / Hinv[i, i]. With U the upper Cholesky factor of H^-1 the same update reads
--(err_i / U[i, i]) * U[i, i:], and the rows of U are all that is ever needed. Updates are applied
-lazily: inside a block of 128 columns at once, to the rest of the matrix once per block.
+later columns by -err_i * Hinv[i, i:] / Hinv[i, i]. With U the upper Cholesky factor of H^-1 the
+same update reads -(err_i / U[i, i]) * U[i, i:], and the rows of U are all that is ever needed.
+Updates are applied lazily: inside a block of 128 columns at once, to the rest of the matrix once
+per block.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
