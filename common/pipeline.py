@@ -378,7 +378,7 @@ def _distill(model, step: Distill, teacher, train_ids, budget, progress):
 def _train(model, teacher, train_ids, budget, progress, steps: int, alpha: float, temperature: float, lr: float,
            engine: str = "ours"):
     """`steps` of training (KD, or CE only with alpha=1 and no teacher); returns (model, record fields)."""
-    from .distill.train import DistillConfig, distill
+    from .distill.train import DistillConfig, DistillHistory, distill
     config = DistillConfig(steps=steps, alpha=alpha, temperature=temperature, lr=lr,
                            warmup_steps=steps // 10, batch=budget.train_batch, seqlen=budget.train_seqlen)
     dtypes = {name: b.dtype for name, b in model.named_buffers()}  # distill trains in fp32: keep stored types
@@ -387,11 +387,12 @@ def _train(model, teacher, train_ids, budget, progress, steps: int, alpha: float
     # one training sequence is enough: every weight a gradient can reach gets one from any text (the
     # embedding is tied to the output head, whose softmax sends a gradient to every row)
     reached = weights_reached_by_gradient(model.float(), train_ids[: config.seqlen].view(1, -1).to(device))
+    history = DistillHistory()
     if engine == "modelopt":
         from .distill.modelopt_kd import distill_modelopt
-        model, history = distill_modelopt(model, teacher, config, train_ids, progress=progress)
+        model = distill_modelopt(model, config, train_ids, teacher=teacher, progress=progress, history=history)
     else:
-        model, history = distill(model, teacher, config, train_ids, progress=progress)
+        model = distill(model, config, train_ids, teacher=teacher, progress=progress, history=history)
     model.to(param_dtype)
     for name, buffer in model.named_buffers():
         if name in dtypes and buffer.dtype != dtypes[name]:
