@@ -45,7 +45,7 @@ def time_steps(steps: int, batch: int, seqlen: int) -> dict:
     teacher = embedded_shaped(0).to(torch.bfloat16).eval()
     student = embedded_shaped(1)
     data = torch.randint(0, EMBEDDED_SHAPES["vocab_size"], (1_000_000,))
-    config = DistillConfig(steps=2, batch=batch, seqlen=seqlen, alpha=0.7, temperature=2.0)
+    config = DistillConfig(steps=2, batch=batch, seqlen=seqlen, ce_weight=0.7, temperature=2.0)
     distill(student, config, data, teacher=teacher, progress=False)  # warm-up: allocator, kernels' compilation
     history = DistillHistory()
     distill(student, replace(config, steps=steps), data, teacher=teacher, progress=False, history=history)

@@ -56,16 +56,16 @@ def test_topk_reduces_to_full_kd_when_k_is_vocab_and_differs_below():
     assert topk_kl(student, teacher, 3, 2.0).item() != pytest.approx(full.item(), rel=1e-2)
 
 
-def test_alpha_mixes_ce_and_scaled_kl():
+def test_ce_weight_mixes_ce_and_scaled_kl():
     torch.manual_seed(0)
     ids = torch.randint(0, 7, (2, 6))
     student, teacher = torch.randn(2, 6, 7), torch.randn(2, 6, 7)
     ce = F.cross_entropy(student[:, :-1].reshape(-1, 7), ids[:, 1:].reshape(-1)).item()
     kl = forward_kl(student[:, :-1], teacher[:, :-1], 2.0).item()
     assert next_token_ce(student, ids).item() == pytest.approx(ce, rel=1e-6)
-    for alpha in (0.0, 0.3, 1.0):
-        loss, parts = kd_loss(student, teacher, ids, temperature=2.0, alpha=alpha)
-        assert loss.item() == pytest.approx(alpha * ce + (1 - alpha) * kl, rel=1e-5)
+    for ce_weight in (0.0, 0.3, 1.0):
+        loss, parts = kd_loss(student, teacher, ids, temperature=2.0, ce_weight=ce_weight)
+        assert loss.item() == pytest.approx(ce_weight * ce + (1 - ce_weight) * kl, rel=1e-5)
         assert parts["ce"] == pytest.approx(ce, rel=1e-6)
 
 
@@ -96,7 +96,7 @@ def tiny_pair():
     return student, teacher
 
 
-QUICK = dict(steps=6, batch=2, seqlen=32, lr=1e-3, temperature=2.0, alpha=0.5, seed=3)
+QUICK = dict(steps=6, batch=2, seqlen=32, lr=1e-3, temperature=2.0, ce_weight=0.5, seed=3)
 
 
 def trained(student, config, data, teacher, engine=distill):
@@ -125,13 +125,13 @@ def test_kd_lowers_kl_to_teacher_and_ce_only_runs_without_teacher():
     ids = TEXT_IDS[:33][None]
     with torch.no_grad():
         before = forward_kl(student(ids).logits, teacher(ids).logits, 2.0).item()
-    student, history = trained(student, DistillConfig(**QUICK | {"alpha": 0.0, "steps": 10}), TEXT_IDS, teacher)
+    student, history = trained(student, DistillConfig(**QUICK | {"ce_weight": 0.0, "steps": 10}), TEXT_IDS, teacher)
     with torch.no_grad():
         assert forward_kl(student(ids).logits, teacher(ids).logits, 2.0).item() < 0.8 * before
     assert history.tokens == 10 * 2 * 32 and history.tokens_per_s > 0
     assert history.model_flops_per_s > 0 and history.peak_memory_bytes is None  # CPU: no CUDA peak
     ce_student, _ = tiny_pair()
-    _, ce_history = trained(ce_student, DistillConfig(**QUICK | {"alpha": 1.0}), TEXT_IDS, None)
+    _, ce_history = trained(ce_student, DistillConfig(**QUICK | {"ce_weight": 1.0}), TEXT_IDS, None)
     assert ce_history.losses()[-1] < ce_history.losses()[0]
     assert all(math.isnan(k) for k in ce_history.losses("kl"))
 
@@ -184,7 +184,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     ({"steps": 0}, "at least one step"),
     ({"temperature": 0.0}, "must be positive"),
     ({"temperature_end": -1.0}, "must be positive"),
-    ({"alpha": 1.5}, "between 0 and 1"),
+    ({"ce_weight": 1.5}, "between 0 and 1"),
     ({"lr": 0.0}, "positive rate"),
     ({"hidden_loss_weight": -0.1}, "cannot be negative"),
     ({"batch": 0}, "nothing to train on"),
@@ -202,8 +202,8 @@ def test_a_config_is_frozen_and_says_whether_it_needs_a_teacher():
     with pytest.raises(AttributeError):
         config.steps = 100  # a run's settings cannot change under it
     assert config.needs_teacher
-    assert not DistillConfig(**QUICK | {"alpha": 1.0}).needs_teacher
-    assert DistillConfig(**QUICK | {"alpha": 1.0, "hidden_loss_weight": 0.5}).needs_teacher
+    assert not DistillConfig(**QUICK | {"ce_weight": 1.0}).needs_teacher
+    assert DistillConfig(**QUICK | {"ce_weight": 1.0, "hidden_loss_weight": 0.5}).needs_teacher
 
 
 def test_a_text_too_short_for_one_window_is_refused():
@@ -220,7 +220,7 @@ def test_vocabulary_mismatch_and_missing_teacher():
     with pytest.raises(WorkshopError, match="no teacher"):
         distill(student, DistillConfig(**QUICK), TEXT_IDS, progress=False)
     with pytest.raises(WorkshopError, match="no teacher"):   # the hidden-state loss reads the teacher too
-        distill(student, DistillConfig(**QUICK | {"alpha": 1.0, "hidden_loss_weight": 0.5}), TEXT_IDS, progress=False)
+        distill(student, DistillConfig(**QUICK | {"ce_weight": 1.0, "hidden_loss_weight": 0.5}), TEXT_IDS, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -118,7 +118,7 @@ def test_the_file_declares_the_ir_version_its_opset_needs(tiny, tmp_path):
 
 @pytest.mark.parametrize("quantize, message", [
     (lambda m, c: quantize_rtn(m, RTNConfig(bits=4, group_size=32)), "zero points"),
-    (lambda m, c: quantize_nf4(m, NF4Config(block_size=32)), "no ONNX type"),
+    (lambda m, c: quantize_nf4(m, NF4Config(group_size=32)), "no ONNX type"),
     (lambda m, c: quantize_smoothquant(m, SmoothQuantConfig(), c, progress=False), "per token"),
 ])
 def test_what_tensorrt_cannot_take_is_refused_before_writing(tiny, quantize, message, tmp_path):
@@ -203,7 +203,7 @@ def test_compressed_tensors_refusals(tiny, tmp_path):
     with pytest.raises(WorkshopError, match="no packed layers"):
         save_compressed_tensors(tiny, tokenizer, tmp_path / "a")
     with pytest.raises(WorkshopError, match="nf4"):
-        save_compressed_tensors(packed(tiny, lambda m, c: quantize_nf4(m, NF4Config(block_size=32))), tokenizer, tmp_path / "b")
+        save_compressed_tensors(packed(tiny, lambda m, c: quantize_nf4(m, NF4Config(group_size=32))), tokenizer, tmp_path / "b")
     assert not list(tmp_path.iterdir())
     (tmp_path / "c").mkdir()
     with pytest.raises(WorkshopError, match="exists"):

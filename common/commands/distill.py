@@ -12,7 +12,7 @@ from . import Output, add_data_options, perplexity_dict, perplexity_lines, proto
 from ..errors import WorkshopError
 from ..outputs import check_new_output, reported_write_errors
 
-HELP = "Distil a teacher into a (pruned) student: alpha*CE + (1-alpha)*T^2*KL."
+HELP = "Distil a teacher into a (pruned) student: ce_weight*CE + (1-ce_weight)*T^2*KL."
 
 
 def add_arguments(p) -> None:
@@ -21,8 +21,8 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, help="optimizer steps (default: the mode's budget)")
     p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature T of the KL term")
     # Defaults: lab 04's main run, so `workshop distill --student DIR --eval` reproduces its KD row and
-    # `--alpha 1` its CE-only row.
-    p.add_argument("--alpha", type=float, default=0.2, help="weight of the data's cross-entropy (1 = CE-only fine-tuning)")
+    # `--ce-weight 1` its CE-only row.
+    p.add_argument("--ce-weight", type=float, default=0.2, help="weight of the data's cross-entropy (1 = CE-only fine-tuning)")
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (AdamW, warm-up over a tenth of the "
                    "steps, cosine decay)")
     p.add_argument("--batch", type=int, help="windows per micro-batch, over all GPUs under torchrun (default: the "
@@ -54,7 +54,7 @@ def run(args) -> Output:
 
     steps = given(args.steps, budget.train_steps)
     # made (and so checked) before anything loads: bad numbers fail in a second
-    config = DistillConfig(steps=steps, temperature=args.temperature, alpha=args.alpha, lr=args.lr,
+    config = DistillConfig(steps=steps, temperature=args.temperature, ce_weight=args.ce_weight, lr=args.lr,
                            warmup_steps=steps // 10, batch=given(args.batch, budget.train_batch),
                            seqlen=given(args.train_seqlen, budget.train_seqlen),
                            grad_accum=args.grad_accum, seed=args.seed, hidden_loss_weight=args.hidden_loss_weight,

@@ -3,7 +3,7 @@
 `mtd.convert` wraps the student in a DistillationModel that runs the teacher under no_grad on every
 forward and captures the (student, teacher) `lm_head` outputs with hooks; `compute_kd_loss` applies
 LogitsDistillationLoss (KL at temperature T, times T^2) and a StaticLossBalancer mixes it with the
-student's own CE: (1 - kd_weight)·CE + kd_weight·KD, i.e. kd_weight = 1 - alpha. `mtd.export`
+student's own CE: (1 - kd_weight)·CE + kd_weight·KD, i.e. kd_weight = 1 - ce_weight. `mtd.export`
 removes the wrapper and hooks and returns the plain student.
 
 Found with modelopt 0.47 (runs on the CPU: nothing here needs CUDA):
@@ -51,7 +51,7 @@ def distill_modelopt(student, config: DistillConfig, train_ids: torch.Tensor, te
     with warnings.catch_warnings():
         # a KD weight below 1 leaves the rest to the student loss, which compute_kd_loss below does receive
         warnings.filterwarnings("ignore", message="`StaticLossBalancer` weights do not sum to 1.0")
-        balancer = mtd.StaticLossBalancer(kd_loss_weight=1.0 - config.alpha)
+        balancer = mtd.StaticLossBalancer(kd_loss_weight=1.0 - config.ce_weight)
     kd_config = {"teacher_model": teacher,
                  "criterion": {("lm_head", "lm_head"): mtd.LogitsDistillationLoss(config.temperature, reduction="none")},
                  "loss_balancer": balancer}

@@ -2,7 +2,7 @@
 
 `distill(student, DistillConfig(...), train_ids, teacher=teacher) -> student`, the shape of every
 technique here (`quantize_gptq(model, config, calib_batch)`); pass `history=DistillHistory()` to read
-its losses, tokens and time afterwards. With alpha=1 and no teacher it is plain cross-entropy
+its losses, tokens and time afterwards. With ce_weight=1 and no teacher it is plain cross-entropy
 fine-tuning, the same loop, so the two compare at equal tokens.
 
 - train_ids: a 1-D tensor of token ids (each micro-batch is `batch` windows of `seqlen` at offsets
@@ -41,7 +41,7 @@ TRAIN_STATE = "train_state.pt"
 class DistillConfig:
     steps: int = 20
     temperature: float = 2.0
-    alpha: float = 0.5                 # weight of the data's cross-entropy; 1.0 = CE-only fine-tuning
+    ce_weight: float = 0.5             # weight of the data's cross-entropy; 1.0 = CE-only fine-tuning
     lr: float = 1e-4
     batch: int = 4                     # windows per micro-batch, over all ranks
     seqlen: int = 256
@@ -63,9 +63,9 @@ class DistillConfig:
         if self.temperature <= 0 or (self.temperature_end is not None and self.temperature_end <= 0):
             raise WorkshopError(f"temperature={self.temperature}: a softmax temperature must be positive.",
                                 "Use --temperature above 0 (1 to 4 is usual; 1 is the plain softmax).")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise WorkshopError(f"alpha={self.alpha} is not a weight between 0 and 1.",
-                                "Use --alpha in [0, 1]: 1 is CE only, 0 is KD only.")
+        if not 0.0 <= self.ce_weight <= 1.0:
+            raise WorkshopError(f"ce_weight={self.ce_weight} is not a weight between 0 and 1.",
+                                "Use --ce-weight in [0, 1]: 1 is CE only, 0 is KD only.")
         if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm <= 0:
             raise WorkshopError(f"lr={self.lr}, weight_decay={self.weight_decay}, max_grad_norm={self.max_grad_norm}: "
                                 "the optimizer needs a positive rate and clipping norm.",
@@ -94,7 +94,7 @@ class DistillConfig:
     @property
     def needs_teacher(self) -> bool:
         """Whether a loss term reads the teacher (only CE-only fine-tuning trains without one)."""
-        return self.alpha < 1.0 or self.hidden_loss_weight > 0
+        return self.ce_weight < 1.0 or self.hidden_loss_weight > 0
 
     def temperature_at(self, step: int) -> float:
         if self.temperature_end is None or self.steps == 1:
@@ -158,9 +158,9 @@ def check_training_data(data: torch.Tensor, config: DistillConfig) -> None:
 def check_teacher(student, teacher, config: DistillConfig) -> None:
     """A teacher where the loss reads one, with the student's vocabulary (logits compare token by token)."""
     if teacher is None and config.needs_teacher:
-        raise WorkshopError(f"alpha={config.alpha}, hidden_loss_weight={config.hidden_loss_weight} weigh a teacher's "
+        raise WorkshopError(f"ce_weight={config.ce_weight}, hidden_loss_weight={config.hidden_loss_weight} weigh a teacher's "
                             "loss, but no teacher was given.",
-                            "Pass teacher=..., or alpha=1.0 and hidden_loss_weight=0 for CE-only fine-tuning.")
+                            "Pass teacher=..., or ce_weight=1.0 and hidden_loss_weight=0 for CE-only fine-tuning.")
     if teacher is not None and teacher.config.vocab_size != student.config.vocab_size:
         raise WorkshopError(f"The teacher's vocabulary ({teacher.config.vocab_size} tokens) differs from the "
                             f"student's ({student.config.vocab_size}): logits cannot be compared token by token.",
@@ -233,7 +233,7 @@ def _shard(student, teacher, hidden_loss, config: DistillConfig) -> None:
 
 def distill(student, config: DistillConfig, train_ids: torch.Tensor, teacher=None, progress: bool = True,
             history: DistillHistory | None = None):
-    """Train `student` on `train_ids` against `teacher` (None for CE-only fine-tuning, alpha=1); returns
+    """Train `student` on `train_ids` against `teacher` (None for CE-only fine-tuning, ce_weight=1); returns
     the student, in fp32 and eval mode (sharded under torchrun).
 
     `history`, when given, is filled in step by step (a resumed run's holds the earlier steps too): its
@@ -297,7 +297,7 @@ def distill(student, config: DistillConfig, train_ids: torch.Tensor, teacher=Non
                             teacher_out = teacher(ids, output_hidden_states=use_hidden)
                     out = student(ids, output_hidden_states=use_hidden)
                     loss, parts = kd_loss(out.logits, teacher_out.logits if teacher_out is not None else None,
-                                          ids, temperature, config.alpha)
+                                          ids, temperature, config.ce_weight)
                     if use_hidden:
                         hidden = hidden_loss(out.hidden_states, teacher_out.hidden_states)
                         loss = loss + config.hidden_loss_weight * hidden
