@@ -74,6 +74,23 @@ def method_and_config(method: str, bits: int | None = None, group_size: int | No
     return quantize_nf4, NF4Config(group_size=group)
 
 
+def packed_form(config) -> tuple:
+    """(fmt, symmetric, activations) of the layers that quantizing with `config` and packing makes, in
+    QuantLinear's names, known before any model loads: what an exporter's refusals are asked about
+    (export.onnx.tensorrt_refusal, export.compressed_tensors.compressed_tensors_refusal)."""
+    from .fp8 import FP8Config
+    from .nf4 import NF4Config
+    from .smoothquant import SmoothQuantConfig
+    if isinstance(config, NF4Config):
+        return "nf4", True, None
+    if isinstance(config, FP8Config):
+        return "fp8", True, "fp8_static" if config.quantize_activations else None
+    if isinstance(config, SmoothQuantConfig):   # symmetric INT weights per channel
+        activations = "int8_static" if config.activation_scales == "static" else f"int{config.act_bits}_per_token"
+        return f"int{config.weight_bits}", True, activations
+    return f"int{config.bits}", config.symmetric, None   # RTN, GPTQ, AWQ: an integer grid, weights only
+
+
 def input_widths(model) -> list:
     from ..calibration import decoder_layers, linear_layers
     return sorted({lin.in_features for layer in decoder_layers(model) for lin in linear_layers(layer).values()})
