@@ -52,8 +52,8 @@ def test_recipe_files(tmp_path):
     good.write_text(json.dumps([{"step": "P", "mlp": 0.25}, {"step": "KD", "steps": 2}, {"step": "Q", "qat": True}]))
     assert recipe_from_file(good) == [WidthPrune(mlp=0.25), Distill(steps=2), NF4(qat=True)]
     yaml_file = tmp_path / "r.yaml"
-    yaml_file.write_text("- step: Q\n  block_size: 32\n")
-    assert recipe_from_file(yaml_file) == [NF4(block_size=32)]
+    yaml_file.write_text("- step: Q\n  group_size: 32\n")
+    assert recipe_from_file(yaml_file) == [NF4(group_size=32)]
     for text, message in [("[{\"step\": ", "does not parse"), ("{}", "non-empty list"),
                           ("[{\"step\": \"Z\"}]", "unknown step"), ("[{\"step\": \"P\", \"heads\": 1}]", "no such option"),
                           ("[{\"step\": \"P\", \"mlp\": 1.5}]", "must be in")]:
