@@ -119,9 +119,9 @@ class Distill(Step):
     def __post_init__(self):
         if self.steps is not None and self.steps < 1:
             raise WorkshopError(f"Distill(steps={self.steps}) trains nothing.", "Give steps >= 1, or leave it out.")
-        if not 0 <= self.ce_weight <= 1 or self.temperature <= 0 or self.lr <= 0:
-            raise WorkshopError(f"Distill(ce_weight={self.ce_weight}, temperature={self.temperature}, lr={self.lr}) is out of "
-                                "range.", "Use ce_weight in [0, 1], a positive temperature and a positive lr.")
+        from .distill.train import DistillConfig
+        # the training's own config checks the loss weights and the rate (one validator, not two)
+        DistillConfig(steps=self.steps or 1, ce_weight=self.ce_weight, temperature=self.temperature, lr=self.lr)
         if self.engine not in ("ours", "modelopt"):
             raise WorkshopError(f"Distill(engine={self.engine!r}) is not an engine here.", "Use 'ours' or 'modelopt'.")
 
