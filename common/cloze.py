@@ -25,9 +25,9 @@ case-sensitive, the period after it not asked for, and decoding stops after the 
 longer word that starts with the target is not seen), as lm-evaluation-harness scores LAMBADA. Greedy
 decoding writes those tokens exactly when the top token at every position of the word is the word's
 own token, so one teacher-forced forward pass over a passage scores all its items: no generation, no
-KV cache. A passage is tokenized piece by piece (text, " word", text, " word", ...) so that a target's
-tokens are those of " word" with any tokenizer; for byte-level BPE tokenizers (SmolLM2, Llama 3, Qwen)
-this is the passage's own tokenization, which a test checks for the embedded model.
+KV cache. A passage is tokenized piece by piece (text, " word", text, " word", ...), so that a target's
+tokens are those of " word", and this must give the passage's own tokens: it does with byte-level BPE
+tokenizers (SmolLM2, Llama 3, Qwen); a tokenizer that writes a piece differently alone is refused.
 
 Texts. `wiki` is the in-domain column of every table and `python-docs` the out-of-domain one (its prose
 paragraphs end in words such as "function", "statement", "exception"). `python-code` is code: a
@@ -139,15 +139,23 @@ def passage_sequences(tokenizer, items) -> list:
     for item in items:
         by_passage.setdefault(item.passage, []).append(item)
     sequences = []
-    for passage, passage_items_ in by_passage.items():
+    for passage, in_passage in by_passage.items():
         pieces, spans, done, length = [], [], 0, 0
-        for item in passage_items_:
+        for item in in_passage:
             before, word = tokenize(tokenizer, passage[done: item.start - 1]), tokenize(tokenizer, " " + item.word)
             pieces += [before, word]
             spans.append((length + before.numel(), length + before.numel() + word.numel()))
             length += before.numel() + word.numel()
             done = item.start + len(item.word)
-        sequences.append((torch.cat(pieces), spans))
+        ids = torch.cat(pieces)
+        # A tokenizer that adds a prefix to every call (SentencePiece's dummy space) would score words the
+        # model never sees written that way.
+        if not torch.equal(ids, tokenize(tokenizer, passage[:done])):
+            raise WorkshopError(f"This tokenizer ({type(tokenizer).__name__}) writes a word alone differently from "
+                                "the same word within its text, so a word's tokens cannot be scored in place.",
+                                "Use a model with a byte-level BPE tokenizer (SmolLM2, Llama 3, Qwen), or skip the "
+                                "last-word task (`workshop eval --no-cloze`).")
+        sequences.append((ids, spans))
     return sequences
 
 
