@@ -1,9 +1,9 @@
 import copy
 import string
+from types import SimpleNamespace
 
 import pytest
 import torch
-from types import SimpleNamespace
 
 from common.budgets import get_budget
 from common.cloze import (ClozeItem, cloze_accuracy, cloze_items, first_items, items_md5, passage_items,
