@@ -42,6 +42,7 @@ class Budget:
     pipeline_finetune_steps: int   # steps of the short CE fine-tune that ends a pipeline's P step
     pipeline_eval_seqlen: int      # tokens per perplexity window after each step of a pipeline
     pipeline_eval_windows: int | None  # perplexity windows per text after each step of a pipeline
+    cloze_items: int | None        # last-word items per text (common.cloze; None: every item)
     model_layers: int | None = None  # decoder layers load_model keeps of the embedded model (None: all; smoke mode)
 
 
@@ -50,18 +51,19 @@ QUICK = Budget(mode="quick", dtype="float32", eval_seqlen=512, eval_max_windows=
                teacher_samples=4, generate_batch=4,
                bench_repeats=3, decode_tokens=8, decode_batches=(1, 4), prefill_shape=(1, 128),
                sweep_eval_windows=2, sweep_sparsities=(0.5,), sensitivity_layers=3, long_context=1024,
-               pipeline_train_steps=8, pipeline_finetune_steps=0, pipeline_eval_seqlen=256, pipeline_eval_windows=1)
+               pipeline_train_steps=8, pipeline_finetune_steps=0, pipeline_eval_seqlen=256, pipeline_eval_windows=1,
+               cloze_items=256)
 FULL = Budget(mode="full", dtype="bfloat16", eval_seqlen=2048, eval_max_windows=None,
               calib_samples=32, calib_seqlen=512, train_steps=300, train_batch=32, train_seqlen=512,
               teacher_samples=512, generate_batch=256,
               bench_repeats=10, decode_tokens=64, decode_batches=(1, 4, 16, 64, 256), prefill_shape=(16, 2048),
               sweep_eval_windows=None, sweep_sparsities=(0.3, 0.5, 0.6, 0.7, 0.8), sensitivity_layers=30,
               long_context=8192, pipeline_train_steps=300, pipeline_finetune_steps=50, pipeline_eval_seqlen=2048,
-              pipeline_eval_windows=None)
+              pipeline_eval_windows=None, cloze_items=None)
 SMOKE = replace(QUICK, mode="smoke", model_layers=2, eval_seqlen=256, eval_max_windows=1, calib_samples=4,
                 calib_seqlen=128, train_steps=2, teacher_samples=2, generate_batch=2, bench_repeats=1,
                 decode_tokens=4, sweep_eval_windows=1, sensitivity_layers=2, long_context=512,
-                pipeline_train_steps=1, pipeline_eval_seqlen=64, pipeline_eval_windows=1)
+                pipeline_train_steps=1, pipeline_eval_seqlen=64, pipeline_eval_windows=1, cloze_items=16)
 BUDGETS = {"quick": QUICK, "full": FULL, "smoke": SMOKE}
 
 

@@ -43,6 +43,15 @@ def linear_layers(module: nn.Module) -> dict:
     return {name: m for name, m in module.named_modules() if isinstance(m, nn.Linear)}
 
 
+def require_calibration(config, calib_batch, instead: str) -> None:
+    """Refuse at once to run a technique whose config needs calibration text (`config.needs_calibration`)
+    without a calibration batch, naming `instead`, a setting of it that needs none. (Every layer walk
+    refuses a missing batch too, in first_layer_inputs: this is for the techniques that do not walk.)"""
+    if config.needs_calibration and calib_batch is None:
+        raise WorkshopError(f"{config} calibrates on text, and no calibration batch was given.",
+                            f"Pass calib_batch (common.data.calibration_batch), or {instead}.")
+
+
 class _StopForward(Exception):
     """Raised by a hook once the first layer's inputs are captured: the rest need not run."""
 
@@ -51,6 +60,10 @@ class _StopForward(Exception):
 def first_layer_inputs(model, calib_batch: torch.Tensor):
     """Hidden states entering decoder layer 0 [n, seqlen, hidden], and the keyword arguments the model
     passes every layer (rotary position embeddings, attention mask), from a forward stopped there."""
+    if calib_batch is None:   # where every layer-by-layer calibration starts: one message for all of them
+        raise WorkshopError("This technique calibrates layer by layer on text, and no calibration batch was given.",
+                            "Pass calib_batch (common.data.calibration_batch); a config's needs_calibration says "
+                            "whether it needs one (RTN, NF4 and magnitude pruning do not).")
     captured = {}
 
     def grab(module, args, kwargs):

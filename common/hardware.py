@@ -100,13 +100,15 @@ def _rates(work: float, times: list) -> tuple:
     return work / statistics.median(times), work / max(times), work / min(times)
 
 
-def _bandwidth_rates(device: torch.device, megabytes: int, repeats: int) -> tuple:
+def copy_bandwidth_rates(device: torch.device, megabytes: int, repeats: int) -> tuple:
+    """(median, slowest, fastest) bytes read + written per second by a copy of `megabytes` MiB on `device`."""
     src = torch.rand(megabytes * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
     return _rates(2 * src.numel() * src.element_size(), timings(lambda: dst.copy_(src), device, repeats))
 
 
-def _matmul_rates(device: torch.device, dtype, n: int, repeats: int) -> tuple:
+def matmul_rates(device: torch.device, dtype, n: int, repeats: int) -> tuple:
+    """(median, slowest, fastest) FLOP/s of an n x n matmul in `dtype` on `device`."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     return _rates(2 * n**3, timings(lambda: a @ b, device, repeats))
@@ -153,8 +155,8 @@ def machine_ceilings(device: str | torch.device = "cuda", dtype=torch.bfloat16, 
                                      for k, v in stored["ceilings"][key].items()})
     if key not in _CEILINGS:
         big = device.type == "cuda"
-        bandwidth = _bandwidth_rates(device, 1024 if big else 256, repeats)
-        matmul = _matmul_rates(device, dtype, 8192 if big else 1024, repeats)
+        bandwidth = copy_bandwidth_rates(device, 1024 if big else 256, repeats)
+        matmul = matmul_rates(device, dtype, 8192 if big else 1024, repeats)
         load = os.getloadavg()[0] / (os.cpu_count() or 1) if hasattr(os, "getloadavg") else None
         _CEILINGS[key] = Ceilings(device_description(), dtype_name, repeats, bandwidth[0], bandwidth[1:],
                                   matmul[0], matmul[1:], load, datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -102,15 +102,15 @@ class WidthPrune(Step):
         if not self.steps(context.budget):
             return model, None
         return _train(model, None, context.train_ids, context.budget, context.progress, steps=self.steps(context.budget),
-                      alpha=1.0, temperature=1.0, lr=self.finetune_lr)
+                      ce_weight=1.0, temperature=1.0, lr=self.finetune_lr)
 
 
 @dataclass(frozen=True)
 class Distill(Step):
-    """KD: alpha x CE + (1 - alpha) x T^2 x KL from the teacher; steps None: the mode's pipeline budget.
+    """KD: ce_weight x CE + (1 - ce_weight) x T^2 x KL from the teacher; steps None: the mode's pipeline budget.
     engine "modelopt": the same loss and budget through modelopt.torch.distill (its QAD path)."""
     steps: int | None = None
-    alpha: float = 0.7
+    ce_weight: float = 0.7
     temperature: float = 2.0
     lr: float = 2e-4
     engine: str = "ours"
@@ -119,9 +119,9 @@ class Distill(Step):
     def __post_init__(self):
         if self.steps is not None and self.steps < 1:
             raise WorkshopError(f"Distill(steps={self.steps}) trains nothing.", "Give steps >= 1, or leave it out.")
-        if not 0 <= self.alpha <= 1 or self.temperature <= 0 or self.lr <= 0:
-            raise WorkshopError(f"Distill(alpha={self.alpha}, temperature={self.temperature}, lr={self.lr}) is out of "
-                                "range.", "Use alpha in [0, 1], a positive temperature and a positive lr.")
+        from .distill.train import DistillConfig
+        # the training's own config checks the loss weights and the rate (one validator, not two)
+        DistillConfig(steps=self.steps or 1, ce_weight=self.ce_weight, temperature=self.temperature, lr=self.lr)
         if self.engine not in ("ours", "modelopt"):
             raise WorkshopError(f"Distill(engine={self.engine!r}) is not an engine here.", "Use 'ours' or 'modelopt'.")
 
@@ -138,18 +138,18 @@ class Distill(Step):
 
 @dataclass(frozen=True)
 class NF4(Step):
-    """Q: NF4 weights in blocks of `block_size`; packed (frozen, as bitsandbytes) or QAT (trainable)."""
-    block_size: int = 64
+    """Q: NF4 weights in groups of `group_size` (QLoRA's blocks); packed (frozen, as bitsandbytes) or QAT (trainable)."""
+    group_size: int = 64
     qat: bool = False
     name = "Q"
 
     def __post_init__(self):
-        if self.block_size < 2 or self.block_size % 2:
-            raise WorkshopError(f"NF4(block_size={self.block_size}) is not an even block size.", "Use 64 (or 32, 128).")
+        if self.group_size < 2 or self.group_size % 2:
+            raise WorkshopError(f"NF4(group_size={self.group_size}) is not an even group size.", "Use 64 (or 32, 128).")
 
     def grid(self):
         from .quant.nf4 import NF4Config
-        return NF4Config(block_size=self.block_size)
+        return NF4Config(group_size=self.group_size)
 
     quantizes_weights = True
 
@@ -372,14 +372,14 @@ def _distill(model, step: Distill, teacher, train_ids, budget, progress):
         raise WorkshopError("A KD step needs a teacher, and none was given.",
                             "Pass teacher=... (the uncompressed model), or --teacher SPEC on the command line.")
     return _train(model, teacher, train_ids, budget, progress, steps=step.steps or budget.pipeline_train_steps,
-                  alpha=step.alpha, temperature=step.temperature, lr=step.lr, engine=step.engine)
+                  ce_weight=step.ce_weight, temperature=step.temperature, lr=step.lr, engine=step.engine)
 
 
-def _train(model, teacher, train_ids, budget, progress, steps: int, alpha: float, temperature: float, lr: float,
+def _train(model, teacher, train_ids, budget, progress, steps: int, ce_weight: float, temperature: float, lr: float,
            engine: str = "ours"):
-    """`steps` of training (KD, or CE only with alpha=1 and no teacher); returns (model, record fields)."""
-    from .distill.train import DistillConfig, distill
-    config = DistillConfig(steps=steps, alpha=alpha, temperature=temperature, lr=lr,
+    """`steps` of training (KD, or CE only with ce_weight=1 and no teacher); returns (model, record fields)."""
+    from .distill.train import DistillConfig, DistillHistory, distill
+    config = DistillConfig(steps=steps, ce_weight=ce_weight, temperature=temperature, lr=lr,
                            warmup_steps=steps // 10, batch=budget.train_batch, seqlen=budget.train_seqlen)
     dtypes = {name: b.dtype for name, b in model.named_buffers()}  # distill trains in fp32: keep stored types
     param_dtype = next(model.parameters()).dtype
@@ -387,11 +387,12 @@ def _train(model, teacher, train_ids, budget, progress, steps: int, alpha: float
     # one training sequence is enough: every weight a gradient can reach gets one from any text (the
     # embedding is tied to the output head, whose softmax sends a gradient to every row)
     reached = weights_reached_by_gradient(model.float(), train_ids[: config.seqlen].view(1, -1).to(device))
+    history = DistillHistory()
     if engine == "modelopt":
         from .distill.modelopt_kd import distill_modelopt
-        model, history = distill_modelopt(model, teacher, config, train_ids, progress=progress)
+        model = distill_modelopt(model, config, train_ids, teacher=teacher, progress=progress, history=history)
     else:
-        model, history = distill(model, teacher, config, train_ids, progress=progress)
+        model = distill(model, config, train_ids, teacher=teacher, progress=progress, history=history)
     model.to(param_dtype)
     for name, buffer in model.named_buffers():
         if name in dtypes and buffer.dtype != dtypes[name]:

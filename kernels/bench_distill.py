@@ -10,10 +10,11 @@ autocast, the teacher runs in bf16, one micro-batch of 32 x 512 tokens: lab 05's
 import argparse
 import json
 import time
+from dataclasses import replace
 
 import torch
 
-from common.distill import DistillConfig, distill, kd_loss
+from common.distill import DistillConfig, DistillHistory, distill, kd_loss
 from common.hardware import device_description, median_seconds, package_versions
 
 EMBEDDED_SHAPES = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -44,15 +45,14 @@ def time_steps(steps: int, batch: int, seqlen: int) -> dict:
     teacher = embedded_shaped(0).to(torch.bfloat16).eval()
     student = embedded_shaped(1)
     data = torch.randint(0, EMBEDDED_SHAPES["vocab_size"], (1_000_000,))
-    config = DistillConfig(steps=2, batch=batch, seqlen=seqlen, alpha=0.7, temperature=2.0)
-    distill(student, teacher, config, data, progress=False)  # warm-up: allocator, kernels' compilation
-    config.steps = steps
-    _, history = distill(student, teacher, config, data, progress=False)
+    config = DistillConfig(steps=2, batch=batch, seqlen=seqlen, ce_weight=0.7, temperature=2.0)
+    distill(student, config, data, teacher=teacher, progress=False)  # warm-up: allocator, kernels' compilation
+    history = DistillHistory()
+    distill(student, replace(config, steps=steps), data, teacher=teacher, progress=False, history=history)
     from torch.profiler import ProfilerActivity, profile
-    config.steps = 3
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         t0 = time.perf_counter()
-        distill(student, teacher, config, data, progress=False)
+        distill(student, replace(config, steps=3), data, teacher=teacher, progress=False)
         wall = time.perf_counter() - t0
     events = prof.key_averages()
     gpu_us = sum(e.self_device_time_total for e in events)

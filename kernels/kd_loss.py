@@ -11,7 +11,7 @@ Here each program takes one position (a row of the logits) and reads it twice:
           running sum, sum_j exp(t_j/T - m) (t_j - s_j)/T, rescaled with the teacher's sum of exp:
           KL = sum_j p_j (t_j - s_j)/T - lse(t/T) + lse(s/T).
   pass 2  the gradient with respect to the student's logits, written once in their dtype:
-          alpha/n (softmax(s) - onehot(target)) + (1 - alpha) T/n (softmax(s/T) - softmax(t/T)).
+          ce_weight/n (softmax(s) - onehot(target)) + (1 - ce_weight) T/n (softmax(s/T) - softmax(t/T)).
 Backward multiplies that stored gradient by the incoming scalar. Rows whose target is negative (the
 last position of each sequence, which predicts nothing) add nothing and get a zero gradient.
 Masked lanes hold a large finite negative number rather than -inf, so no lane ever computes inf - inf.
@@ -100,7 +100,7 @@ def _kd_loss_kernel(s_ptr, t_ptr, target_ptr, grad_ptr, ce_ptr, kl_ptr, V: tl.co
 
 class _FusedKDLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student_logits, teacher_logits, input_ids, temperature, alpha, block):
+    def forward(ctx, student_logits, teacher_logits, input_ids, temperature, ce_weight, block):
         vocab = student_logits.size(-1)
         student = student_logits.reshape(-1, vocab).contiguous()
         teacher = student if teacher_logits is None else teacher_logits.reshape(-1, vocab).contiguous()
@@ -108,16 +108,16 @@ class _FusedKDLoss(torch.autograd.Function):
         targets = torch.cat([input_ids[:, 1:], input_ids.new_full((input_ids.size(0), 1), -1)], 1).reshape(-1)
         rows = targets.numel()
         n = rows - input_ids.size(0)
-        ce_weight = 1.0 if teacher_logits is None else alpha
+        ce_scale = 1.0 if teacher_logits is None else ce_weight
         write_grad = student_logits.requires_grad
         grad = torch.empty_like(student) if write_grad else student  # never written when not needed
         ce = torch.empty(rows, dtype=torch.float32, device=student.device)
         kl = torch.zeros(rows, dtype=torch.float32, device=student.device)
         _kd_loss_kernel[(rows,)](student, teacher, targets.contiguous(), grad, ce, kl, vocab, 1.0 / temperature,
-                                 ce_weight / n, (1.0 - alpha) * temperature / n,
+                                 ce_scale / n, (1.0 - ce_weight) * temperature / n,
                                  HAS_TEACHER=teacher_logits is not None, WRITE_GRAD=write_grad, BLOCK=block)
         ce_mean, kl_mean = ce.sum() / n, temperature ** 2 * kl.sum() / n
-        loss = ce_weight * ce_mean + (1.0 - ce_weight) * kl_mean
+        loss = ce_scale * ce_mean + (1.0 - ce_scale) * kl_mean
         if write_grad:
             ctx.save_for_backward(grad)
         ctx.input_shape = student_logits.shape
@@ -130,10 +130,10 @@ class _FusedKDLoss(torch.autograd.Function):
         return (grad * grad_loss.to(grad.dtype)).reshape(ctx.input_shape), None, None, None, None, None
 
 
-def fused_kd_loss(student_logits, teacher_logits, input_ids, temperature: float = 2.0, alpha: float = 0.5,
+def fused_kd_loss(student_logits, teacher_logits, input_ids, temperature: float = 2.0, ce_weight: float = 0.5,
                   block: int = 4096):
-    """alpha · CE + (1 - alpha) · T² · KL(teacher_T ‖ student_T) over next-token positions, as kd_loss;
+    """ce_weight · CE + (1 - ce_weight) · T² · KL(teacher_T ‖ student_T) over next-token positions, as kd_loss;
     teacher_logits None: CE only. Returns (loss, ce, T²·KL) as 0-d tensors (the last is 0 without a
     teacher); only the loss carries a gradient. Logits [batch, positions, vocab] in any float dtype."""
     block = min(block, triton.next_power_of_2(student_logits.size(-1)))
-    return _FusedKDLoss.apply(student_logits, teacher_logits, input_ids, float(temperature), float(alpha), block)
+    return _FusedKDLoss.apply(student_logits, teacher_logits, input_ids, float(temperature), float(ce_weight), block)

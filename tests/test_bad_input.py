@@ -89,6 +89,20 @@ def test_pattern_errors_come_before_the_model_loads(argv, message, capsys, no_mo
     refused(capsys, ["prune", "--model", "tiny-random", "--method", "magnitude"] + argv, message)
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--cloze-data", "python-code"], "it is code"),
+    (["--cloze-data", "nope"], "Unknown text 'nope' for the last-word task"),
+    (["--cloze-data", "sotu"], "not one of the course's evaluation texts"),
+    (["--cloze-data", "/etc/hostname"], "built only from the course's embedded prose texts"),
+    (["--cloze-data", "wiki", "--cloze-data", "wiki"], "--cloze-data names wiki more than once"),
+    (["--cloze-items", "0"], "0 last-word items"),
+    (["--cloze-data", "python-docs", "--cloze-items", "100000"], "python-docs has"),
+    (["--no-cloze", "--cloze-data", "wiki"], "--no-cloze skips"),
+])
+def test_last_word_task_errors_come_before_the_model_loads(argv, message, capsys, no_model_load):
+    refused(capsys, ["eval", "--model", "tiny-random"] + argv, message)
+
+
 def test_modelopt_sparsity_is_2_4_and_says_so(capsys, no_model_load):
     refused(capsys, ["prune", "--model", "tiny-random", "--method", "modelopt:sparsegpt", "--sparsity", "0.7"],
             "contradicts the pattern 2:4")

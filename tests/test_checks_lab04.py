@@ -60,7 +60,7 @@ def test_the_kl_checker_wants_a_tensor_with_the_students_gradient(logits):
 # ---------------------------------------------------------------------------------------------
 # The KD step, on two small random Llamas
 # ---------------------------------------------------------------------------------------------
-def step(student, teacher, ids, optimizer, temperature, alpha, *, no_grad=True, zero_grad=True, shift=True,
+def step(student, teacher, ids, optimizer, temperature, ce_weight, *, no_grad=True, zero_grad=True, shift=True,
          reverse=False, update=True):
     """The KD step and its usual slips, switched on one at a time."""
     if no_grad:
@@ -71,7 +71,7 @@ def step(student, teacher, ids, optimizer, temperature, alpha, *, no_grad=True, 
     logits = student(ids).logits
     targets = ids[:, 1:] if shift else ids[:, :-1]
     ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), targets.reshape(-1))
-    loss = alpha * ce + (1 - alpha) * kl(logits[:, :-1], teacher_logits[:, :-1], temperature, reverse=reverse)
+    loss = ce_weight * ce + (1 - ce_weight) * kl(logits[:, :-1], teacher_logits[:, :-1], temperature, reverse=reverse)
     if zero_grad:
         optimizer.zero_grad()
     loss.backward()

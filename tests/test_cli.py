@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -9,22 +10,41 @@ from common.cli import main
 
 
 def test_eval_json_on_tiny_random(capsys):
-    assert main(["eval", "--model", "tiny-random", "--seqlen", "64", "--max-windows", "2", "--json"]) == 0
+    assert main(["eval", "--model", "tiny-random", "--seqlen", "64", "--max-windows", "2", "--cloze-items", "8",
+                 "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert list(out["ppl"]) == ["wiki", "python-docs"]  # in domain and out of domain, by default
     for name, r in out["ppl"].items():
         assert r["windows"] == 2 and r["seqlen"] == 64 and r["ppl"] > 1
         assert r["data"].startswith(f"{name}:eval") and f"data={name}:eval" in r["protocol"]
     assert out["ppl"]["wiki"]["ppl"] != out["ppl"]["python-docs"]["ppl"] and out["stored_bytes"] > 0
+    assert list(out["cloze"]) == ["wiki", "python-docs"]   # last-word accuracy on the same two texts
+    for name, r in out["cloze"].items():
+        assert r["items"] == 8 and 0 <= r["accuracy"] <= 1 and r["correct"] == round(8 * r["accuracy"])
+        assert f"data={name}:eval" in r["protocol"] and f"8 of {r['available']} items (md5 {r['items_md5']})" in r["protocol"]
+
+
+def test_eval_cloze_options(capsys):
+    assert main(["eval", "--model", "tiny-random", "--seqlen", "64", "--max-windows", "1", "--no-cloze", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cloze"] == {}
+    assert main(["eval", "--model", "tiny-random", "--seqlen", "64", "--max-windows", "1", "--cloze-data", "python-docs",
+                 "--cloze-items", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    cloze = [line for line in lines if line.startswith("last-word")]
+    assert len(cloze) == 1 and re.match(r"last-word python-docs: \d+\.\d% \(\d/4; a constant guess ", cloze[0])
+    assert "last-word accuracy, data=python-docs:eval" in cloze[0] and "greedy exact word" in cloze[0]
 
 
 def test_eval_prints_protocol_with_number(capsys, tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("Some words to evaluate. " * 40)
-    assert main(["eval", "--model", "tiny-random", "--eval-data", str(f), "--eval-data", "wiki", "--seqlen", "32"]) == 0
+    assert main(["eval", "--model", "tiny-random", "--eval-data", str(f), "--eval-data", "wiki", "--seqlen", "32",
+                 "--cloze-items", "4"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"PPL {f}: ") and "data=file:t.txt" in lines[0] and "dtype=float32" in lines[0]
     assert lines[1].startswith("PPL wiki: ") and "data=wiki:eval" in lines[1]
+    assert lines[2].startswith("last-word wiki: ") and "4 of 4779 items (md5 " in lines[2] and "dtype=float32" in lines[2]
+    assert lines[3].startswith("last-word python-docs: ")
 
 
 @pytest.mark.parametrize("argv, message", [

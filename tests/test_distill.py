@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.distill import (DistillConfig, HiddenStateLoss, distill, forward_kl, kd_loss, next_token_ce,
-                            reverse_kl, topk_kl)
+from common.distill import (DistillConfig, DistillHistory, HiddenStateLoss, distill, forward_kl, kd_loss,
+                            next_token_ce, reverse_kl, topk_kl)
 from common.errors import WorkshopError
 from common.models import load_model
 
@@ -56,16 +56,16 @@ def test_topk_reduces_to_full_kd_when_k_is_vocab_and_differs_below():
     assert topk_kl(student, teacher, 3, 2.0).item() != pytest.approx(full.item(), rel=1e-2)
 
 
-def test_alpha_mixes_ce_and_scaled_kl():
+def test_ce_weight_mixes_ce_and_scaled_kl():
     torch.manual_seed(0)
     ids = torch.randint(0, 7, (2, 6))
     student, teacher = torch.randn(2, 6, 7), torch.randn(2, 6, 7)
     ce = F.cross_entropy(student[:, :-1].reshape(-1, 7), ids[:, 1:].reshape(-1)).item()
     kl = forward_kl(student[:, :-1], teacher[:, :-1], 2.0).item()
     assert next_token_ce(student, ids).item() == pytest.approx(ce, rel=1e-6)
-    for alpha in (0.0, 0.3, 1.0):
-        loss, parts = kd_loss(student, teacher, ids, temperature=2.0, alpha=alpha)
-        assert loss.item() == pytest.approx(alpha * ce + (1 - alpha) * kl, rel=1e-5)
+    for ce_weight in (0.0, 0.3, 1.0):
+        loss, parts = kd_loss(student, teacher, ids, temperature=2.0, ce_weight=ce_weight)
+        assert loss.item() == pytest.approx(ce_weight * ce + (1 - ce_weight) * kl, rel=1e-5)
         assert parts["ce"] == pytest.approx(ce, rel=1e-6)
 
 
@@ -96,15 +96,20 @@ def tiny_pair():
     return student, teacher
 
 
-QUICK = dict(steps=6, batch=2, seqlen=32, lr=1e-3, temperature=2.0, alpha=0.5, seed=3)
+QUICK = dict(steps=6, batch=2, seqlen=32, lr=1e-3, temperature=2.0, ce_weight=0.5, seed=3)
+
+
+def trained(student, config, data, teacher, engine=distill):
+    """(student, DistillHistory) of one run of `engine` (distill, or modelopt's)."""
+    history = DistillHistory()
+    return engine(student, config, data, teacher=teacher, progress=False, history=history), history
 
 
 def test_seeded_runs_are_identical_and_loss_falls():
     results = []
     for _ in range(2):
         student, teacher = tiny_pair()
-        student, history = distill(student, teacher, DistillConfig(**QUICK, hidden_loss_weight=0.5), TEXT_IDS,
-                                   progress=False)
+        student, history = trained(student, DistillConfig(**QUICK, hidden_loss_weight=0.5), TEXT_IDS, teacher)
         results.append((history.losses(), student.state_dict()))
     (losses_a, state_a), (losses_b, state_b) = results
     assert losses_a == losses_b
@@ -120,14 +125,13 @@ def test_kd_lowers_kl_to_teacher_and_ce_only_runs_without_teacher():
     ids = TEXT_IDS[:33][None]
     with torch.no_grad():
         before = forward_kl(student(ids).logits, teacher(ids).logits, 2.0).item()
-    student, history = distill(student, teacher, DistillConfig(**QUICK | {"alpha": 0.0, "steps": 10}), TEXT_IDS,
-                               progress=False)
+    student, history = trained(student, DistillConfig(**QUICK | {"ce_weight": 0.0, "steps": 10}), TEXT_IDS, teacher)
     with torch.no_grad():
         assert forward_kl(student(ids).logits, teacher(ids).logits, 2.0).item() < 0.8 * before
     assert history.tokens == 10 * 2 * 32 and history.tokens_per_s > 0
     assert history.model_flops_per_s > 0 and history.peak_memory_bytes is None  # CPU: no CUDA peak
     ce_student, _ = tiny_pair()
-    _, ce_history = distill(ce_student, None, DistillConfig(**QUICK | {"alpha": 1.0}), TEXT_IDS, progress=False)
+    _, ce_history = trained(ce_student, DistillConfig(**QUICK | {"ce_weight": 1.0}), TEXT_IDS, None)
     assert ce_history.losses()[-1] < ce_history.losses()[0]
     assert all(math.isnan(k) for k in ce_history.losses("kl"))
 
@@ -138,8 +142,8 @@ def test_gradient_accumulation_matches_a_large_batch():
     student_a, teacher = tiny_pair()
     student_b = copy.deepcopy(student_a)
     windows = torch.stack([TEXT_IDS[i * 40: i * 40 + 32] for i in range(4)])
-    distill(student_a, teacher, DistillConfig(**QUICK | {"steps": 1, "batch": 2, "grad_accum": 2}), windows, progress=False)
-    distill(student_b, teacher, DistillConfig(**QUICK | {"steps": 1, "batch": 4}), windows, progress=False)
+    distill(student_a, DistillConfig(**QUICK | {"steps": 1, "batch": 2, "grad_accum": 2}), windows, teacher, progress=False)
+    distill(student_b, DistillConfig(**QUICK | {"steps": 1, "batch": 4}), windows, teacher, progress=False)
     for (name, a), b in zip(student_a.named_parameters(), student_b.parameters()):
         assert torch.allclose(a, b, atol=QUICK["lr"] / 100), name
 
@@ -147,7 +151,7 @@ def test_gradient_accumulation_matches_a_large_batch():
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     config = DistillConfig(**QUICK | {"steps": 6})
     straight, teacher = tiny_pair()
-    straight, straight_history = distill(straight, teacher, config, TEXT_IDS, progress=False)
+    straight, straight_history = trained(straight, config, TEXT_IDS, teacher)
 
     interrupted, _ = tiny_pair()
     first = DistillConfig(**QUICK | {"steps": 6}, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=3)
@@ -162,12 +166,12 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     train_module.save_checkpoint = save_then_crash
     try:
         with pytest.raises(KeyboardInterrupt):
-            distill(interrupted, teacher, first, TEXT_IDS, progress=False)
+            distill(interrupted, first, TEXT_IDS, teacher, progress=False)
     finally:
         train_module.save_checkpoint = original_save
     assert (tmp_path / "ckpt" / "config.json").is_file()
     resumed, _ = tiny_pair()  # a fresh process would start from the untrained student
-    resumed, resumed_history = distill(resumed, teacher, first, TEXT_IDS, progress=False)
+    resumed, resumed_history = trained(resumed, first, TEXT_IDS, teacher)
     assert resumed_history.losses() == pytest.approx(straight_history.losses(), rel=1e-6)
     for (name, a), b in zip(straight.named_parameters(), resumed.parameters()):
         assert torch.allclose(a, b, atol=1e-6), name
@@ -179,22 +183,44 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     ({"steps": 0}, "at least one step"),
     ({"temperature": 0.0}, "must be positive"),
-    ({"alpha": 1.5}, "between 0 and 1"),
-    ({"seqlen": 5000}, "too few for one window"),
+    ({"temperature_end": -1.0}, "must be positive"),
+    ({"ce_weight": 1.5}, "between 0 and 1"),
+    ({"lr": 0.0}, "positive rate"),
+    ({"hidden_loss_weight": -0.1}, "cannot be negative"),
+    ({"batch": 0}, "nothing to train on"),
+    ({"warmup_steps": 7}, "warm-up is part of the run"),
+    ({"teacher_placement": "everywhere"}, "is not a placement"),
 ])
-def test_bad_configs(overrides, message):
+def test_bad_configs_fail_when_made(overrides, message):
+    with pytest.raises(WorkshopError, match=message) as caught:
+        DistillConfig(**QUICK | overrides)
+    assert caught.value.fix   # and says what to do
+
+
+def test_a_config_is_frozen_and_says_whether_it_needs_a_teacher():
+    config = DistillConfig(**QUICK)
+    with pytest.raises(AttributeError):
+        config.steps = 100  # a run's settings cannot change under it
+    assert config.needs_teacher
+    assert not DistillConfig(**QUICK | {"ce_weight": 1.0}).needs_teacher
+    assert DistillConfig(**QUICK | {"ce_weight": 1.0, "hidden_loss_weight": 0.5}).needs_teacher
+
+
+def test_a_text_too_short_for_one_window_is_refused():
     student, teacher = tiny_pair()
-    with pytest.raises(WorkshopError, match=message):
-        distill(student, teacher, DistillConfig(**QUICK | overrides), TEXT_IDS, progress=False)
+    with pytest.raises(WorkshopError, match="too few for one window"):
+        distill(student, DistillConfig(**QUICK | {"seqlen": 5000}), TEXT_IDS, teacher, progress=False)
 
 
 def test_vocabulary_mismatch_and_missing_teacher():
     student, teacher = tiny_pair()
     student.resize_token_embeddings(320)
     with pytest.raises(WorkshopError, match="vocabulary"):
-        distill(student, teacher, DistillConfig(**QUICK), TEXT_IDS, progress=False)
+        distill(student, DistillConfig(**QUICK), TEXT_IDS, teacher, progress=False)
     with pytest.raises(WorkshopError, match="no teacher"):
-        distill(student, None, DistillConfig(**QUICK), TEXT_IDS, progress=False)
+        distill(student, DistillConfig(**QUICK), TEXT_IDS, progress=False)
+    with pytest.raises(WorkshopError, match="no teacher"):   # the hidden-state loss reads the teacher too
+        distill(student, DistillConfig(**QUICK | {"ce_weight": 1.0, "hidden_loss_weight": 0.5}), TEXT_IDS, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,10 +300,10 @@ def test_modelopt_kd_gives_our_loss_at_the_same_budget():
     ours, _ = tiny_random(seed=1)
     theirs, _ = tiny_random(seed=1)
     config = DistillConfig(**QUICK | {"steps": 3})
-    ours, ours_history = distill(ours, teacher, config, TEXT_IDS, progress=False)
+    ours, ours_history = trained(ours, config, TEXT_IDS, teacher)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        theirs, theirs_history = distill_modelopt(theirs, teacher, config, TEXT_IDS, progress=False)
+        theirs, theirs_history = trained(theirs, config, TEXT_IDS, teacher, engine=distill_modelopt)
     # modelopt's note that a student loss must be mixed in is moot (it is): the learner does not see it
     assert not any("do not sum to 1.0" in str(w.message) for w in caught)
     # same loss up to the one extra (last) position modelopt's hook averages over
@@ -293,7 +319,7 @@ def test_teacher_generated_data_is_cached_and_trains(tmp_path):
     prompt = samples[:, :8]  # each sequence starts with a window of the training text
     assert torch.equal(teacher_generated_ids(teacher, tokenizer, 4, 32, batch=2, cache_dir=tmp_path), samples)
     student, _ = tiny_pair()
-    _, history = distill(student, teacher, DistillConfig(**QUICK | {"steps": 2}), samples, progress=False)
+    _, history = trained(student, DistillConfig(**QUICK | {"steps": 2}), samples, teacher)
     assert history.tokens == 2 * 2 * 32 and prompt.max() < 256
 
 

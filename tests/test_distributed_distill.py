@@ -39,7 +39,7 @@ def inputs(tmp_path_factory):
     text = root / "train.txt"
     text.write_text("\n".join(f"Line {i}: the quick brown fox jumps over {i * 7 % 13} lazy dogs." for i in range(300)))
     return root, ["distill", "--student", str(root / "student"), "--teacher", "tiny-random", "--train-data", str(text),
-                  "--batch", "4", "--train-seqlen", "32", "--steps", "4", "--lr", "2e-4", "--alpha", "0.5",
+                  "--batch", "4", "--train-seqlen", "32", "--steps", "4", "--lr", "2e-4", "--ce-weight", "0.5",
                   "--hidden-loss-weight", "0.5", "--device", "cpu", "--json"]
 
 

@@ -101,6 +101,33 @@ def test_decode_bound_is_bandwidth_over_the_bytes_of_one_step():
     assert decode_bound_tokens_per_s(1e9, 3e12, batch_size=4) == pytest.approx(12000)
 
 
+def test_eager_decode_runs_within_a_factor_of_the_bound_its_bytes_give(embedded):
+    """The embedded model in fp32 (538 MB) decodes at batch 1 on the CPU: each step reads every weight once,
+    so its speed sits under the bound from its stored bytes and the copy bandwidth, and not far below.
+
+    Measured with one thread, copy and decode alike: on a 2-core machine shared with other work, a second
+    thread waits at every operator for a core someone else holds (decode fell to 5-15% of the bound with
+    2 threads under a load of 3.5, against 46-60% with one, where idle 2-thread runs reach about 50%).
+    The fastest of three runs and the fastest of five copies: load only ever slows either down.
+    Factors: up to 2x the bound, because a decode step only reads and a copy's rate also counts its
+    writes (a write allocates its cache line first, so reading alone can run ~1.5x faster); a step far
+    above that would mean bytes left uncounted. Down to an eighth: 4x below the least a loaded machine
+    gave; a bound in the wrong unit (bits for bytes) or a step that reads its weights many times lands
+    outside either way."""
+    from common.hardware import copy_bandwidth_rates
+    model, _ = embedded
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fastest_copy = copy_bandwidth_rates(torch.device("cpu"), 256, repeats=5)[2]
+        decode = max(measure_throughput(model, batch_size=1, prompt_len=64, new_tokens=8, repeats=1,
+                                        seed=run).decode_tokens_per_s for run in range(3))
+    finally:
+        torch.set_num_threads(threads)
+    bound = decode_bound_tokens_per_s(stored_bytes(model), fastest_copy)
+    assert bound / 8 < decode < 2 * bound, f"{decode:.1f} tok/s against a bound of {bound:.1f}"
+
+
 def hf_labels_perplexity(model, ids, seqlen):
     """The usual hand-written transformers loop: the model's own shifted loss, averaged over windows."""
     losses = []

@@ -118,7 +118,7 @@ def test_the_file_declares_the_ir_version_its_opset_needs(tiny, tmp_path):
 
 @pytest.mark.parametrize("quantize, message", [
     (lambda m, c: quantize_rtn(m, RTNConfig(bits=4, group_size=32)), "zero points"),
-    (lambda m, c: quantize_nf4(m, NF4Config(block_size=32)), "no ONNX type"),
+    (lambda m, c: quantize_nf4(m, NF4Config(group_size=32)), "no ONNX type"),
     (lambda m, c: quantize_smoothquant(m, SmoothQuantConfig(), c, progress=False), "per token"),
 ])
 def test_what_tensorrt_cannot_take_is_refused_before_writing(tiny, quantize, message, tmp_path):
@@ -155,7 +155,7 @@ def test_cli_checks_quantized_activations_with_the_engines_codes(tmp_path, capsy
 
 @pytest.mark.parametrize("argv, message", [
     (["--method", "rtn", "--bits", "4"], "zero points"),
-    (["--method", "nf4"], "no onnx form"),
+    (["--method", "nf4"], "NF4 has no ONNX type"),
     (["--method", "smoothquant"], "per token at run time"),
     (["--method", "rtn", "--static-activations"], "applies to smoothquant"),
     (["--static-activations"], "describe a --method"),
@@ -168,6 +168,39 @@ def test_cli_bad_input(argv, message, tmp_path, capsys):
     assert main(["export", "--model", "tiny-random", "--format", "onnx", "--out", str(tmp_path / "x.onnx"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "What to do" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+NF4_32 = lambda m, c: quantize_nf4(m, NF4Config(group_size=32))  # noqa: E731
+PER_TOKEN = lambda m, c: quantize_smoothquant(m, SmoothQuantConfig(), c, progress=False)  # noqa: E731
+
+
+@pytest.mark.parametrize("fmt, method, quantize", [
+    ("onnx", ["--method", "nf4", "--group-size", "32"], NF4_32),
+    ("onnx", ["--method", "rtn", "--bits", "4", "--group-size", "32"],
+     lambda m, c: quantize_rtn(m, RTNConfig(bits=4, group_size=32))),
+    ("onnx", ["--method", "smoothquant"], PER_TOKEN),
+    ("compressed-tensors", ["--method", "nf4", "--group-size", "32"], NF4_32),
+    ("compressed-tensors", ["--method", "smoothquant"], PER_TOKEN),
+])
+def test_a_refused_export_says_what_the_exporter_says_once_and_writes_nothing(fmt, method, quantize, tiny, tmp_path,
+                                                                                capsys, monkeypatch):
+    """One list of what a format cannot hold: the command refuses the layers a --method would make with the
+    exporter's own words for such a packed layer, before any model loads, with exit code 2."""
+    with pytest.raises(WorkshopError) as exporter:
+        if fmt == "onnx":
+            export_onnx(packed(tiny, quantize), tmp_path / "x.onnx")
+        else:
+            save_compressed_tensors(packed(tiny, quantize), load_model("tiny-random")[1], tmp_path / "ct")
+    name, problem = exporter.value.problem.split(": ", 1)   # the exporter names the first layer it refuses
+    assert name.startswith("model.layers.0.")
+    import common.models
+    monkeypatch.setattr(common.models, "load_model", lambda *a, **k: pytest.fail("loaded a model it then refused"))
+    out = tmp_path / ("x.onnx" if fmt == "onnx" else "ct")
+    assert main(["export", "--model", "tiny-random", *method, "--format", fmt, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error: ") == 1 and err.count("What to do") == 1
+    assert problem in err and exporter.value.fix in err
     assert not list(tmp_path.iterdir())
 
 
@@ -202,8 +235,8 @@ def test_compressed_tensors_refusals(tiny, tmp_path):
     _, tokenizer = load_model("tiny-random", device="cpu")
     with pytest.raises(WorkshopError, match="no packed layers"):
         save_compressed_tensors(tiny, tokenizer, tmp_path / "a")
-    with pytest.raises(WorkshopError, match="nf4"):
-        save_compressed_tensors(packed(tiny, lambda m, c: quantize_nf4(m, NF4Config(block_size=32))), tokenizer, tmp_path / "b")
+    with pytest.raises(WorkshopError, match="NF4 has no compressed-tensors type"):
+        save_compressed_tensors(packed(tiny, lambda m, c: quantize_nf4(m, NF4Config(group_size=32))), tokenizer, tmp_path / "b")
     assert not list(tmp_path.iterdir())
     (tmp_path / "c").mkdir()
     with pytest.raises(WorkshopError, match="exists"):

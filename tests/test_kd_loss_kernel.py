@@ -24,20 +24,20 @@ def logits_pair(batch, positions, vocab, dtype=torch.float32, seed=0):
     return student, teacher, ids
 
 
-def loss_and_grad(student, teacher, ids, temperature, alpha, fused, scale=1.0):
+def loss_and_grad(student, teacher, ids, temperature, ce_weight, fused, scale=1.0):
     student = student.detach().clone().requires_grad_(True)
-    loss, parts = kd_loss(student, teacher, ids, temperature, alpha, fused=fused)
+    loss, parts = kd_loss(student, teacher, ids, temperature, ce_weight, fused=fused)
     (scale * loss).backward()
     return loss.detach(), parts, student.grad
 
 
 @pytest.mark.parametrize("vocab, block", [(300, 128), (256, 256), (97, 32)])  # a partial last block, exact, odd
-@pytest.mark.parametrize("temperature, alpha", [(2.0, 0.7), (1.0, 0.0), (4.0, 0.5)])
-def test_fused_loss_and_gradient_match_the_formulas(vocab, block, temperature, alpha):
+@pytest.mark.parametrize("temperature, ce_weight", [(2.0, 0.7), (1.0, 0.0), (4.0, 0.5)])
+def test_fused_loss_and_gradient_match_the_formulas(vocab, block, temperature, ce_weight):
     student, teacher, ids = logits_pair(2, 5, vocab)
-    ref_loss, ref_parts, ref_grad = loss_and_grad(student, teacher, ids, temperature, alpha, fused=False)
+    ref_loss, ref_parts, ref_grad = loss_and_grad(student, teacher, ids, temperature, ce_weight, fused=False)
     s = student.detach().clone().requires_grad_(True)
-    loss, ce, kl = fused_kd_loss(s, teacher, ids, temperature, alpha, block=block)
+    loss, ce, kl = fused_kd_loss(s, teacher, ids, temperature, ce_weight, block=block)
     loss.backward()
     assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
     assert ce.item() == pytest.approx(ref_parts["ce"].item(), rel=1e-5)
@@ -47,9 +47,9 @@ def test_fused_loss_and_gradient_match_the_formulas(vocab, block, temperature, a
 
 def test_without_a_teacher_it_is_the_cross_entropy():
     student, teacher, ids = logits_pair(3, 4, 200)
-    for teacher_logits, alpha in ((None, 0.5), (teacher, 1.0)):  # no teacher, or a teacher weighed 0
-        ref_loss, ref_parts, ref_grad = loss_and_grad(student, teacher_logits, ids, 2.0, alpha, fused=False)
-        loss, parts, grad = loss_and_grad(student, teacher_logits, ids, 2.0, alpha, fused=True)
+    for teacher_logits, ce_weight in ((None, 0.5), (teacher, 1.0)):  # no teacher, or a teacher weighed 0
+        ref_loss, ref_parts, ref_grad = loss_and_grad(student, teacher_logits, ids, 2.0, ce_weight, fused=False)
+        loss, parts, grad = loss_and_grad(student, teacher_logits, ids, 2.0, ce_weight, fused=True)
         assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
         assert torch.isnan(parts["kl"]) and torch.isnan(ref_parts["kl"])
         assert torch.allclose(grad, ref_grad, rtol=1e-4, atol=1e-7)

@@ -99,8 +99,8 @@ def test_the_machine_is_measured_once_per_process_and_once_per_reproduce_run(rep
     from common import hardware
     from common.reports import write_summary
     calls = []
-    monkeypatch.setattr(hardware, "_bandwidth_rates", lambda *a: calls.append("copy") or (2e9, 1e9, 3e9))
-    monkeypatch.setattr(hardware, "_matmul_rates", lambda *a: calls.append("matmul") or (5e10, 4e10, 6e10))
+    monkeypatch.setattr(hardware, "copy_bandwidth_rates", lambda *a: calls.append("copy") or (2e9, 1e9, 3e9))
+    monkeypatch.setattr(hardware, "matmul_rates", lambda *a: calls.append("matmul") or (5e10, 4e10, 6e10))
     monkeypatch.setattr(hardware, "_CEILINGS", {})
     monkeypatch.delenv("WORKSHOP_RUN_ID", raising=False)
     first = hardware.machine_ceilings("cpu", torch.float32)

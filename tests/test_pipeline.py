@@ -47,13 +47,22 @@ def test_bad_orders(order, message):
         recipe_from_order(order)
 
 
+@pytest.mark.parametrize("options, message", [(dict(ce_weight=1.5), "not a weight between 0 and 1"),
+                                              (dict(temperature=0.0), "temperature must be positive"),
+                                              (dict(lr=0.0), "positive rate"), (dict(steps=0), "trains nothing"),
+                                              (dict(engine="x"), "not an engine")])
+def test_bad_distill_steps_fail_when_made(options, message):
+    with pytest.raises(WorkshopError, match=message):
+        Distill(**options)
+
+
 def test_recipe_files(tmp_path):
     good = tmp_path / "r.json"
     good.write_text(json.dumps([{"step": "P", "mlp": 0.25}, {"step": "KD", "steps": 2}, {"step": "Q", "qat": True}]))
     assert recipe_from_file(good) == [WidthPrune(mlp=0.25), Distill(steps=2), NF4(qat=True)]
     yaml_file = tmp_path / "r.yaml"
-    yaml_file.write_text("- step: Q\n  block_size: 32\n")
-    assert recipe_from_file(yaml_file) == [NF4(block_size=32)]
+    yaml_file.write_text("- step: Q\n  group_size: 32\n")
+    assert recipe_from_file(yaml_file) == [NF4(group_size=32)]
     for text, message in [("[{\"step\": ", "does not parse"), ("{}", "non-empty list"),
                           ("[{\"step\": \"Z\"}]", "unknown step"), ("[{\"step\": \"P\", \"heads\": 1}]", "no such option"),
                           ("[{\"step\": \"P\", \"mlp\": 1.5}]", "must be in")]:

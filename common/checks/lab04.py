@@ -79,42 +79,42 @@ def check_distillation_kl(kl_fn, student_logits, teacher_logits, temperatures=(1
 # ---------------------------------------------------------------------------------------------
 # Exercise: one KD training step
 # ---------------------------------------------------------------------------------------------
-def _kd_step(student, teacher, ids, optimizer, temperature: float, alpha: float) -> float:
-    """alpha * CE(data) + (1 - alpha) * T^2 * KL(teacher_T || student_T) over next-token positions; one update."""
+def _kd_step(student, teacher, ids, optimizer, temperature: float, ce_weight: float) -> float:
+    """ce_weight * CE(data) + (1 - ce_weight) * T^2 * KL(teacher_T || student_T) over next-token positions; one update."""
     with torch.no_grad():
         teacher_logits = teacher(ids).logits
     student_logits = student(ids).logits
     vocab = student_logits.size(-1)
     ce = F.cross_entropy(student_logits[:, :-1].reshape(-1, vocab).float(), ids[:, 1:].reshape(-1))
     kl = _distillation_kl(student_logits[:, :-1], teacher_logits[:, :-1], temperature)
-    loss = alpha * ce + (1 - alpha) * kl
+    loss = ce_weight * ce + (1 - ce_weight) * kl
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
     return loss.item()
 
 
-def _run_steps(step_fn, student, teacher, batches, temperature, alpha, lr):
+def _run_steps(step_fn, student, teacher, batches, temperature, ce_weight, lr):
     model = copy.deepcopy(student).float().train()   # fp32: a bf16 weight would round a small update away
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)   # an update proportional to the gradient: checks it
-    losses = [float(step_fn(model, teacher, ids, optimizer, temperature, alpha)) for ids in batches]
+    losses = [float(step_fn(model, teacher, ids, optimizer, temperature, ce_weight)) for ids in batches]
     return model, losses
 
 
-def check_kd_step(step_fn, student, teacher, batches, temperature: float, alpha: float, lr: float = 5e-2):
-    """`step_fn(student, teacher, ids, optimizer, T, alpha) -> loss` run on a copy of `student` over
+def check_kd_step(step_fn, student, teacher, batches, temperature: float, ce_weight: float, lr: float = 5e-2):
+    """`step_fn(student, teacher, ids, optimizer, T, ce_weight) -> loss` run on a copy of `student` over
     `batches` (two or more), beside the reference step on another copy, both with plain SGD: the same
     losses (the second one shows whether gradients were zeroed), the same parameters after the steps,
     and no gradient left on the teacher."""
-    name = "one KD step: teacher under no_grad, student forward, alpha*CE + (1-alpha)*T^2*KL, backward, update"
+    name = "one KD step: teacher under no_grad, student forward, ce_weight*CE + (1-ce_weight)*T^2*KL, backward, update"
     for p in teacher.parameters():
         p.grad = None
     try:
-        model, losses = _run_steps(step_fn, student, teacher, batches, temperature, alpha, lr)
+        model, losses = _run_steps(step_fn, student, teacher, batches, temperature, ce_weight, lr)
     except NotImplementedError:
         return not_solved(name, _kd_step)
     try:
-        reference, expected = _run_steps(_kd_step, student, teacher, batches, temperature, alpha, lr)
+        reference, expected = _run_steps(_kd_step, student, teacher, batches, temperature, ce_weight, lr)
         teacher_grads = any(p.grad is not None for p in teacher.parameters())
         update = sum((r.detach() - p.detach()).double().pow(2).sum().item()
                      for r, p in zip(reference.parameters(), student.parameters()))
@@ -132,14 +132,14 @@ def check_kd_step(step_fn, student, teacher, batches, temperature: float, alpha:
     if not math.isclose(losses[0], expected[0], rel_tol=1e-4):
         raise ExerciseFailed(f"{name}: first loss {losses[0]:.6f}, expected {expected[0]:.6f}. Hint: position t "
                              "predicts token t+1: CE of logits[:, :-1] against ids[:, 1:], and the KL over the same "
-                             "positions (logits[:, :-1] of both models); loss = alpha*CE + (1-alpha)*KL.")
+                             "positions (logits[:, :-1] of both models); loss = ce_weight*CE + (1-ce_weight)*KL.")
     if moved == 0:
         raise ExerciseFailed(f"{name}: the student's parameters did not change. Hint: loss.backward(), then "
                              "optimizer.step().")
     if not all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(losses[1:], expected[1:])):
         raise ExerciseFailed(f"{name}: losses {shown}, expected {', '.join(f'{x:.5f}' for x in expected)}: the "
                              "first loss is right, the update after it is not. Hint: backpropagate the loss you "
-                             "return (alpha*CE + (1-alpha)*KL), once, and step the optimizer you were given.")
+                             "return (ce_weight*CE + (1-ce_weight)*KL), once, and step the optimizer you were given.")
     check(name, differ <= 1e-4 * update,
           "the losses match but the parameters after the last step do not: clear the gradients every step "
           "(optimizer.zero_grad() before loss.backward()), otherwise they add up over the steps.")

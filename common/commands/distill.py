@@ -12,7 +12,7 @@ from . import Output, add_data_options, perplexity_dict, perplexity_lines, proto
 from ..errors import WorkshopError
 from ..outputs import check_new_output, reported_write_errors
 
-HELP = "Distil a teacher into a (pruned) student: alpha*CE + (1-alpha)*T^2*KL."
+HELP = "Distil a teacher into a (pruned) student: ce_weight*CE + (1-ce_weight)*T^2*KL."
 
 
 def add_arguments(p) -> None:
@@ -21,8 +21,8 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, help="optimizer steps (default: the mode's budget)")
     p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature T of the KL term")
     # Defaults: lab 04's main run, so `workshop distill --student DIR --eval` reproduces its KD row and
-    # `--alpha 1` its CE-only row.
-    p.add_argument("--alpha", type=float, default=0.2, help="weight of the data's cross-entropy (1 = CE-only fine-tuning)")
+    # `--ce-weight 1` its CE-only row.
+    p.add_argument("--ce-weight", type=float, default=0.2, help="weight of the data's cross-entropy (1 = CE-only fine-tuning)")
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (AdamW, warm-up over a tenth of the "
                    "steps, cosine decay)")
     p.add_argument("--batch", type=int, help="windows per micro-batch, over all GPUs under torchrun (default: the "
@@ -53,13 +53,13 @@ def run(args) -> Output:
         return default if value is None else value
 
     steps = given(args.steps, budget.train_steps)
-    config = DistillConfig(steps=steps, temperature=args.temperature, alpha=args.alpha, lr=args.lr,
+    # made (and so checked) before anything loads: bad numbers fail in a second
+    config = DistillConfig(steps=steps, temperature=args.temperature, ce_weight=args.ce_weight, lr=args.lr,
                            warmup_steps=steps // 10, batch=given(args.batch, budget.train_batch),
                            seqlen=given(args.train_seqlen, budget.train_seqlen),
                            grad_accum=args.grad_accum, seed=args.seed, hidden_loss_weight=args.hidden_loss_weight,
                            checkpoint_dir=f"{args.out}.checkpoint" if args.out and args.checkpoint_every else None,
                            checkpoint_every=args.checkpoint_every, teacher_placement=args.teacher_placement)
-    config.validate()  # before loading anything: bad numbers fail in a second
     if args.student != "tiny-random" and not (Path(args.student).expanduser() / "config.json").is_file():
         what = "is not a model folder (it has no config.json)" if Path(args.student).expanduser().is_dir() else \
             "is not a directory"
@@ -77,7 +77,7 @@ def _distill(args, config, protocol, mode: str, device) -> Output:
     """Load, (evaluate,) train, (evaluate,) write: on every rank under torchrun, which is why the
     evaluations and the gathering of the weights run everywhere, and only rank 0 writes."""
     from ..distill import distributed
-    from ..distill.train import distill
+    from ..distill.train import DistillHistory, distill
     from ..eval import check_seqlen
     from ..models import load_model
     progress = distributed.is_main()  # the evaluations' progress bars: rank 0's alone
@@ -97,7 +97,8 @@ def _distill(args, config, protocol, mode: str, device) -> Output:
         before = protocol.evaluate(student, tokenizer, progress)
         result["teacher_ppl"], result["student_ppl_before"] = perplexity_dict(teacher_ppl), perplexity_dict(before)
         lines += perplexity_lines(teacher_ppl, "PPL teacher       ") + perplexity_lines(before, "PPL student before")
-    student, history = distill(student, teacher, config, data)
+    history = DistillHistory()
+    student = distill(student, config, data, teacher=teacher, history=history)
     summary = history.to_dict()
     summary.pop("records")
     result |= summary | {"first_loss": history.records[0]["loss"], "last_loss": history.records[-1]["loss"],

@@ -116,15 +116,16 @@ def run(args) -> Output:
 
 
 def check_request(args, out, modelopt: bool) -> None:
-    """Every refusal that needs no model: a bad --out, an old opset, a method/format pair with no form."""
-    from ..export.onnx import OPSET
+    """Every refusal that needs no model: a bad --out, an old opset, a method/format pair with no form.
+    What a format cannot hold is the exporter's own list, asked about the layers --method will make."""
+    from ..export.compressed_tensors import compressed_tensors_refusal
+    from ..export.onnx import check_opset, tensorrt_refusal
     from ..outputs import check_new_output
-    from ..quant.presets import method_and_config
+    from ..quant.presets import method_and_config, packed_form
     onnx = args.format == "onnx"
     check_new_output(out, example="model.onnx" if onnx else "model-ct")
-    if onnx and args.opset < OPSET:
-        raise WorkshopError(f"--opset {args.opset} has no blocked DequantizeLinear or INT4 type.",
-                            f"Use --opset {OPSET} or later (TensorRT 10 parses it).")
+    if onnx:
+        check_opset(args.opset)
     if args.format == "hf" and not modelopt:
         raise WorkshopError("--format hf is modelopt's unified checkpoint, written from a modelopt-quantized model.",
                             "Give --method modelopt:FP8_DEFAULT_CFG (or INT8_SMOOTHQUANT_CFG, INT4_BLOCKWISE_G64); for "
@@ -140,13 +141,8 @@ def check_request(args, out, modelopt: bool) -> None:
         return
     _, config = method_and_config(args.method, args.bits, args.group_size, symmetric=args.symmetric,
                                   static_activations=args.static_activations)
-    if args.method == "nf4":
-        raise WorkshopError(f"--method nf4 has no {args.format} form: NF4 has no ONNX or compressed-tensors type.",
-                            "Export INT4 (rtn/gptq/awq), INT8 (--bits 8, or smoothquant --static-activations) or fp8.")
-    if args.method == "smoothquant" and not args.static_activations:
-        raise WorkshopError("--method smoothquant quantizes its INT8 activations per token at run time, which has "
-                            f"no {args.format} form here.", "Add --static-activations (one calibrated scale per "
-                            "tensor: TensorRT's explicit INT8), or export --method rtn --bits 8 (weights only).")
+    if modelopt:   # modelopt's exporters check its quantizers themselves
+        return
     if getattr(config, "bits", None) == 8 and args.method in ("rtn", "gptq", "awq") and (
             config.group_size is not None or not config.symmetric):
         raise WorkshopError(f"--method {args.method} --bits 8 with {'groups' if config.group_size else 'zero points'} "
@@ -154,6 +150,7 @@ def check_request(args, out, modelopt: bool) -> None:
                             "(what TensorRT and vLLM's int-quantized take).",
                             f"Add --group-size 0 --symmetric (per channel, no zero points) to --method {args.method} "
                             "--bits 8.")
-    if onnx and getattr(config, "bits", None) == 4 and not config.symmetric:
-        raise WorkshopError(f"--method {args.method} makes INT4 with zero points; TensorRT takes zero point 0 only.",
-                            "Export INT4 with a symmetric grid: --method rtn|gptq|awq --bits 4 --symmetric.")
+    fmt, symmetric, activations = packed_form(config)
+    refusal = tensorrt_refusal(fmt, symmetric, activations) if onnx else compressed_tensors_refusal(fmt, activations)
+    if refusal:
+        raise WorkshopError(f"--method {args.method} ({args.format}): {refusal[0]}.", refusal[1])

@@ -42,7 +42,6 @@ def run(args) -> Output:
     from ..sizes import parameter_breakdown, stored_bytes
     from ..models import load_model, save_pretrained_atomic
     from ..prune.masks import sparsity_of
-    from ..prune.presets import NEEDS_CALIBRATION
     protocol = protocol_from(args)
     if args.out and args.method == "svd":
         raise WorkshopError("An SVD-factorized model is not a standard transformers architecture, so "
@@ -54,7 +53,7 @@ def run(args) -> Output:
     build_pruner(args.method, 1, *options)  # fail fast
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     function, config = build_pruner(args.method, model.config.num_hidden_layers, *options)
-    calib = protocol.calibration(tokenizer, model=model) if args.method in NEEDS_CALIBRATION else None
+    calib = protocol.calibration(tokenizer, model=model) if config.needs_calibration else None
     result = {"method": args.method, "config": dict(vars(config)), "mode": get_budget().mode,
               "calibration": protocol.calibration_label() if calib is not None else None,
               "parameters_before": parameter_breakdown(model)["total"], "stored_bytes_before": stored_bytes(model)}

@@ -50,9 +50,9 @@ def run(args) -> Output:
     method_and_config(args.method, args.bits, args.group_size, **options)  # fails before the model loads
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     quantize, config = method_and_config(args.method, args.bits, args.group_size, model=model, **options)
-    calib = protocol.calibration(tokenizer, model=model)
+    calib = protocol.calibration(tokenizer, model=model) if config.needs_calibration else None
     result = {"method": args.method, "config": repr(config), "model": args.model, "mode": get_budget().mode,
-              "calibration": protocol.calibration_label()}
+              "calibration": protocol.calibration_label() if calib is not None else None}
     lines = []
     if args.eval:
         before = protocol.evaluate(model, tokenizer)
@@ -63,7 +63,8 @@ def run(args) -> Output:
     model = quantize(model, config, calib)
     seconds = time.perf_counter() - start
     result |= {"seconds": seconds, "bytes_after": true_bytes(model)}
-    lines = [f"{args.method}: {result['config']}", f"quantized in {seconds:.1f} s on {result['calibration']}",
+    lines = [f"{args.method}: {result['config']}", f"quantized in {seconds:.1f} s " + (f"on {result['calibration']}" if calib is not None else
+                                                 "(no calibration: the weights alone decide the grid)"),
              f"bytes (quantized weights counted packed): {result['bytes_before']:,} -> {result['bytes_after']:,} "
              f"({result['bytes_before'] / result['bytes_after']:.2f}x smaller)"] + lines
     if args.eval:

@@ -47,26 +47,26 @@ def next_token_ce(logits, input_ids) -> torch.Tensor:
     return F.cross_entropy(_flatten(logits[:, :-1]), input_ids[:, 1:].reshape(-1))
 
 
-def kd_loss(student_logits, teacher_logits, input_ids, temperature: float = 2.0, alpha: float = 0.5,
+def kd_loss(student_logits, teacher_logits, input_ids, temperature: float = 2.0, ce_weight: float = 0.5,
             fused: bool | None = None):
-    """alpha · CE(data, student) + (1 - alpha) · T^2 · KL(teacher_T || student_T), over next-token positions.
+    """ce_weight · CE(data, student) + (1 - ce_weight) · T^2 · KL(teacher_T || student_T), over next-token positions.
 
     Returns (loss, parts): parts holds the two terms as detached 0-d tensors, for logging (reading
     them is left to the caller, so the GPU is not stopped mid-step). fused None: on a CUDA device the
     same loss runs as one Triton kernel that reads the logits twice (kernels/kd_loss.py), since the
     formulas below make a dozen fp32 copies of the logits; False: always the formulas below.
     """
-    teacher_logits = teacher_logits if alpha != 1.0 else None
+    teacher_logits = teacher_logits if ce_weight != 1.0 else None
     no_kl = torch.full((), float("nan"), device=student_logits.device)
     if fused if fused is not None else student_logits.is_cuda:
         from kernels.kd_loss import fused_kd_loss
-        loss, ce, kl = fused_kd_loss(student_logits, teacher_logits, input_ids, temperature, alpha)
+        loss, ce, kl = fused_kd_loss(student_logits, teacher_logits, input_ids, temperature, ce_weight)
         return loss, {"ce": ce, "kl": no_kl if teacher_logits is None else kl}
     ce = next_token_ce(student_logits, input_ids)
     if teacher_logits is None:
         return ce, {"ce": ce.detach(), "kl": no_kl}
     kl = forward_kl(student_logits[:, :-1], teacher_logits[:, :-1], temperature)
-    return alpha * ce + (1 - alpha) * kl, {"ce": ce.detach(), "kl": kl.detach()}
+    return ce_weight * ce + (1 - ce_weight) * kl, {"ce": ce.detach(), "kl": kl.detach()}
 
 
 class HiddenStateLoss(nn.Module):

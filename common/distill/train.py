@@ -1,11 +1,13 @@
 """The distillation loop: a student learns from a teacher's logits (and optionally hidden states).
 
-`distill(student, teacher, DistillConfig(...), data) -> (student, history)`. With alpha=1 and
-teacher=None it is plain cross-entropy fine-tuning, the same loop, so the two compare at equal tokens.
+`distill(student, DistillConfig(...), train_ids, teacher=teacher) -> student`, the shape of every
+technique here (`quantize_gptq(model, config, calib_batch)`); pass `history=DistillHistory()` to read
+its losses, tokens and time afterwards. With ce_weight=1 and no teacher it is plain cross-entropy
+fine-tuning, the same loop, so the two compare at equal tokens.
 
-- data: a 1-D tensor of token ids (each micro-batch is `batch` windows of `seqlen` at offsets drawn
-  from the seed and the step, so a resumed run sees the same batches), or a 2-D tensor of prepared
-  windows used in order (curricula, teacher-generated text).
+- train_ids: a 1-D tensor of token ids (each micro-batch is `batch` windows of `seqlen` at offsets
+  drawn from the seed and the step, so a resumed run sees the same batches), or a 2-D tensor of
+  prepared windows used in order (curricula, teacher-generated text).
 - precision: the student trains in fp32 weights with bf16 autocast on a GPU, fp32 on a CPU; the
   teacher runs in eval mode under no_grad, in whatever dtype it was loaded.
 - checkpoints: every `checkpoint_every` steps the student (save_pretrained) and the optimizer,
@@ -35,11 +37,11 @@ from .losses import HiddenStateLoss, kd_loss
 TRAIN_STATE = "train_state.pt"
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistillConfig:
     steps: int = 20
     temperature: float = 2.0
-    alpha: float = 0.5                 # weight of the data's cross-entropy; 1.0 = CE-only fine-tuning
+    ce_weight: float = 0.5             # weight of the data's cross-entropy; 1.0 = CE-only fine-tuning
     lr: float = 1e-4
     batch: int = 4                     # windows per micro-batch, over all ranks
     seqlen: int = 256
@@ -55,18 +57,31 @@ class DistillConfig:
     checkpoint_every: int = 0          # 0: only at the end (when checkpoint_dir is set)
     teacher_placement: str = "sharded"  # under torchrun: "sharded" (FSDP2, 1/N of it per GPU) or "replicated"
 
-    def validate(self) -> None:
+    def __post_init__(self):
         if self.steps <= 0:
             raise WorkshopError(f"steps={self.steps}: training needs at least one step.", "Use --steps 1 or more.")
         if self.temperature <= 0 or (self.temperature_end is not None and self.temperature_end <= 0):
             raise WorkshopError(f"temperature={self.temperature}: a softmax temperature must be positive.",
                                 "Use --temperature above 0 (1 to 4 is usual; 1 is the plain softmax).")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise WorkshopError(f"alpha={self.alpha} is not a weight between 0 and 1.",
-                                "Use --alpha in [0, 1]: 1 is CE only, 0 is KD only.")
+        if not 0.0 <= self.ce_weight <= 1.0:
+            raise WorkshopError(f"ce_weight={self.ce_weight} is not a weight between 0 and 1.",
+                                "Use --ce-weight in [0, 1]: 1 is CE only, 0 is KD only.")
+        if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm <= 0:
+            raise WorkshopError(f"lr={self.lr}, weight_decay={self.weight_decay}, max_grad_norm={self.max_grad_norm}: "
+                                "the optimizer needs a positive rate and clipping norm.",
+                                "Use --lr above 0 (e.g. 2e-4), weight_decay >= 0 and max_grad_norm > 0.")
+        if self.hidden_loss_weight < 0 or self.hidden_layers < 1:
+            raise WorkshopError(f"hidden_loss_weight={self.hidden_loss_weight}, hidden_layers={self.hidden_layers}: "
+                                "a loss weight cannot be negative and at least one layer is matched.",
+                                "Use --hidden-loss-weight 0 (off) or above, and hidden_layers >= 1.")
         if min(self.batch, self.seqlen - 1, self.grad_accum) < 1:
             raise WorkshopError(f"batch={self.batch}, seqlen={self.seqlen}, grad_accum={self.grad_accum} "
                                 "leave nothing to train on.", "Use batch >= 1, seqlen >= 2, grad_accum >= 1.")
+        if not 0 <= self.warmup_steps <= self.steps or self.checkpoint_every < 0:
+            raise WorkshopError(f"warmup_steps={self.warmup_steps}, checkpoint_every={self.checkpoint_every} with "
+                                f"steps={self.steps}: the warm-up is part of the run, and checkpoints come every N >= 0 steps.",
+                                "Use 0 <= warmup_steps <= steps (a tenth of them is usual) and checkpoint_every >= 0 "
+                                "(0: at the end only).")
         if self.batch % distributed.world_size():
             ranks = distributed.world_size()
             raise WorkshopError(f"batch={self.batch} windows do not split evenly over {ranks} processes.",
@@ -75,6 +90,11 @@ class DistillConfig:
         if self.teacher_placement not in ("sharded", "replicated"):
             raise WorkshopError(f"teacher_placement={self.teacher_placement!r} is not a placement.",
                                 "Use 'sharded' (1/N of the teacher per GPU) or 'replicated' (a whole copy on each).")
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether a loss term reads the teacher (only CE-only fine-tuning trains without one)."""
+        return self.ce_weight < 1.0 or self.hidden_loss_weight > 0
 
     def temperature_at(self, step: int) -> float:
         if self.temperature_end is None or self.steps == 1:
@@ -104,6 +124,11 @@ class DistillHistory:
         flops_per_token = 6 * self.student_parameters + 2 * self.teacher_parameters
         return flops_per_token * self.tokens_per_s
 
+    def resume_from(self, saved: dict) -> None:
+        """Take over a checkpoint's history (asdict of the run that wrote it), in place."""
+        for name, value in saved.items():
+            setattr(self, name, value)
+
     def losses(self, key: str = "loss") -> list:
         return [r[key] for r in self.records]
 
@@ -128,6 +153,18 @@ def check_training_data(data: torch.Tensor, config: DistillConfig) -> None:
     if data.dim() == 2 and data.size(0) < config.batch:
         raise WorkshopError(f"There are {data.size(0)} training windows, fewer than one batch of {config.batch}.",
                             "Prepare more windows or use a smaller batch (with grad_accum to keep the tokens).")
+
+
+def check_teacher(student, teacher, config: DistillConfig) -> None:
+    """A teacher where the loss reads one, with the student's vocabulary (logits compare token by token)."""
+    if teacher is None and config.needs_teacher:
+        raise WorkshopError(f"ce_weight={config.ce_weight}, hidden_loss_weight={config.hidden_loss_weight} weigh a teacher's "
+                            "loss, but no teacher was given.",
+                            "Pass teacher=..., or ce_weight=1.0 and hidden_loss_weight=0 for CE-only fine-tuning.")
+    if teacher is not None and teacher.config.vocab_size != student.config.vocab_size:
+        raise WorkshopError(f"The teacher's vocabulary ({teacher.config.vocab_size} tokens) differs from the "
+                            f"student's ({student.config.vocab_size}): logits cannot be compared token by token.",
+                            "Distil between models that share a tokenizer (e.g. a pruned copy of the teacher).")
 
 
 def teacher_generated_ids(teacher, tokenizer, n_sequences: int, seqlen: int, batch: int = 8,
@@ -194,21 +231,17 @@ def _shard(student, teacher, hidden_loss, config: DistillConfig) -> None:
         distributed.shard(hidden_loss)
 
 
-def distill(student, teacher, config: DistillConfig, data: torch.Tensor, progress: bool = True):
-    """Train `student` on `data` against `teacher` (None with alpha=1: CE-only fine-tuning).
+def distill(student, config: DistillConfig, train_ids: torch.Tensor, teacher=None, progress: bool = True,
+            history: DistillHistory | None = None):
+    """Train `student` on `train_ids` against `teacher` (None for CE-only fine-tuning, ce_weight=1); returns
+    the student, in fp32 and eval mode (sharded under torchrun).
 
-    Returns (student, DistillHistory). The student comes back in fp32 and eval mode (sharded under
-    torchrun). History's tokens count every rank's; its peak memory is this rank's.
+    `history`, when given, is filled in step by step (a resumed run's holds the earlier steps too): its
+    tokens count every rank's, its peak memory is this rank's.
     """
-    config.validate()
-    check_training_data(data, config)
-    if teacher is None and config.alpha < 1.0:
-        raise WorkshopError(f"alpha={config.alpha} weighs a teacher's loss, but no teacher was given.",
-                            "Pass a teacher, or alpha=1.0 for CE-only fine-tuning.")
-    if teacher is not None and teacher.config.vocab_size != student.config.vocab_size:
-        raise WorkshopError(f"The teacher's vocabulary ({teacher.config.vocab_size} tokens) differs from the "
-                            f"student's ({student.config.vocab_size}): logits cannot be compared token by token.",
-                            "Distil between models that share a tokenizer (e.g. a pruned copy of the teacher).")
+    check_training_data(train_ids, config)
+    check_teacher(student, teacher, config)
+    history = DistillHistory() if history is None else history
     device = next(student.parameters()).device
     distributed.init(device)
     ranks, rank = distributed.world_size(), distributed.rank()
@@ -216,14 +249,14 @@ def distill(student, teacher, config: DistillConfig, data: torch.Tensor, progres
     student.float().train()
     if teacher is not None:
         teacher.eval()
-    use_hidden = config.hidden_loss_weight > 0 and teacher is not None
-    teacher_needed = teacher is not None and (config.alpha < 1.0 or use_hidden)
+    use_hidden = config.hidden_loss_weight > 0
+    teacher_needed = config.needs_teacher   # check_teacher: then there is one
     torch.manual_seed(config.seed)
     hidden_loss = HiddenStateLoss(student.config.hidden_size, teacher.config.hidden_size,
                                   _layer_pairs(student.config.num_hidden_layers, teacher.config.num_hidden_layers,
                                                config.hidden_layers)).to(device) if use_hidden else None
-    history = DistillHistory(student_parameters=sum(p.numel() for p in student.parameters()),
-                             teacher_parameters=sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0)
+    history.student_parameters = sum(p.numel() for p in student.parameters())
+    history.teacher_parameters = sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0
     checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     # weights load whole, before sharding: every rank reads the checkpoint, sharding then keeps its slice
     state = load_checkpoint(checkpoint_dir, student) if checkpoint_dir is not None else None
@@ -242,12 +275,12 @@ def distill(student, teacher, config: DistillConfig, data: torch.Tensor, progres
     if state is not None:
         distributed.load_full_optimizer_state(trained, optimizer, state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        history = DistillHistory(**state["history"])
+        history.resume_from(state["history"])
         start = state["step"]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    bar = tqdm(range(start, config.steps), desc="distill" if teacher is not None else "fine-tune",
+    bar = tqdm(range(start, config.steps), desc="distill" if teacher_needed else "fine-tune",
                initial=start, total=config.steps, disable=not (progress and distributed.is_main()))
     for step in bar:
         t0 = time.perf_counter()
@@ -256,7 +289,7 @@ def distill(student, teacher, config: DistillConfig, data: torch.Tensor, progres
         try:
             for micro in range(config.grad_accum):
                 # this rank's share of the global micro-batch: every rank draws the same windows
-                ids = micro_batch(data, config, step * config.grad_accum + micro)[rank::ranks].to(device)
+                ids = micro_batch(train_ids, config, step * config.grad_accum + micro)[rank::ranks].to(device)
                 with autocast:
                     teacher_out = None
                     if teacher_needed:
@@ -264,7 +297,7 @@ def distill(student, teacher, config: DistillConfig, data: torch.Tensor, progres
                             teacher_out = teacher(ids, output_hidden_states=use_hidden)
                     out = student(ids, output_hidden_states=use_hidden)
                     loss, parts = kd_loss(out.logits, teacher_out.logits if teacher_out is not None else None,
-                                          ids, temperature, config.alpha)
+                                          ids, temperature, config.ce_weight)
                     if use_hidden:
                         hidden = hidden_loss(out.hidden_states, teacher_out.hidden_states)
                         loss = loss + config.hidden_loss_weight * hidden
@@ -299,4 +332,4 @@ def distill(student, teacher, config: DistillConfig, data: torch.Tensor, progres
                 "hidden_loss": distributed.full_model_state(hidden_loss) if use_hidden else None})
     if device.type == "cuda":
         history.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
-    return student.eval(), history
+    return student.eval()

@@ -41,6 +41,24 @@ def pack_int4_words(codes: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)   # the int32 bit pattern
 
 
+def compressed_tensors_refusal(fmt: str, activations: str | None = None) -> tuple | None:
+    """What this writer cannot put in a compressed-tensors checkpoint, the one list of it: (what is wrong,
+    what to do) for a layer stored as QuantLinear stores it (`fmt`, `activations`), None if it can.
+    save_compressed_tensors asks it of every packed layer; `workshop export` of the layers its --method
+    will make, before any model loads (quant.presets.packed_form)."""
+    if fmt not in FORMATS:
+        return (f"{fmt.upper()} has no compressed-tensors type (written here: INT4, INT8 or FP8)",
+                "Export INT4 (--method rtn|gptq|awq --bits 4), INT8 (--bits 8 --group-size 0 --symmetric, or "
+                "--method smoothquant --static-activations) or --method fp8.")
+    if activations == "int8_per_token":
+        # the library's dynamic per-token INT8 divides max |x| by 127.5, ours by 127: a reader would
+        # compute another function (largest logit difference 0.02 on tiny-random)
+        return ("SmoothQuant's per-token INT8 activations are not the per-token grid compressed-tensors applies at "
+                "run time (scale max|x| / 127.5 there, / 127 here)",
+                "Quantize with static activation scales (--static-activations), or write the weights only.")
+    return None
+
+
 def _scheme(layer) -> dict:
     """The `weights` (and `input_activations`) entries of compressed-tensors' config for one layer."""
     if layer.fmt == "int4":
@@ -130,16 +148,14 @@ def save_compressed_tensors(model, tokenizer, out, sparse_format: str | None = N
                             (", and compressed-tensors stores 2:4 sparsity in no form of its own." if sparse else "."),
                             "Quantize and pack it first (workshop quantize --out, or pack_quantized)" +
                             ("; or save it as a plain Hugging Face folder, which vLLM loads dense." if sparse else "."))
+    for name, layer in layers.items():
+        refusal = compressed_tensors_refusal(layer.fmt, layer.activations)
+        if refusal:
+            raise WorkshopError(f"{name}: {refusal[0]}.", refusal[1])
     kinds = {m.fmt for m in layers.values()}
-    if not kinds <= set(FORMATS) or len(kinds) > 1:
+    if len(kinds) > 1:
         raise WorkshopError(f"The packed layers are {', '.join(sorted(kinds))}; compressed-tensors is written here for "
                             "one of INT4, INT8 or FP8 at a time.", "Quantize every layer with one method.")
-    if any(m.activations == "int8_per_token" for m in layers.values()):
-        # the library's dynamic per-token INT8 divides max |x| by 127.5, ours by 127: a reader would
-        # compute another function (largest logit difference 0.02 on tiny-random)
-        raise WorkshopError("SmoothQuant's per-token INT8 activations are not the per-token grid compressed-tensors "
-                            "applies at run time (scale max|x| / 127.5 there, / 127 here).",
-                            "Quantize with static activation scales (--static-activations), or write the weights only.")
     schemes = {json.dumps(_scheme(m), sort_keys=True) for m in layers.values()}
     if len(schemes) > 1:
         raise WorkshopError("The packed layers use different grids (group sizes or symmetry).",

@@ -48,28 +48,46 @@ class Logits(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False).logits
 
 
+def check_opset(opset: int) -> None:
+    if opset < OPSET:
+        raise WorkshopError(f"opset {opset} has no blocked DequantizeLinear or INT4 type.",
+                            f"Export with opset {OPSET} or later (--opset {OPSET}; TensorRT 10 parses it).")
+
+
+def tensorrt_refusal(fmt: str, symmetric: bool = True, activations: str | None = None) -> tuple | None:
+    """What TensorRT's explicit quantization cannot take, the one list of it: (what is wrong, what to do)
+    for a layer stored as QuantLinear stores it (`fmt` "int4", "int8", "fp8" or "nf4"; zero points unless
+    `symmetric`; `activations` None, "int8_static", "fp8_static" or "int8_per_token"), None if it can.
+    check_exportable asks it of every packed layer; `workshop export` asks it of the layers its --method
+    will make, before any model loads (quant.presets.packed_form)."""
+    if fmt == "nf4":
+        return ("NF4 has no ONNX type and no TensorRT kernel",
+                "Quantize with INT4 (symmetric) for TensorRT: --method rtn|gptq|awq --bits 4 --symmetric "
+                "(RTNConfig(bits=4, symmetric=True)); NF4 is for bitsandbytes-style runtimes.")
+    if fmt == "int4" and not symmetric:
+        return ("INT4 with zero points (an asymmetric grid); TensorRT takes zero point 0 only",
+                "Quantize INT4 with a symmetric grid: --method rtn|gptq|awq --bits 4 --symmetric "
+                "(RTNConfig(bits=4, symmetric=True)).")
+    if activations == "int8_per_token":
+        return ("INT8 activations quantized per token at run time; TensorRT's explicit quantization takes static "
+                "per-tensor activation scales",
+                "Quantize with static activation scales: --method smoothquant --static-activations "
+                "(SmoothQuantConfig(activation_scales='static')), or export INT8/INT4 weight-only or FP8.")
+    return None
+
+
 def check_exportable(model, opset: int = OPSET) -> dict:
     """{module name: QuantLinear} of a packed model, after checking that TensorRT takes every layer."""
     from ..quant.qlinear import QuantLinear
-    if opset < OPSET:
-        raise WorkshopError(f"opset {opset} has no blocked DequantizeLinear or INT4 type.",
-                            f"Export with opset {OPSET} or later (TensorRT 10 parses it).")
+    check_opset(opset)
     if any(hasattr(m, "weight_format") for m in model.modules()):
         raise WorkshopError("The model is fake-quantized, not packed: its codes are not stored yet.",
                             "Pack it first (common.quant.qlinear.pack_quantized), or quantize with --out.")
     layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
     for name, layer in layers.items():
-        if layer.fmt == "nf4":
-            raise WorkshopError(f"{name} is NF4, which has no ONNX type and no TensorRT kernel.",
-                                "Quantize with INT4 (symmetric) for TensorRT; NF4 is for bitsandbytes-style runtimes.")
-        if layer.fmt == "int4" and not layer.int4_symmetric():
-            raise WorkshopError(f"{name} is INT4 with zero points (an asymmetric grid); TensorRT takes zero point 0 only.",
-                                "Quantize with a symmetric grid (e.g. --symmetric, RTNConfig(symmetric=True)).")
-        if layer.activations == "int8_per_token":
-            raise WorkshopError(f"{name} quantizes its activations per token at run time; TensorRT's explicit "
-                                "quantization takes static per-tensor activation scales.",
-                                "Quantize with SmoothQuantConfig(activation_scales='static') (--static-activations), "
-                                "or export INT8/INT4 weight-only or FP8.")
+        refusal = tensorrt_refusal(layer.fmt, layer.fmt != "int4" or layer.int4_symmetric(), layer.activations)
+        if refusal:
+            raise WorkshopError(f"{name}: {refusal[0]}.", refusal[1])
     return layers
 
 

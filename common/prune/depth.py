@@ -20,6 +20,11 @@ class DepthPruneConfig:
     layers_removed: int = 4  # how many decoder layers to drop (checked against the model's layer count)
     needs_calibration = True  # block importance: each layer's effect on the calibration hidden states
 
+    def __post_init__(self):
+        if not isinstance(self.layers_removed, int) or self.layers_removed < 0:
+            raise WorkshopError(f"DepthPruneConfig(layers_removed={self.layers_removed!r}) is not a number of layers.",
+                                "Give a count of 0 or more, e.g. 6 (prune --method depth --sparsity 0.2 on 30 layers).")
+
 
 @torch.no_grad()
 def block_importance(model, calib_batch: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import WorkshopError
-from ..calibration import linear_input_grams, linear_layers, walk_layers
+from ..calibration import linear_input_grams, linear_layers, require_calibration, walk_layers
 
 TARGETS = {"mlp": ("mlp.",), "attention": ("self_attn.",), "all": ("mlp.", "self_attn.")}
 
@@ -81,10 +81,7 @@ def factorized_linear(linear: nn.Linear, a: torch.Tensor, b: torch.Tensor) -> nn
 @torch.no_grad()
 def prune_lowrank(model, config: LowRankConfig, calib_batch=None, progress: bool = True):
     """Factorize the targeted linears of every decoder layer; returns the model (fewer parameters)."""
-    if config.needs_calibration and calib_batch is None:
-        raise WorkshopError("Activation-aware SVD needs calibration text and none was given.",
-                            "Pass calib_batch, or set activation_aware=False.")
-
+    require_calibration(config, calib_batch, instead="set activation_aware=False")
     if config.activation_aware:
         return walk_layers(model, calib_batch, lambda index, layer, hidden, kwargs: factorize_layer(
             layer, config, linear_input_grams(layer, hidden, kwargs).get), progress, desc="svd")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..calibration import require_calibration
 from ..errors import WorkshopError
 
 MODES = ("sparse_magnitude", "sparsegpt")
@@ -52,8 +53,7 @@ def _import_mts():
 
 def prune_modelopt(model, config: ModeloptSparsityConfig, calib_batch=None, progress: bool = True):
     """2:4-sparsify every linear modelopt selects (decoder projections) with modelopt; in place."""
-    if config.needs_calibration and calib_batch is None:
-        raise WorkshopError("modelopt's sparsegpt needs calibration data.", "Pass calib_batch.")
+    require_calibration(config, calib_batch, instead="use mode='sparse_magnitude'")
     mts = _import_mts()
     device = next(model.parameters()).device
     search = {"device": str(device)} if config.mode == "sparsegpt" else {}

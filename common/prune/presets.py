@@ -10,7 +10,6 @@ from .masks import check_sparsity, parse_pattern
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "width", "depth", "svd", "modelopt:sparse_magnitude",
            "modelopt:sparsegpt")
-NEEDS_CALIBRATION = ("wanda", "sparsegpt", "width", "depth", "svd", "modelopt:sparsegpt")
 
 
 def build_pruner(method: str, num_layers: int, sparsity: float | None = None, pattern: str | None = None,

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import WorkshopError
-from ..calibration import decoder_layers, input_channel_rms, mean_abs_output
+from ..calibration import decoder_layers, input_channel_rms, mean_abs_output, require_calibration
 
 IMPORTANCES = ("activation", "magnitude", "study")
 HEAD_GRANULARITIES = ("query", "group")
@@ -58,10 +58,7 @@ class WidthPruneConfig:
         return self.importance != "magnitude"
 
 
-def _validate(model, config: WidthPruneConfig, calib_batch) -> None:
-    if config.needs_calibration and calib_batch is None:
-        raise WorkshopError("Activation importance needs calibration text and none was given.",
-                            "Pass calib_batch (common.data.calibration_batch), or use importance='magnitude'.")
+def _check_model(model) -> None:
     if not hasattr(model, "model") or not hasattr(decoder_layers(model)[0], "mlp"):
         raise WorkshopError(f"{type(model).__name__} is not a Llama-style decoder (model.model.layers[i].mlp).",
                             "Width pruning here supports Llama, SmolLM2, Mistral and Qwen2-style models.")
@@ -145,7 +142,8 @@ def head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
 @torch.no_grad()
 def prune_width(model, config: WidthPruneConfig, calib_batch=None, progress: bool = True):
     """Remove MLP channels and attention heads in place; returns the (smaller) model."""
-    _validate(model, config, calib_batch)
+    require_calibration(config, calib_batch, instead="use importance='magnitude'")
+    _check_model(model)
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..calibration import linear_layers, record_linear_inputs, walk_layers
+from ..calibration import decoder_layers, linear_layers, record_linear_inputs, walk_layers
 from ..errors import WorkshopError
 from .formats import FP8_DTYPES, fake_quant_fp8
 from .storage import WeightFormat, mark_quantized, quantize_inputs_static
@@ -33,7 +33,7 @@ class FP8Config:
         return self.quantize_activations   # the static activation scales come from it; the weights' do not
 
 
-def quantize_fp8(model, config: FP8Config, calib_batch: torch.Tensor, progress: bool = True):
+def quantize_fp8(model, config: FP8Config, calib_batch: torch.Tensor | None = None, progress: bool = True):
     """FP8 weights per channel and (with calibration) FP8 activations per tensor, fake-quantized."""
     def quantize_layer(index, layer, hidden, kwargs):
         inputs = record_linear_inputs(layer, hidden, kwargs) if config.quantize_activations else {}
@@ -43,4 +43,8 @@ def quantize_fp8(model, config: FP8Config, calib_batch: torch.Tensor, progress: 
             if config.quantize_activations:
                 quantize_inputs_static(linear, inputs[name].abs().max().item(), config.fmt)
 
+    if not config.needs_calibration:   # weights only: no layer needs to see the calibration text
+        for index, layer in enumerate(decoder_layers(model)):
+            quantize_layer(index, layer, None, None)
+        return model
     return walk_layers(model, calib_batch, quantize_layer, progress, desc="FP8")

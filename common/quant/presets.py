@@ -7,7 +7,7 @@ METHODS = ("rtn", "gptq", "awq", "smoothquant", "fp8", "nf4")
 SUPPORTED_BITS = {"rtn": range(2, 9), "gptq": range(2, 9), "awq": range(2, 9), "smoothquant": (8,),
                   "fp8": (8,), "nf4": (4,)}
 DEFAULT_BITS = {"rtn": 4, "gptq": 4, "awq": 4, "smoothquant": 8, "fp8": 8, "nf4": 4}
-GROUPED = ("rtn", "gptq", "awq", "nf4")  # methods with a --group-size (NF4: its block size)
+GROUPED = ("rtn", "gptq", "awq", "nf4")  # methods with a --group-size
 
 
 SYMMETRIC_CHOICE = ("rtn", "gptq", "awq")  # integer grids with a zero point unless asked for a symmetric one
@@ -24,7 +24,7 @@ def method_and_config(method: str, bits: int | None = None, group_size: int | No
         from .modelopt_ptq import ModeloptConfig, quantize_modelopt
         config = ModeloptConfig(method.split(":", 1)[1])
         if bits is not None or group_size is not None:
-            raise WorkshopError(f"--method {method} fixes its own bits and block size.",
+            raise WorkshopError(f"--method {method} fixes its own bits and group size.",
                                 "Leave out --bits and --group-size with modelopt configurations.")
         return quantize_modelopt, config
     if method not in METHODS:
@@ -73,10 +73,27 @@ def method_and_config(method: str, bits: int | None = None, group_size: int | No
         from .fp8 import FP8Config, quantize_fp8
         return quantize_fp8, FP8Config()
     if group is None:
-        raise WorkshopError("NF4 quantizes blocks; --group-size 0 (per channel) does not apply.",
-                            "Give a block size such as 64.")
+        raise WorkshopError("NF4 scales groups of weights (QLoRA's blocks); --group-size 0 (per channel) does not apply.",
+                            "Give a group size such as 64.")
     from .nf4 import NF4Config, quantize_nf4
-    return quantize_nf4, NF4Config(block_size=group)
+    return quantize_nf4, NF4Config(group_size=group)
+
+
+def packed_form(config) -> tuple:
+    """(fmt, symmetric, activations) of the layers that quantizing with `config` and packing makes, in
+    QuantLinear's names, known before any model loads: what an exporter's refusals are asked about
+    (export.onnx.tensorrt_refusal, export.compressed_tensors.compressed_tensors_refusal)."""
+    from .fp8 import FP8Config
+    from .nf4 import NF4Config
+    from .smoothquant import SmoothQuantConfig
+    if isinstance(config, NF4Config):
+        return "nf4", True, None
+    if isinstance(config, FP8Config):
+        return "fp8", True, "fp8_static" if config.quantize_activations else None
+    if isinstance(config, SmoothQuantConfig):   # symmetric INT weights per channel
+        activations = "int8_static" if config.activation_scales == "static" else f"int{config.act_bits}_per_token"
+        return f"int{config.weight_bits}", True, activations
+    return f"int{config.bits}", config.symmetric, None   # RTN, GPTQ, AWQ: an integer grid, weights only
 
 
 def input_widths(model) -> list:
@@ -122,7 +139,7 @@ def lab02_table(mode: str) -> list:
             ("SmoothQuant W8A8 INT8 static", quantize_smoothquant,
              SmoothQuantConfig(activation_scales="static", smooth_down_proj=True), 8),
             ("FP8 E4M3 W8A8", quantize_fp8, FP8Config(), 8),
-            ("NF4 W4 block 64", quantize_nf4, NF4Config(block_size=64), 4),
+            ("NF4 W4 block 64", quantize_nf4, NF4Config(group_size=64), 4),
             ("RTN W2 g64", quantize_rtn, RTNConfig(bits=2, group_size=64), 2)]
     if mode == "full":  # a third GPTQ run costs minutes on a CPU
         rows.append(("GPTQ W2 g64", quantize_gptq, GPTQConfig(bits=2, group_size=64), 2))

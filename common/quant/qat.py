@@ -28,7 +28,7 @@ def fake_quantize(weight: torch.Tensor, config) -> torch.Tensor:
     """`weight` on the grid of `config` (NF4Config or RTNConfig), scales rounded to their stored type."""
     scale_dtype = stored_scale_dtype(weight.dtype)
     if isinstance(config, NF4Config):
-        return fake_quant_nf4(weight, config.block_size, scale_dtype)
+        return fake_quant_nf4(weight, config.group_size, scale_dtype)
     return fake_quant_int(weight, config.bits, config.group_size, config.symmetric, scale_dtype=scale_dtype)
 
 
