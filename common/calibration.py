@@ -8,8 +8,16 @@ are already edited, so each layer compensates the errors upstream; its outputs a
 the edit and become the next layer's inputs.
 
 Per linear, a method reads either the inputs X [tokens, in_features] themselves (AWQ's and
-SmoothQuant's searches) or only their Gram matrix X^T X (GPTQ's and SparseGPT's Hessian, whose
-diagonal holds Wanda's input norms), which stays small however many tokens are used.
+SmoothQuant's searches) or only their Gram matrix G = X^T X / n (Wanda's input norms on its diagonal),
+which stays small however many tokens are used. GPTQ and SparseGPT read the Hessian of the layer's
+squared output error, H = 2 X^T X / n = 2 G (the convention of both papers' code): one accumulator,
+`linear_input_grams`, serves all of them. The factor is immaterial to both, since they damp H by a
+fraction of its own mean diagonal: any positive multiple of H gives the same weights.
+
+Within a decoder layer, GPTQ and SparseGPT can also go group by group of linears ("true sequential"
+in their reference code, `hessians_in_layer_order`): the linears that read the attention's output or
+the MLP's product are then calibrated on the inputs that the already edited linears before them
+produce.
 """
 import torch
 from torch import nn
@@ -18,6 +26,12 @@ from tqdm.auto import tqdm
 from .errors import WorkshopError
 
 CHUNK = 8  # calibration sequences per forward: bounds the attention's memory on long batches
+
+
+# The linears of a Llama decoder layer grouped by the input they read, in the order the layer runs them:
+# the attention's normalized input, the attention's output, the MLP's normalized input, the MLP's product.
+SHARED_INPUTS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
+                 ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
 
 
 def decoder_layers(model) -> nn.ModuleList:
@@ -107,16 +121,57 @@ def record_linear_inputs(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, n
     return {name: torch.cat(xs) for name, xs in inputs.items()}
 
 
-def linear_input_grams(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> dict:
-    """{name: X^T X / n} (float32 [in, in]) for each linear of `layer`, accumulated chunk by chunk."""
+def linear_input_grams(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, names=None) -> dict:
+    """{name: X^T X / n} (float32 [in, in]) for each linear of `layer` (or those in `names`), accumulated
+    chunk by chunk."""
     sums, tokens = {}, {}
 
     def accumulate(name, x):
         sums[name] = x.T @ x + sums.get(name, 0)
         tokens[name] = tokens.get(name, 0) + x.shape[0]
 
-    _run_with_input_hooks(layer, hidden, kwargs, accumulate)
+    _run_with_input_hooks(layer, hidden, kwargs, accumulate, names)
     return {name: s / tokens[name] for name, s in sums.items()}
+
+
+def hessian(x: torch.Tensor) -> torch.Tensor:
+    """H = 2 X^T X / n for inputs X [n, in]: the Hessian of a linear's mean squared output error
+    ||X (W - Q)^T||^2 / n in each row of W (GPTQ's and SparseGPT's H)."""
+    x = x.float()
+    return 2 * x.T @ x / x.shape[0]
+
+
+def linear_input_hessians(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, names=None) -> dict:
+    """{name: H = 2 X^T X / n} for each linear of `layer` (or those in `names`), as `hessian` on all the
+    calibration inputs at once."""
+    return {name: 2 * gram for name, gram in linear_input_grams(layer, hidden, kwargs, names).items()}
+
+
+def check_true_sequential(config) -> None:
+    """For the configs of the methods that take `true_sequential` (GPTQ, SparseGPT): it is a bool."""
+    if not isinstance(config.true_sequential, bool):
+        raise WorkshopError(f"{type(config).__name__}(true_sequential={config.true_sequential!r}) is not True or "
+                            "False.",
+                            "Give True to calibrate each group of a layer's linears after the groups before it, "
+                            "False to calibrate them all on the layer's first pass.")
+
+
+def hessians_in_layer_order(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, true_sequential: bool):
+    """Yield (names, {name: H}) for each group of SHARED_INPUTS, in the order the layer runs them; the
+    caller edits (quantizes, prunes) a group's linears before it asks for the next group.
+
+    true_sequential=False: every H comes from one forward of the layer as it was. True: each group's H
+    comes from a forward of the layer as it is now, so o_proj sees the outputs of the edited q/k/v and
+    down_proj those of the edited gate/up (the reference implementations' --true-sequential)."""
+    linears = set(linear_layers(layer))
+    if linears != {name for names in SHARED_INPUTS for name in names}:
+        raise WorkshopError(f"This decoder layer's linears ({', '.join(sorted(linears))}) are not a Llama "
+                            "layer's q/k/v/o and gate/up/down projections, which calibration groups by input.",
+                            "Use a Llama-architecture model (SmolLM2, Llama, ...).")
+    every = None if true_sequential else linear_input_hessians(layer, hidden, kwargs)
+    for names in SHARED_INPUTS:
+        yield names, linear_input_hessians(layer, hidden, kwargs, names) if true_sequential else \
+            {name: every[name] for name in names}
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .errors import WorkshopError
 from .hardware import median_seconds
+from .quant.kernel_paths import marlin_for
 from .quant.qlinear import QuantLinear
 
 
@@ -146,7 +147,7 @@ class LeanLlamaStep(torch.nn.Module):
         where the compiled step's Inductor fuses the pieces with its own kernels.
         """
         if self.fused_linears and isinstance(layer, QuantLinear) and (act is None or self.silu_mlp) and \
-                (marlin := layer.marlin_for(x)) is not None:
+                (marlin := marlin_for(layer, x)) is not None:
             from kernels.marlin import w4a16_marlin
             out = w4a16_marlin(x, marlin.packed, marlin.splits_for(x), residual=residual, silu_mul=act is not None,
                                norm_weight=None if norm is None else norm.weight.to(x.dtype),

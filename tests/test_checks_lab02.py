@@ -188,7 +188,8 @@ def test_a_static_activation_scale_suffers_from_one_loud_token_and_smoothing_hel
 def test_input_statistics_and_the_awq_steps_run_on_a_model(tiny):
     import copy
 
-    from common.quant.awq_steps import SHARED_INPUTS, input_statistics, protect_salient, quantize_each_group
+    from common.calibration import SHARED_INPUTS
+    from common.quant.awq_steps import input_statistics, protect_salient, quantize_each_group
     model, _ = tiny
     batch = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     keep = (0, SHARED_INPUTS[3])

@@ -64,6 +64,10 @@ def test_eval_prints_protocol_with_number(capsys, tmp_path):
     (["quantize", "--model", "tiny-random", "--method", "gptq", "--calib-samples", "0"], "--calib-samples 0"),
     (["prune", "--model", "tiny-random", "--sparsity", "1.5"], "outside [0, 1)"),
     (["quantize", "--model", "tiny-random", "--method", "fp8", "--symmetric"], "--symmetric applies to"),
+    (["quantize", "--model", "tiny-random", "--method", "awq", "--true-sequential"], "--true-sequential applies to gptq"),
+    (["quantize", "--model", "tiny-random", "--table", "lab02", "--true-sequential"], "takes no"),
+    (["prune", "--model", "tiny-random", "--method", "wanda", "--true-sequential"], "--true-sequential applies to sparsegpt"),
+    (["prune", "--model", "tiny-random", "--table", "lab03", "--true-sequential"], "takes no --true-sequential"),
 ])
 def test_bad_input_exits_2_with_one_message(capsys, argv, message):
     assert main(argv) == 2

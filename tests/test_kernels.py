@@ -9,6 +9,7 @@ if not torch.cuda.is_available():
 
 from common.errors import WorkshopError  # noqa: E402
 from common.quant.layout import dequantize_int4, pack_int4  # noqa: E402
+from common.quant.kernel_paths import uses_triton_w4a16  # noqa: E402
 from common.quant.qlinear import QuantLinear  # noqa: E402
 from kernels.gemm_paths import quantize_int8_rows, quantize_rows  # noqa: E402
 from kernels.w4a16 import GEMM_CONFIGS, GEMV_CONFIGS, SMALL_M_CONFIGS, _run, candidate_configs, w4a16_matmul  # noqa: E402
@@ -28,7 +29,7 @@ def test_quant_linear_uses_the_kernel_where_it_can():
     linear = torch.nn.Linear(256, 64, bias=True).to(DEVICE)
     layer = QuantLinear.from_linear(linear.half(), "int4", group_size=128)
     x = torch.randn(3, 256).half().to(DEVICE)
-    assert layer.uses_kernel(x) == (DEVICE == "cuda")
+    assert uses_triton_w4a16(layer, x) == (DEVICE == "cuda")
     reference = x.float() @ layer.dequantized_weight().T + layer.bias.float()
     assert ((layer(x).float() - reference).norm() / reference.norm()) < 1e-2
 

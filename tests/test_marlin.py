@@ -293,7 +293,7 @@ def test_quantlinear_uses_the_kernel_up_to_64_rows(rows):
     w = layer.dequantized_weight(torch.bfloat16)
     ref = (x.double() @ w.double().T).float()
     out = layer(x)
-    assert (getattr(layer, "_marlin", None) is not None) == (rows <= 64)
+    assert (layer.marlin_cache is not None) == (rows <= 64)
     assert ((out.float() - ref).abs() <= _bound(x, w, ref, torch.bfloat16)).all()
 
 

@@ -9,13 +9,15 @@ from common.errors import WorkshopError
 from common.eval import perplexity
 from common.sizes import stored_bytes
 from common.quant.awq import AWQConfig, awq_layer, fold_scales, quantize_awq, scaling_groups
-from common.calibration import decoder_layers, first_layer_inputs, linear_layers, record_linear_inputs, run_layer
+from common.calibration import (decoder_layers, first_layer_inputs, hessian, linear_input_hessians, linear_layers,
+                                record_linear_inputs, run_layer)
+from common.prune.sparsegpt import SparseGPTConfig, sparsegpt_layer, sparsegpt_weight
 from common.quant.storage import true_bytes
 from common.cli import build_parser, main
 from common.quant.presets import method_and_config
-from common.quant.formats import fake_quant_int
+from common.quant.formats import fake_quant_int, relative_error
 from common.quant.fp8 import FP8Config, quantize_fp8
-from common.quant.gptq import GPTQConfig, gptq_quantize_weight, hessian, quantize_gptq
+from common.quant.gptq import GPTQConfig, gptq_layer, gptq_quantize_weight, quantize_gptq
 from common.quant.nf4 import NF4Config, quantize_nf4
 from common.quant.layer_study import eval_text_windows
 from common.quant.rtn import RTNConfig, quantize_rtn, rtn_into
@@ -116,6 +118,73 @@ def test_hessian_is_the_second_derivative_of_the_output_error():
     assert torch.allclose(H, H.T) and torch.linalg.eigvalsh(H).min() > -1e-4
     flat = torch.tensor([1.0, -1.0, 0, 0, 0, -1.0], dtype=torch.float64)   # x @ flat = 0 for every token
     assert float(flat @ H @ flat) == pytest.approx(0, abs=1e-4)
+
+
+def test_the_layer_walk_accumulates_the_hessian_of_all_calibration_inputs(tiny, calib):
+    """GPTQ and SparseGPT read H from one accumulator, chunk by chunk over the calibration batch: it is
+    `hessian` of every input the linear receives, taken at once."""
+    layer = decoder_layers(tiny[0])[0]
+    hidden, kwargs = first_layer_inputs(tiny[0], calib)
+    accumulated = linear_input_hessians(layer, torch.cat([hidden] * 3), kwargs)   # 12 sequences: two chunks
+    inputs = record_linear_inputs(layer, torch.cat([hidden] * 3), kwargs)
+    assert accumulated.keys() == inputs.keys() == linear_layers(layer).keys()
+    for name, x in inputs.items():
+        assert torch.allclose(accumulated[name], hessian(x), rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize("factor", [1e-6, 1e-3, 1e3, 1e6])
+def test_gptq_and_sparsegpt_do_not_depend_on_the_scale_of_h(factor):
+    """Both damp H by a fraction of its own mean diagonal, so H and any positive multiple of it (X^T X,
+    X^T X / n, 2 X^T X / n: the conventions in the literature) give the same weights, up to float32
+    rounding. An absolute damping would not: SparseGPT with H x factor + 0.01 I moves the weights by 12 to
+    26% (relative error) over these factors."""
+    x = correlated_inputs()
+    w = torch.randn(64, 128, generator=torch.Generator().manual_seed(1))
+    config = GPTQConfig(bits=3, group_size=32, block_size=32)
+    gptq, scaled = (gptq_quantize_weight(w, h, config)[0] for h in (hessian(x), factor * hessian(x)))
+    assert torch.equal(gptq, scaled)
+    pruned, scaled = (sparsegpt_weight(w, h, 0.5) for h in (hessian(x), factor * hessian(x)))
+    assert torch.equal(pruned == 0, scaled == 0) and relative_error(pruned, scaled) < 1e-4
+
+
+@pytest.mark.parametrize("method", ["gptq", "sparsegpt"])
+def test_true_sequential_fits_each_group_to_the_inputs_it_will_get(embedded_layer, method):
+    """In true-sequential order (the reference code's --true-sequential), o_proj's H is measured after
+    q/k/v are edited and down_proj's after gate/up, so each group is fitted to the inputs it will get:
+    the edited layer's output errs less on the calibration text than when every H comes from the float
+    layer. On held-out text the difference needs more calibration tokens than these 4 x 128 (where it is
+    noise of either sign): at quick mode's 16 x 512, GPTQ W3 and W4 layers erred 1-5% less there."""
+    layer, calib, _ = embedded_layer
+    errors = []
+    for true_sequential in (False, True):
+        edited = copy.deepcopy(layer)
+        if method == "gptq":
+            gptq_layer(edited, *calib, GPTQConfig(bits=3, group_size=64, true_sequential=true_sequential))
+        else:
+            sparsegpt_layer(edited, *calib, SparseGPTConfig(sparsity=0.5, true_sequential=true_sequential), 0.5)
+        errors.append(layer_error(layer, edited, calib))
+    one_pass, true_sequential = errors
+    assert true_sequential < 0.98 * one_pass
+
+
+@pytest.mark.parametrize("command, method", [("quantize", "gptq"), ("prune", "sparsegpt")])
+def test_true_sequential_from_the_command_line(command, method, monkeypatch):
+    import common.budgets
+    small = common.budgets.get_budget(calib_samples=2, calib_seqlen=32)
+    monkeypatch.setattr(common.budgets, "get_budget", lambda *a, **k: small)
+    for flag in ([], ["--true-sequential"]):
+        args = build_parser().parse_args([command, "--model", "tiny-random", "--method", method, "--json", *flag])
+        config = args.run(args).result["config"]
+        if command == "prune":   # the pruner's config as a dict, the quantizer's as its repr
+            assert config["true_sequential"] is bool(flag)
+        else:
+            assert f"true_sequential={bool(flag)}" in config
+
+
+def test_true_sequential_is_checked_when_the_config_is_made():
+    for make in (GPTQConfig, SparseGPTConfig):
+        with pytest.raises(WorkshopError, match=r"\(true_sequential='yes'\) is not True or False"):
+            make(true_sequential="yes")
 
 
 def _outputs(model, ids):

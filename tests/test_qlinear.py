@@ -5,8 +5,13 @@ import torch.nn.functional as F
 from common.errors import WorkshopError
 from common.sizes import stored_bytes
 from common.quant.formats import fake_quant_fp8, fake_quant_int, relative_error
+from common.quant import kernel_paths
+from common.quant.kernel_paths import MarlinCache, uses_low_precision_gemm
 from common.quant.layout import pack_int4, unpack_int4
+from common.quant.fp8 import FP8Config, quantize_fp8
+from common.quant.nf4 import NF4Config, quantize_nf4
 from common.quant.qlinear import QuantLinear, replace_linears
+from common.quant.rtn import RTNConfig, quantize_rtn
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +63,46 @@ def test_int8_and_fp8_match_fake_quant():
         qf = QuantLinear.from_linear(lin, "fp8", group_size)
         assert qf.qweight.dtype == torch.float8_e4m3fn
         assert torch.equal(qf.dequantized_weight(), fake_quant_fp8(lin.weight.detach(), "fp8_e4m3", group_size))
+
+
+PACKABLE = [(quantize_rtn, RTNConfig(bits=4, group_size=64), "int4"),
+            (quantize_rtn, RTNConfig(bits=4, group_size=64, symmetric=True), "int4"),
+            (quantize_rtn, RTNConfig(bits=8, group_size=None, symmetric=True), "int8"),
+            (quantize_fp8, FP8Config(quantize_activations=False), "fp8"),
+            (quantize_fp8, FP8Config(weight_group_size=-1, quantize_activations=False), "fp8"),
+            (quantize_nf4, NF4Config(), "nf4")]
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The bit patterns of a float tensor, -0.0 written as +0.0 (an integer code has no sign of zero)."""
+    return (t + 0.0).view({4: torch.int32, 2: torch.int16}[t.element_size()])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)  # fp16 and bf16 scales
+@pytest.mark.parametrize("quantize, config, fmt", PACKABLE, ids=lambda v: repr(v) if not callable(v) else "")
+def test_packed_weights_are_the_fake_quantized_ones_bit_for_bit(tiny, quantize, config, fmt, dtype):
+    """Lab 02's quantizers fake-quantize on the grids of common.quant.formats, and QuantLinear stores codes
+    on the same grids: packing the fake-quantized model gives back its weights bit for bit, in every dtype
+    (16-bit scales are rounded before the codes are chosen, on both sides), and so does quantizing the
+    float weights straight into a QuantLinear."""
+    import copy
+    from common.calibration import decoder_layers, linear_layers
+    from common.data import calibration_batch
+    from common.quant.qlinear import pack_quantized
+    model = copy.deepcopy(tiny[0]).to(dtype)
+    linears = {f"model.layers.{i}.{name}": lin for i, layer in enumerate(decoder_layers(model))
+               for name, lin in linear_layers(layer).items()}
+    floats = {name: copy.deepcopy(lin) for name, lin in linears.items()}
+    quantize(model, config, calibration_batch(tiny[1], 2, 32), progress=False)
+    fake = {name: lin.weight.detach().clone() for name, lin in linears.items()}
+    assert not any(torch.equal(fake[name], floats[name].weight) for name in fake)
+    packed = pack_quantized(model, progress=False)
+    for name, weight in fake.items():
+        layer = packed.get_submodule(name)
+        assert isinstance(layer, QuantLinear) and layer.fmt == fmt
+        assert torch.equal(bits(layer.dequantized_weight(dtype)), bits(weight)), name
+        direct = QuantLinear.from_linear(floats[name], fmt, layer.group_size, symmetric=getattr(config, "symmetric", False))
+        assert torch.equal(bits(direct.dequantized_weight(dtype)), bits(weight)), name
 
 
 def test_codes_handed_over_by_an_algorithm():
@@ -114,20 +159,19 @@ def test_replace_linears(tiny):
 @pytest.mark.parametrize("fmt, group_size, activations", [("int8", None, "int8_per_token"),
                                                           ("fp8", None, "fp8_static"), ("fp8", -1, "fp8_static")])
 @pytest.mark.parametrize("shape", [(2, 32), (1, 1), (1, 3)])  # prefill-like, and decode's rows padded to the kernels' M
-def test_low_precision_gemm_paths_match_the_reference(fmt, group_size, activations, shape):
+def test_low_precision_gemm_paths_match_the_reference(fmt, group_size, activations, shape, monkeypatch):
     lin = linear(256, 512).cuda().to(torch.bfloat16)
     x = torch.randn(*shape, 512, device="cuda", dtype=torch.bfloat16)
     scale = torch.tensor([x.abs().max().item() / 448], device="cuda") if fmt == "fp8" else None
     q = QuantLinear.from_linear(lin, fmt, group_size, activations=activations, input_scale=scale)
-    assert q.uses_low_precision_gemm()
+    assert uses_low_precision_gemm(q)
     fast = q(x)
     assert fast.shape == (*shape, 256)
-    q.uses_low_precision_gemm = lambda: False   # the dequantize-then-matmul reference
+    monkeypatch.setattr(kernel_paths, "uses_low_precision_gemm", lambda layer: False)   # the dequantize-then-matmul reference
     assert relative_error(q(x).float(), fast.float()) < 1e-2
 
 
 def test_marlin_cache_picks_the_slices_of_the_inputs_row_tile():
-    from common.quant.qlinear import MarlinCache
     cache = MarlinCache(key=(), packed=None, splits=(8, 6, 4, 2))  # one choice per 16-row tile of the kernel
     picked = {rows: cache.splits_for(torch.zeros(rows, 64)) for rows in (1, 16, 17, 32, 33, 48, 49, 64)}
     assert picked == {1: 8, 16: 8, 17: 6, 32: 6, 33: 4, 48: 4, 49: 2, 64: 2}

@@ -18,6 +18,9 @@ def add_arguments(p) -> None:
     p.add_argument("--pattern", help="N:M semi-structured sparsity, e.g. 2:4 (magnitude, wanda, sparsegpt)")
     p.add_argument("--heads-fraction", type=float, default=0.0, help="width: fraction of attention heads removed")
     p.add_argument("--importance", default="activation", help="width: activation (default) | magnitude")
+    p.add_argument("--true-sequential", action="store_true", help="sparsegpt: prune each decoder layer's linears "
+                   "group by group (q/k/v, o, gate/up, down), each on the inputs the groups before it, already "
+                   "pruned, produce (the reference code's --true-sequential)")
     p.add_argument("--eval", action="store_true", help="perplexity before and after on each evaluation text")
     p.add_argument("--out", help="write the pruned checkpoint here (atomically)")
     p.add_argument("--table", choices=["lab03"], help="run lab 03's main comparison (ours and modelopt's, "
@@ -46,10 +49,10 @@ def run(args) -> Output:
                             "Use --eval to measure it, or a method that keeps the architecture (width, depth, wanda...).")
     if args.out:
         check_new_output(args.out, example="pruned")
-    build_pruner(args.method, 1, args.sparsity, args.pattern, args.heads_fraction, args.importance)  # fail fast
+    options = (args.sparsity, args.pattern, args.heads_fraction, args.importance, args.true_sequential)
+    build_pruner(args.method, 1, *options)  # fail fast
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    function, config = build_pruner(args.method, model.config.num_hidden_layers, args.sparsity, args.pattern,
-                                    args.heads_fraction, args.importance)
+    function, config = build_pruner(args.method, model.config.num_hidden_layers, *options)
     calib = protocol.calibration(tokenizer, model=model) if config.needs_calibration else None
     result = {"method": args.method, "config": dict(vars(config)), "mode": get_budget().mode,
               "calibration": protocol.calibration_label() if calib is not None else None,
@@ -88,7 +91,7 @@ def table(args) -> Output:
     from ..prune.presets import lab03_table
     from ..tables import run_lab_table, table_text
     given = [f"--{name.replace('_', '-')}" for name in ("method", "sparsity", "pattern", "out") if getattr(args, name)
-             is not None]
+             is not None] + (["--true-sequential"] if args.true_sequential else [])
     if given:
         raise WorkshopError(f"--table runs lab 03's fixed list of methods; it takes no {', '.join(given)}.",
                             "Leave those out, or prune with one --method without --table.")

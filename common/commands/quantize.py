@@ -18,6 +18,9 @@ def add_arguments(p) -> None:
                    "layers; nf4: 64; 0: per channel)")
     p.add_argument("--symmetric", action="store_true", help="rtn/gptq/awq: a grid around zero without zero points "
                    "(TensorRT's INT4 takes only this; see workshop export)")
+    p.add_argument("--true-sequential", action="store_true", help="gptq: quantize each decoder layer's linears "
+                   "group by group (q/k/v, o, gate/up, down), each on the inputs the groups before it, already "
+                   "quantized, produce (the reference code's --true-sequential)")
     p.add_argument("--static-activations", action="store_true", help="smoothquant: one calibrated INT8 scale per "
                    "activation tensor instead of one per token at run time (TensorRT's form; also smooths down_proj)")
     p.add_argument("--eval", action="store_true", help="perplexity before and after on each evaluation text")
@@ -42,11 +45,11 @@ def run(args) -> Output:
     protocol = protocol_from(args)
     if args.out:
         check_new_output(args.out, example=f"{args.method.replace(':', '-')}-model")
-    method_and_config(args.method, args.bits, args.group_size, symmetric=args.symmetric,
-                      static_activations=args.static_activations)  # fails before the model loads
+    options = dict(symmetric=args.symmetric, static_activations=args.static_activations,
+                   true_sequential=args.true_sequential)
+    method_and_config(args.method, args.bits, args.group_size, **options)  # fails before the model loads
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    quantize, config = method_and_config(args.method, args.bits, args.group_size, model=model, symmetric=args.symmetric,
-                                         static_activations=args.static_activations)
+    quantize, config = method_and_config(args.method, args.bits, args.group_size, model=model, **options)
     calib = protocol.calibration(tokenizer, model=model) if config.needs_calibration else None
     result = {"method": args.method, "config": repr(config), "model": args.model, "mode": get_budget().mode,
               "calibration": protocol.calibration_label() if calib is not None else None}
@@ -92,9 +95,9 @@ def table(args) -> Output:
     from ..quant.presets import lab02_modelopt_configs, lab02_table
     from ..quant.storage import true_bytes
     from ..tables import run_lab_table, table_text
-    if args.method or args.bits is not None or args.group_size is not None or args.out:
-        raise WorkshopError("--table runs a fixed list of methods; it takes no --method, --bits, --group-size "
-                            "or --out.", "Leave those out, or quantize one method without --table.")
+    if args.method or args.bits is not None or args.group_size is not None or args.out or args.true_sequential:
+        raise WorkshopError("--table runs a fixed list of methods; it takes no --method, --bits, --group-size, "
+                            "--true-sequential or --out.", "Leave those out, or quantize one method without --table.")
     protocol = protocol_from(args, sweep=True)
     mode = get_budget().mode
     bits = {name: b for name, _, _, b in lab02_table(mode)} | {f"modelopt {n}": CONFIGS[n][0] for n in CONFIGS}

@@ -13,8 +13,9 @@ METHODS = ("magnitude", "wanda", "sparsegpt", "width", "depth", "svd", "modelopt
 
 
 def build_pruner(method: str, num_layers: int, sparsity: float | None = None, pattern: str | None = None,
-                 heads_fraction: float = 0.0, importance: str = "activation"):
-    """(function, config) for a method name; `sparsity` is the fraction removed (default 0.5)."""
+                 heads_fraction: float = 0.0, importance: str = "activation", true_sequential: bool = False):
+    """(function, config) for a method name; `sparsity` is the fraction removed (default 0.5).
+    `true_sequential`: SparseGPT prunes each group of a layer's linears after the groups before it."""
     from .depth import DepthPruneConfig, prune_depth
     from .lowrank import LowRankConfig, prune_lowrank
     from .magnitude import MagnitudeConfig, prune_magnitude
@@ -27,6 +28,8 @@ def build_pruner(method: str, num_layers: int, sparsity: float | None = None, pa
     if pattern and method not in ("magnitude", "wanda", "sparsegpt"):
         raise WorkshopError(f"--pattern applies to magnitude, wanda and sparsegpt, not {method}.",
                             "Leave --pattern out (modelopt is always 2:4), or pick one of those methods.")
+    if true_sequential and method != "sparsegpt":
+        raise WorkshopError(f"--true-sequential applies to sparsegpt, not {method}.", "Leave out --true-sequential.")
     if pattern or method.startswith("modelopt:"):
         n, m = parse_pattern(pattern or "2:4")
         if sparsity is not None and abs(sparsity - (m - n) / m) > 1e-9:
@@ -40,7 +43,8 @@ def build_pruner(method: str, num_layers: int, sparsity: float | None = None, pa
     if method in ("magnitude", "wanda", "sparsegpt"):
         function, config_type = {"magnitude": (prune_magnitude, MagnitudeConfig), "wanda": (prune_wanda, WandaConfig),
                                  "sparsegpt": (prune_sparsegpt, SparseGPTConfig)}[method]
-        return function, config_type(sparsity=sparsity, pattern=pattern)
+        options = {"true_sequential": true_sequential} if method == "sparsegpt" else {}
+        return function, config_type(sparsity=sparsity, pattern=pattern, **options)
     if method == "width":
         return prune_width, WidthPruneConfig(mlp_fraction=sparsity, heads_fraction=heads_fraction,
                                              importance=importance)

@@ -1,11 +1,11 @@
 """SparseGPT (Frantar & Alistarh, 2023): prune, and update the kept weights to repair the output.
 
-For one linear layer with inputs X (Gram matrix H = X^T X), removing weight w_q from a row costs
-w_q^2 / [H^-1]_qq in squared output error (Optimal Brain Surgeon), and the best repair moves the
-row's not-yet-processed weights by -(w_q / [H^-1]_qq) * H^-1[q, :]. SparseGPT walks the input columns
-left to right in blocks: it chooses the mask of a block by that cost, zeroes the pruned weights
-column by column while spreading each error onto the columns to its right, then pushes the block's
-accumulated error onto the rest of the matrix at once. The upper Cholesky factor of H^-1 gives the
+For one linear layer with inputs X (Hessian H = 2 X^T X / n, `calibration.hessian`), removing weight
+w_q from a row costs w_q^2 / (2 [H^-1]_qq) in mean squared output error (Optimal Brain Surgeon), and
+the best repair moves the row's not-yet-processed weights by -(w_q / [H^-1]_qq) * H^-1[q, :].
+SparseGPT walks the input columns left to right in blocks: it chooses the mask of a block by that
+cost, zeroes the pruned weights column by column while spreading each error onto the columns to its
+right, then pushes the block's accumulated error onto the rest of the matrix at once. The upper Cholesky factor of H^-1 gives the
 needed rows of the successive inverses without recomputing them.
 
 Unstructured, the mask of a block is chosen over all its rows at once, so rows already end up with
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..calibration import linear_input_grams, linear_layers, walk_layers
+from ..calibration import check_true_sequential, hessians_in_layer_order, walk_layers
 from .masks import SparsityConfig, apply_mask, check_sparsity
 from .row_sparsity import check_row_spread, mask_with_row_counts, trim_row_counts
 
@@ -26,32 +26,36 @@ class SparseGPTConfig(SparsityConfig):
     block_size: int = 128  # columns whose mask is chosen together (a multiple of M for N:M)
     damp: float = 0.01     # added to H's diagonal, as a fraction of its mean, to keep it invertible
     row_spread: float = 0.0  # > 0: each row's sparsity within target +- row_spread, lower for larger outputs
+    true_sequential: bool = False  # each group of a layer's linears calibrated on the outputs of the
+                                   # groups before it, already pruned (calibration.hessians_in_layer_order)
 
     def __post_init__(self):
         super().__post_init__()
         check_row_spread(self.row_spread, self.pattern)
+        check_true_sequential(self)
 
 
-def inverse_hessian_factor(gram: torch.Tensor, damp: float) -> torch.Tensor:
+def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1."""
-    h = gram.clone()
+    h = hessian.clone()
     h += damp * h.diagonal().mean() * torch.eye(h.size(0), device=h.device, dtype=h.dtype)
     h_inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
     return torch.linalg.cholesky(h_inv, upper=True)
 
 
 @torch.no_grad()
-def sparsegpt_weight(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, nm: tuple | None = None,
+def sparsegpt_weight(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, nm: tuple | None = None,
                      block_size: int = 128, damp: float = 0.01, row_counts: torch.Tensor | None = None) -> torch.Tensor:
-    """The pruned and repaired weight [out, in] (float32) of one linear layer; zeros where pruned.
-    `row_counts` [out]: how many weights each row loses (unstructured only), instead of `sparsity`."""
+    """The pruned and repaired weight [out, in] (float32) of one linear layer, given the input Hessian
+    H [in, in] (any positive multiple of it gives the same weight: the damping is relative); zeros where
+    pruned. `row_counts` [out]: how many weights each row loses (unstructured only), instead of `sparsity`."""
     check_sparsity(sparsity)
     w = weight.detach().float().clone()
-    gram = gram.float().clone()
-    dead = gram.diagonal() == 0  # inputs that never fire: their weights can go at no cost
-    gram[dead, dead] = 1
+    hessian = hessian.float().clone()
+    dead = hessian.diagonal() == 0  # inputs that never fire: their weights can go at no cost
+    hessian[dead, dead] = 1
     w[:, dead] = 0
-    u = inverse_hessian_factor(gram, damp)
+    u = inverse_hessian_factor(hessian, damp)
     cols = w.size(1)
     if nm and block_size % nm[1]:
         block_size = nm[1] * max(1, block_size // nm[1])
@@ -84,20 +88,27 @@ def sparsegpt_weight(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, 
 
 
 @torch.no_grad()
-def prune_sparsegpt(model, config: SparseGPTConfig, calib_batch, progress: bool = True):
-    config.validate(len(model.model.layers))
-    nm = config.nm()
-
-    def process(index, layer, hidden, kwargs):
-        sparsity = config.for_layer(index)
-        if sparsity == 0:
-            return
-        grams = linear_input_grams(layer, hidden, kwargs)
-        for name, linear in linear_layers(layer).items():
-            counts = (trim_row_counts(linear.weight, grams[name], sparsity, config.row_spread)
+def sparsegpt_layer(layer, hidden: torch.Tensor, kwargs: dict, config: SparseGPTConfig, sparsity: float) -> None:
+    """One decoder layer pruned to `sparsity` (N:M if the config has a pattern), in place, from the hidden
+    states `hidden` it receives on the calibration data."""
+    for names, hessians in hessians_in_layer_order(layer, hidden, kwargs, config.true_sequential):
+        for name in names:
+            linear = layer.get_submodule(name)
+            # (TRIM ranks rows by w^T G w: H = 2 G ranks them alike)
+            counts = (trim_row_counts(linear.weight, hessians[name], sparsity, config.row_spread)
                       if config.row_spread else None)
-            w = sparsegpt_weight(linear.weight, grams[name], sparsity, nm, config.block_size, config.damp, counts)
+            w = sparsegpt_weight(linear.weight, hessians[name], sparsity, config.nm(), config.block_size, config.damp,
+                                 counts)
             linear.weight.data.copy_(w.to(linear.weight.dtype))
             apply_mask(linear, w != 0, config.store_masks)
+
+
+@torch.no_grad()
+def prune_sparsegpt(model, config: SparseGPTConfig, calib_batch, progress: bool = True):
+    config.validate(len(model.model.layers))
+
+    def process(index, layer, hidden, kwargs):
+        if sparsity := config.for_layer(index):   # 0 skips the layer
+            sparsegpt_layer(layer, hidden, kwargs, config, sparsity)
 
     return walk_layers(model, calib_batch, process, progress, desc="sparsegpt")

@@ -20,13 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..calibration import CHUNK, decoder_layers, linear_layers
+from ..calibration import CHUNK, SHARED_INPUTS, decoder_layers, linear_layers
 from .awq import alpha_grid
 from .layer_study import rtn_weight
-
-# Linears of a Llama decoder layer that read one input (the same groups as AWQ's and GPTQ's).
-SHARED_INPUTS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
-                 ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
 
 
 @dataclass

@@ -60,19 +60,30 @@ def dequantize_int(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> 
     return (q - zero) * scale
 
 
-def fake_quant_int(w: torch.Tensor, bits: int, group_size: int | None = None, symmetric: bool = True,
-                   scale_dtype: torch.dtype | None = None, return_grid: bool = False):
-    """`w` rounded to a `bits`-bit integer grid at the given granularity, in `w`'s dtype and shape.
+def int_codes(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool,
+              scale_dtype: torch.dtype | None = None):
+    """(codes, scales, zero points) of `w` rounded to nearest on a `bits`-bit integer grid: codes
+    [groups, group_len] (signed when symmetric), scales and zero points [groups, 1] float32.
 
     `scale_dtype` (e.g. torch.float16) rounds the scales to the type they are stored in first, as a
-    packed layer does, so that the result is exactly what that layer computes. `return_grid` also
-    returns the scales and zero points, [rows, groups] float32 (what a packed layer stores).
+    packed layer stores them, so that the codes are the nearest ones for the scales actually stored.
     """
     groups = grouped(w, group_size).float()
     scale, zero = int_scale_zero(groups, bits, symmetric)
     if scale_dtype is not None:
         scale = scale.to(scale_dtype).float()
-    q = quantize_int(groups, scale, zero, bits, symmetric)
+    return quantize_int(groups, scale, zero, bits, symmetric), scale, zero
+
+
+def fake_quant_int(w: torch.Tensor, bits: int, group_size: int | None = None, symmetric: bool = True,
+                   scale_dtype: torch.dtype | None = None, return_grid: bool = False):
+    """`w` rounded to a `bits`-bit integer grid at the given granularity, in `w`'s dtype and shape.
+
+    `scale_dtype`: see `int_codes`; with it the result is exactly what a packed layer computes.
+    `return_grid` also returns the scales and zero points, [rows, groups] float32 (what a packed layer
+    stores).
+    """
+    q, scale, zero = int_codes(w, bits, group_size, symmetric, scale_dtype)
     w_hat = dequantize_int(q, scale, zero).reshape(w.shape).to(w.dtype)
     if not return_grid:
         return w_hat
@@ -130,38 +141,53 @@ def round_to_grid(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return grid.to(x.device, x.dtype)[nearest_index(x, grid)]
 
 
-def _absmax_fake_quant(w: torch.Tensor, group_size, grid_max: float, round_fn, scale_dtype=None) -> torch.Tensor:
-    """Scale each group so its largest |w| lands on the grid's largest value, round, scale back."""
+def absmax_scale(groups: torch.Tensor, grid_max: float, scale_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The scale [groups, 1] (float32) that puts each row's largest |w| of a [groups, group_len] tensor on
+    the grid's largest value; rounded to `scale_dtype` first where given (as a packed layer stores it)."""
+    scale = groups.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / grid_max
+    return scale if scale_dtype is None else scale.to(scale_dtype).float()
+
+
+def nf4_codes(w: torch.Tensor, group_size: int | None = 64, scale_dtype: torch.dtype | None = None):
+    """(codes, scales) of `w` on NF4: indices 0..15 into `nf4_levels()` [groups, group_len] and each
+    block's absmax scale [groups, 1] float32 (rounded to `scale_dtype` first, see `absmax_scale`)."""
     groups = grouped(w, group_size).float()
-    scale = groups.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / grid_max
-    if scale_dtype is not None:  # as stored by a packed layer (see fake_quant_int)
-        scale = scale.to(scale_dtype).float()
-    return (round_fn(groups / scale) * scale).reshape(w.shape).to(w.dtype)
+    scale = absmax_scale(groups, 1.0, scale_dtype)
+    return nearest_index(groups / scale, nf4_levels()), scale
 
 
 def fake_quant_nf4(w: torch.Tensor, group_size: int | None = 64, scale_dtype: torch.dtype | None = None) -> torch.Tensor:
     """NF4 with absmax block scaling (QLoRA uses blocks of 64)."""
-    levels = nf4_levels()
-    return _absmax_fake_quant(w, group_size, 1.0, lambda x: round_to_grid(x, levels), scale_dtype)
+    codes, scale = nf4_codes(w, group_size, scale_dtype)
+    return (nf4_levels().to(codes.device)[codes] * scale).reshape(w.shape).to(w.dtype)
 
 
-def fake_quant_fp8(w: torch.Tensor, fmt: str = "fp8_e4m3", group_size: int | None = -1) -> torch.Tensor:
-    """FP8 with amax scaling (per tensor by default), rounded by PyTorch's own cast.
+def fp8_codes(w: torch.Tensor, fmt: str = "fp8_e4m3", group_size: int | None = -1):
+    """(codes, scales) of `w` on an FP8 format: w / scale as values of that float8 type [groups, group_len],
+    and the amax scale of each group [groups, 1] float32 (one group per tensor by default).
 
-    The cast is what the hardware does (round to nearest even), so this is bit-exact with
+    PyTorch's cast rounds as the hardware does (to nearest even), so these are bit-exact with
     `(w / scale).to(torch.float8_e4m3fn)`; the clamp keeps rounding noise in `w / scale` from overflowing.
     """
     if fmt not in FP8_DTYPES:
         raise WorkshopError(f"Unknown FP8 format {fmt!r}.", f"Use one of {', '.join(FP8_DTYPES)}.")
-    dtype = FP8_DTYPES[fmt]
-    fmax = torch.finfo(dtype).max
-    return _absmax_fake_quant(w, group_size, fmax, lambda x: x.clamp(-fmax, fmax).to(dtype).float())
+    fmax = torch.finfo(FP8_DTYPES[fmt]).max
+    groups = grouped(w, group_size).float()
+    scale = absmax_scale(groups, fmax)
+    return (groups / scale).clamp(-fmax, fmax).to(FP8_DTYPES[fmt]), scale
+
+
+def fake_quant_fp8(w: torch.Tensor, fmt: str = "fp8_e4m3", group_size: int | None = -1) -> torch.Tensor:
+    """FP8 with amax scaling (per tensor by default), rounded by PyTorch's own cast (see `fp8_codes`)."""
+    codes, scale = fp8_codes(w, fmt, group_size)
+    return (codes.float() * scale).reshape(w.shape).to(w.dtype)
 
 
 def fake_quant_fp4(w: torch.Tensor, group_size: int | None = 32) -> torch.Tensor:
     """FP4 E2M1 elements with a full-precision absmax scale per group."""
-    grid = fp4_e2m1_values()
-    return _absmax_fake_quant(w, group_size, 6.0, lambda x: round_to_grid(x, grid))
+    groups = grouped(w, group_size).float()
+    scale = absmax_scale(groups, 6.0)
+    return (round_to_grid(groups / scale, fp4_e2m1_values()) * scale).reshape(w.shape).to(w.dtype)
 
 
 def fake_quant_nvfp4(w: torch.Tensor) -> torch.Tensor:

@@ -2,18 +2,19 @@
 column push its rounding error onto the columns not yet quantized, weighted by the inverse Hessian
 of the layer's output error, so that the layer's outputs (not its weights) stay close.
 
-For a linear layer with inputs X, the output error ||W X - Q X||^2 has Hessian H = 2 X^T X / n in
-every row of W. Rounding column i by err_i moves the best values of the later columns by
--err_i * Hinv[i, i:] / Hinv[i, i]. With U the upper Cholesky factor of H^-1 the same update reads
--(err_i / U[i, i]) * U[i, i:], and the rows of U are all that is ever needed. Updates are applied
-lazily: inside a block of 128 columns at once, to the rest of the matrix once per block.
+For a linear layer with inputs X, the output error ||W X - Q X||^2 / n has Hessian H = 2 X^T X / n
+in every row of W (`calibration.hessian`). Rounding column i by err_i moves the best values of the
+later columns by -err_i * Hinv[i, i:] / Hinv[i, i]. With U the upper Cholesky factor of H^-1 the
+same update reads -(err_i / U[i, i]) * U[i, i:], and the rows of U are all that is ever needed.
+Updates are applied lazily: inside a block of 128 columns at once, to the rest of the matrix once
+per block.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-from ..calibration import linear_input_grams, walk_layers
+from ..calibration import check_true_sequential, hessians_in_layer_order, walk_layers
 from .formats import check_int_grid, dequantize_int, int_scale_zero, quantize_int
 from .storage import WeightFormat, mark_quantized, stored_scale_dtype
 
@@ -27,10 +28,13 @@ class GPTQConfig:
     block_size: int = 128          # columns updated together before the rest of W is touched
     act_order: bool = True         # quantize columns with the largest H[i, i] (most input energy) first,
                                    # while many columns are left to absorb their error
+    true_sequential: bool = False  # each group of a layer's linears calibrated on the outputs of the
+                                   # groups before it, already quantized (calibration.hessians_in_layer_order)
     needs_calibration = True       # H comes from the calibration inputs
 
     def __post_init__(self):
         check_int_grid(self.bits, self.group_size)
+        check_true_sequential(self)
 
 
 @contextmanager
@@ -44,12 +48,6 @@ def _one_cpu_thread(device: torch.device):
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def hessian(x: torch.Tensor) -> torch.Tensor:
-    """H = 2 X^T X / n: the Hessian of the layer's squared output error ||W X - Q X||^2 / n in W's rows."""
-    x = x.float()
-    return 2 * x.T @ x / x.shape[0]
 
 
 @torch.no_grad()
@@ -108,23 +106,21 @@ def gptq_quantize_weight(weight: torch.Tensor, H: torch.Tensor, config: GPTQConf
     return Q[:, torch.argsort(perm)].to(weight.dtype), scales, zeros
 
 
-# Linears of a Llama decoder layer that read the same input: they share one Hessian, and since GPTQ
-# treats rows independently, stacking their weights into one matrix gives the same result in one pass.
-SHARED_INPUTS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
-                 ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
+def gptq_layer(layer, hidden: torch.Tensor, kwargs: dict, config: GPTQConfig) -> None:
+    """One decoder layer, in place, from the hidden states `hidden` it receives on the calibration data."""
+    # Linears that read one input share its H, and since GPTQ treats rows independently, stacking
+    # their weights into one matrix gives the same result in one pass.
+    for names, hessians in hessians_in_layer_order(layer, hidden, kwargs, config.true_sequential):
+        linears = [layer.get_submodule(name) for name in names]
+        stacked = torch.cat([linear.weight.data for linear in linears])
+        quantized, scales, zeros = gptq_quantize_weight(stacked, hessians[names[0]], config)
+        rows = [lin.out_features for lin in linears]
+        for linear, weight, scale, zero in zip(linears, quantized.split(rows), scales.split(rows), zeros.split(rows)):
+            linear.weight.data = weight.contiguous()
+            mark_quantized(linear, WeightFormat("int", config.bits, config.group_size, config.symmetric, scale, zero))
 
 
 def quantize_gptq(model, config: GPTQConfig, calib_batch: torch.Tensor, progress: bool = True):
     """GPTQ on every linear of the decoder, layer by layer on the calibration batch."""
-    def quantize_layer(index, layer, hidden, kwargs):
-        grams = linear_input_grams(layer, hidden, kwargs)  # X^T X / n, so H = 2 * gram (see hessian)
-        for names in SHARED_INPUTS:
-            linears = [layer.get_submodule(name) for name in names]
-            stacked = torch.cat([linear.weight.data for linear in linears])
-            quantized, scales, zeros = gptq_quantize_weight(stacked, 2 * grams[names[0]], config)
-            rows = [lin.out_features for lin in linears]
-            for linear, weight, scale, zero in zip(linears, quantized.split(rows), scales.split(rows), zeros.split(rows)):
-                linear.weight.data = weight.contiguous()
-                mark_quantized(linear, WeightFormat("int", config.bits, config.group_size, config.symmetric, scale, zero))
-
-    return walk_layers(model, calib_batch, quantize_layer, progress, desc="GPTQ")
+    return walk_layers(model, calib_batch, lambda index, layer, hidden, kwargs: gptq_layer(layer, hidden, kwargs, config),
+                       progress, desc="GPTQ")

@@ -14,11 +14,12 @@ SYMMETRIC_CHOICE = ("rtn", "gptq", "awq")  # integer grids with a zero point unl
 
 
 def method_and_config(method: str, bits: int | None = None, group_size: int | None = None, model=None,
-                      symmetric: bool = False, static_activations: bool = False):
+                      symmetric: bool = False, static_activations: bool = False, true_sequential: bool = False):
     """(quantize function, its config) for a method name, or a WorkshopError saying what is wrong.
     `group_size` None takes the default for `model` (`default_group_size`); 0 means per channel.
     `symmetric`: an integer grid around zero, without zero points (what TensorRT's INT4 takes).
-    `static_activations`: SmoothQuant with one calibrated activation scale per tensor (TensorRT's INT8)."""
+    `static_activations`: SmoothQuant with one calibrated activation scale per tensor (TensorRT's INT8).
+    `true_sequential`: GPTQ calibrates each group of a layer's linears after the groups before it."""
     if method.startswith("modelopt:"):
         from .modelopt_ptq import ModeloptConfig, quantize_modelopt
         config = ModeloptConfig(method.split(":", 1)[1])
@@ -39,6 +40,10 @@ def method_and_config(method: str, bits: int | None = None, group_size: int | No
     if symmetric and method not in SYMMETRIC_CHOICE:
         raise WorkshopError(f"--symmetric applies to {', '.join(SYMMETRIC_CHOICE)}; {method} fixes its own grid.",
                             "Leave out --symmetric.")
+    if true_sequential and method != "gptq":
+        raise WorkshopError(f"--true-sequential applies to gptq; {method} " +
+                            ("calibrates each layer in one pass." if method in ("awq", "smoothquant", "fp8") else
+                             "reads no calibration data."), "Leave out --true-sequential.")
     if static_activations and method != "smoothquant":
         raise WorkshopError(f"--static-activations applies to smoothquant; {method} " +
                             ("calibrates static activation scales already." if method == "fp8" else
@@ -56,7 +61,7 @@ def method_and_config(method: str, bits: int | None = None, group_size: int | No
         return quantize_rtn, RTNConfig(bits=bits, group_size=group, symmetric=symmetric)
     if method == "gptq":
         from .gptq import GPTQConfig, quantize_gptq
-        return quantize_gptq, GPTQConfig(bits=bits, group_size=group, symmetric=symmetric)
+        return quantize_gptq, GPTQConfig(bits=bits, group_size=group, symmetric=symmetric, true_sequential=true_sequential)
     if method == "awq":
         from .awq import AWQConfig, quantize_awq
         return quantize_awq, AWQConfig(bits=bits, group_size=group, symmetric=symmetric)

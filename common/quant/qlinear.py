@@ -10,10 +10,11 @@ token computed at run time), "int8_static" (SmoothQuant with one calibrated floa
 form TensorRT's explicit quantization takes) or "fp8_static" (one calibrated float32 `input_scale`).
 
 Everything is a buffer, so `stored_bytes`, `state_dict()` and `save_pretrained` see what is stored.
+Which kernel computes the output on a GPU is `common.quant.kernel_paths`'s choice; elsewhere the layer
+dequantizes its weight and multiplies.
 `pack_quantized(model)` turns the fake-quantized linears of lab 02's methods into these layers.
 """
 import warnings
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -21,8 +22,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import WorkshopError
-from .formats import (fake_quant_int, grouped, int_scale_zero, nearest_index, nf4_levels, quantize_int, quantize_static,
-                      static_scale)
+from .formats import fake_quant_int, fp8_codes, int_codes, nf4_codes, nf4_levels, quantize_static, static_scale
+from .kernel_paths import kernel_output
 from .layout import dequantize_int4, pack_int4, unpack_int4
 from .storage import stored_scale_dtype
 
@@ -30,17 +31,6 @@ QUANT_LINEAR_FORMATS = ("int4", "int8", "fp8", "nf4")
 ACTIVATIONS = (None, "int8_per_token", "int8_static", "fp8_static")
 ACTIVATION_FORMAT = {"int8_per_token": "int8", "int8_static": "int8", "fp8_static": "fp8"}
 STATIC_GRID = {"int8_static": "int8", "fp8_static": "fp8_e4m3"}   # the format of formats.quantize_static
-class MarlinCache(NamedTuple):
-    key: tuple          # (tensor versions, device, dtype, data pointer) it was made from
-    packed: object      # kernels.marlin.MarlinWeight
-    splits: tuple       # K slices for 1-16, 17-32, 33-48 and 49-64 rows (kernels.marlin.choose_splits)
-
-    def splits_for(self, x: torch.Tensor) -> int:
-        return self.splits[(x.numel() // x.shape[-1] - 1) // 16]
-
-
-KERNEL_MAX_ROWS = 16  # above this, dequantize + cuBLAS beats the Triton kernel (kernels/RESULTS.md)
-MARLIN_MAX_ROWS = 64  # the CUDA kernel's limit; up to it, it beats dequantize + cuBLAS (kernels/marlin/NOTES.md)
 
 
 class QuantLinear(nn.Module):
@@ -82,6 +72,7 @@ class QuantLinear(nn.Module):
             if activations == "fp8_static":
                 self.register_buffer("input_scale", torch.ones(1, device=device))
         self.register_buffer("bias", torch.zeros(N, dtype=dtype, device=device) if bias else None)
+        self.marlin_cache = None   # the INT4 codes as the Marlin-style kernel reads them (kernel_paths.marlin_weight)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, fmt: str = "int4", group_size: int | None = 128,
@@ -109,28 +100,20 @@ class QuantLinear(nn.Module):
 
     @torch.no_grad()
     def quantize_weight(self, w: torch.Tensor, symmetric: bool = False):
-        """Round-to-nearest codes, scales and zeros of `w`, with scales rounded to their stored dtype first
-        so that the codes are the nearest ones for the scales actually stored (as `fake_quant_int` with
-        `scale_dtype`)."""
-        if self.fmt == "fp8":
-            fmax = torch.finfo(torch.float8_e4m3fn).max
-            amax = grouped(w, self.group_size).float().abs().amax(dim=1, keepdim=True)
-            scale = amax.clamp(min=1e-12) / fmax
-            return (w.float().reshape(scale.shape[0], -1) / scale).reshape(w.shape).clamp(-fmax, fmax), scale, None
+        """Round-to-nearest codes, scales and zeros of `w` as `store` takes them: the grids of
+        `common.quant.formats`, with scales rounded to their stored dtype first, as the fake quantizers
+        round them, so that a packed layer computes exactly what its fake-quantized linear did."""
+        if self.fmt == "fp8":   # FP8 scales stay float32
+            codes, scale = fp8_codes(w, "fp8_e4m3", self.group_size)
+            return codes.reshape(w.shape), scale.reshape(self.scales.shape), None
         if self.fmt == "nf4":
-            blocks = grouped(w, self.group_size).float()
-            scale = blocks.abs().amax(dim=1, keepdim=True).clamp(min=1e-12).to(self.scales.dtype).float()
-            levels = nf4_levels().to(w.device)
-            codes = nearest_index(blocks / scale, levels)
-            return codes.reshape(w.shape), scale.reshape(w.shape[0], -1), None
-        bits, group = (4, self.group_size) if self.fmt == "int4" else (8, None)
+            codes, scale = nf4_codes(w, self.group_size, self.scales.dtype)
+            return codes.reshape(w.shape), scale.reshape(self.scales.shape), None
+        bits = 4 if self.fmt == "int4" else 8
         symmetric = symmetric or self.fmt == "int8"  # INT8 stores no zero points
-        groups = grouped(w, group).float()
-        scale, zero = int_scale_zero(groups, bits, symmetric)
-        scale = scale.to(self.scales.dtype).float()
-        q = quantize_int(groups, scale, zero, bits, symmetric)
-        N = w.shape[0]
-        return q.reshape(w.shape), scale.reshape(N, -1), (None if self.fmt == "int8" else zero.reshape(N, -1))
+        codes, scale, zero = int_codes(w, bits, self.group_size, symmetric, self.scales.dtype)
+        zeros = None if self.fmt == "int8" else zero.reshape(self.scales.shape)
+        return codes.reshape(w.shape), scale.reshape(self.scales.shape), zeros
 
     @torch.no_grad()
     def store(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None) -> None:
@@ -173,107 +156,14 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        rows = x.numel() // x.shape[-1]
-        if (marlin := self.marlin_for(x)) is not None:
-            # Few rows (decode, small batches) on a GPU: the CUDA kernel on the repacked codes.
-            from kernels.marlin import w4a16_marlin
-            out = w4a16_marlin(x, marlin.packed, marlin.splits_for(x))
-            return out if bias is None else out + bias
-        if self.fmt == "int4" and self.uses_kernel(x) and rows <= KERNEL_MAX_ROWS:
-            # Few rows (decode): the fused Triton W4A16 kernel reads the 4-bit codes directly.
-            from kernels.w4a16 import w4a16_matmul
-            out = w4a16_matmul(x, self.qweight, self.scales, self.zeros, self.group_size)  # 16-bit scales, any of the two
-            return out if bias is None else out + bias
-        if self.activations and self.uses_low_precision_gemm():
-            out = self.low_precision_gemm(x.reshape(rows, -1)).reshape(*x.shape[:-1], -1).to(x.dtype)
+        if (out := kernel_output(self, x)) is not None:   # a GPU kernel that takes this layer and input
             return out if bias is None else out + bias
         if self.activations == "int8_per_token":
-            x = fake_quant_int(x.reshape(rows, -1), 8, None, True).reshape(x.shape)
+            x = fake_quant_int(x.reshape(-1, x.shape[-1]), 8, None, True).reshape(x.shape)
         elif self.activations in ("int8_static", "fp8_static"):  # in float32, as the hooks of fake quantization
             x = quantize_static(x, self.input_scale, STATIC_GRID[self.activations])
-        # Reference path, and many rows (prefill): dequantize once, then a dense tensor-core matmul.
+        # The reference, and many rows (prefill): dequantize once, then a dense tensor-core matmul.
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
-
-    def uses_low_precision_gemm(self) -> bool:
-        """INT8 or FP8 tensor cores: on a GPU that has them, for shapes their PyTorch kernels take.
-        Static INT8 scales are for exporting to TensorRT: here they take the reference path."""
-        if not self.qweight.is_cuda or self.activations == "int8_static":
-            return False
-        capability = torch.cuda.get_device_capability(self.qweight.device)
-        needed = (7, 5) if self.activations == "int8_per_token" else (8, 9)
-        if capability < needed:  # said once per process (Python shows a warning once per place)
-            warnings.warn(f"This GPU (sm_{capability[0]}{capability[1]}) has no {self.fmt.upper()} tensor cores "
-                          f"(sm_{needed[0]}{needed[1]}+): QuantLinear computes {self.activations} layers with the "
-                          "dequantize-then-matmul reference instead (same numbers, no speed-up).")
-            return False
-        if self.activations == "int8_per_token":
-            return self.in_features % 8 == 0 and self.out_features % 8 == 0
-        return self.in_features % 16 == 0 and self.out_features % 16 == 0
-
-    def low_precision_gemm(self, x: torch.Tensor) -> torch.Tensor:
-        # The tensor-core kernels take M > 16 (INT8) or M a multiple of 16 (FP8): decode's few rows are
-        # padded with zero rows, which costs little since the time goes into reading the weight.
-        rows = x.shape[0]
-        padded = max(rows + (-rows) % 8, 24) if self.activations == "int8_per_token" else rows + (-rows) % 16
-        if padded != rows:
-            x = F.pad(x, (0, 0, 0, padded - rows))
-        return self._tensor_core_gemm(x)[:rows]
-
-    def _tensor_core_gemm(self, x: torch.Tensor) -> torch.Tensor:
-        if self.activations == "int8_per_token":
-            from kernels.gemm_paths import int8_linear
-            return int8_linear(x, self.qweight, self.scales.float())
-        from kernels.gemm_paths import quantize_rows
-        x_fp8, _ = quantize_rows(x.contiguous(), torch.float8_e4m3fn, self.input_scale)  # static scale, one pass
-        if self.scales.numel() == 1:
-            return torch._scaled_mm(x_fp8, self.qweight.t(), scale_a=self.input_scale, scale_b=self.scales.view(()),
-                                    out_dtype=torch.bfloat16)
-        # per-channel weight scales: row-wise scaling, which wants a scale for every row of x too
-        scale_a = self.input_scale.expand(x.shape[0], 1).contiguous()
-        return torch._scaled_mm(x_fp8, self.qweight.t(), scale_a=scale_a, scale_b=self.scales.view(1, -1),
-                                out_dtype=torch.bfloat16)
-
-    def marlin_for(self, x: torch.Tensor):
-        """`marlin_weight(x)` where forward(x) runs the Marlin-style kernel (INT4 codes, at most 64 rows of
-        input), else None."""
-        rows = x.numel() // x.shape[-1]
-        return self.marlin_weight(x) if self.fmt == "int4" and rows <= MARLIN_MAX_ROWS else None
-
-    def marlin_weight(self, x: torch.Tensor):
-        """The codes, scales and zeros repacked for the Marlin-style CUDA kernel (kernels/marlin), with the
-        K slices it runs, for inputs like `x`; None where the kernel does not apply (CPU, float32, a shape
-        or group it does not take, non-integer zeros, no nvcc to build it), so forward takes another path.
-
-        Kept beside the plain layout (which checkpoints and exports read), not in the state dict, and
-        repacked when the plain tensors change (tensor versions) or x's device or dtype differs. Under
-        torch.compile only a repacking made by an earlier eager call is used (the first eager forward,
-        e.g. prefill, makes it)."""
-        cached = getattr(self, "_marlin", None)
-        if torch.compiler.is_compiling():
-            return cached if cached is not None and cached.key[1:3] == (x.device, x.dtype) else None
-        if not (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)):
-            return None
-        key = (tuple(t._version for t in (self.qweight, self.scales, self.zeros)), x.device, x.dtype,
-               self.qweight.data_ptr())
-        if cached is not None and cached.key == key:
-            return cached
-        from kernels import marlin
-        group = self.in_features if self.group_size in (None, -1) else self.group_size
-        try:
-            marlin.check_shapes(self.out_features, self.in_features, group)
-        except WorkshopError:
-            return None
-        if not torch.equal(self.zeros, self.zeros.round()) or not marlin.usable(x.device):
-            return None
-        packed = marlin.repack(self.qweight, self.scales.to(x.dtype), self.zeros.to(x.dtype), group)
-        splits = tuple(marlin.choose_splits(self.out_features, self.in_features, group, rows, 0, x.device, x.dtype)
-                       for rows in range(16, MARLIN_MAX_ROWS + 1, 16))
-        self._marlin = MarlinCache(key, packed, splits)
-        return self._marlin
-
-    def uses_kernel(self, x: torch.Tensor) -> bool:
-        g = self.group_size or 0
-        return (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and g >= 32 and g & (g - 1) == 0)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, fmt={self.fmt}, "

@@ -2,8 +2,9 @@
 exact inverse, a pure-PyTorch model of what the kernel computes, and the loader of the extension.
 
 QuantLinear uses it on CUDA for INT4 layers with at most 64 rows of input (decode, small batches), its
-repacked weight kept beside the plain layout (`QuantLinear.marlin_weight`); NOTES.md has its speed and
-what limits it; `workshop bench-kernels` times it beside the other paths (its "Marlin" column).
+repacked weight kept beside the plain layout (`common.quant.kernel_paths.marlin_weight`); NOTES.md has
+its speed and what limits it; `workshop bench-kernels` times it beside the other paths (its "Marlin"
+column).
 
 Repacked layout, for the weight of a QuantLinear (N = out_features, K = in_features, groups of g along K):
   qweight  int32 [K // 64, 8 * N]: per K tile of 64 and per block of 16 output columns, 32 lanes x 4
