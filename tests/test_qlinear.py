@@ -177,3 +177,22 @@ def test_marlin_cache_picks_the_slices_of_the_inputs_row_tile():
     assert picked == {1: 8, 16: 8, 17: 6, 32: 6, 33: 4, 48: 4, 49: 2, 64: 2}
     assert cache.splits_for(torch.zeros(2, 3, 64)) == 8  # leading dimensions are rows too: 6 of them
     assert cache.splits_for(torch.zeros(2, 9, 64)) == 6  # 18 rows
+
+
+
+@pytest.mark.parametrize("fmt, bits, group_size, symmetric", [("int4", 4, 64, False), ("int4", 4, 64, True),
+                                                              ("int8", 8, None, True), ("nf4", 4, 64, True)])
+def test_a_group_of_zeros_stays_zero_fake_and_packed(fmt, bits, group_size, symmetric):
+    """An all-zero group has a scale below fp16's range: rounded to 0 it made 0/0 codes (NaN weights in
+    the fake-quantized float32 model, zeros in the packed one). Both sides now give the same exact zeros."""
+    from common.quant.formats import fake_quant_nf4
+    lin = linear()
+    zeros = (3, slice(0, group_size))   # one group, or a whole row per channel (group_size None)
+    with torch.no_grad():
+        lin.weight[zeros] = 0
+    w = lin.weight.detach()
+    fake = (fake_quant_nf4(w, group_size, scale_dtype=torch.float16) if fmt == "nf4" else
+            fake_quant_int(w, bits, group_size, symmetric=symmetric, scale_dtype=torch.float16))
+    assert torch.isfinite(fake).all() and (fake[zeros] == 0).all()
+    packed = QuantLinear.from_linear(lin, fmt, group_size, symmetric=symmetric)
+    assert torch.equal(packed.dequantized_weight(torch.float32) + 0.0, fake + 0.0), fmt

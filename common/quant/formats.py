@@ -48,6 +48,16 @@ def int_scale_zero(w: torch.Tensor, bits: int, symmetric: bool):
     return scale, zero
 
 
+def rounded_scale(scale: torch.Tensor, scale_dtype: torch.dtype | None) -> torch.Tensor:
+    """`scale` (float32) rounded to the type it is stored in, where given. A group of zeros has a scale
+    below 16-bit floats' range, which rounds to 0 and would make its codes 0/0: any positive scale
+    codes such a group exactly (all codes at the zero point), so it gets 1."""
+    if scale_dtype is None:
+        return scale
+    scale = scale.to(scale_dtype).float()
+    return torch.where(scale == 0, torch.ones_like(scale), scale)
+
+
 def quantize_int(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, symmetric: bool):
     """Integer codes of `w` (same grouping as `scale`); round to nearest, clamp to the grid."""
     if symmetric:
@@ -70,8 +80,7 @@ def int_codes(w: torch.Tensor, bits: int, group_size: int | None, symmetric: boo
     """
     groups = grouped(w, group_size).float()
     scale, zero = int_scale_zero(groups, bits, symmetric)
-    if scale_dtype is not None:
-        scale = scale.to(scale_dtype).float()
+    scale = rounded_scale(scale, scale_dtype)
     return quantize_int(groups, scale, zero, bits, symmetric), scale, zero
 
 
@@ -145,7 +154,7 @@ def absmax_scale(groups: torch.Tensor, grid_max: float, scale_dtype: torch.dtype
     """The scale [groups, 1] (float32) that puts each row's largest |w| of a [groups, group_len] tensor on
     the grid's largest value; rounded to `scale_dtype` first where given (as a packed layer stores it)."""
     scale = groups.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / grid_max
-    return scale if scale_dtype is None else scale.to(scale_dtype).float()
+    return rounded_scale(scale, scale_dtype)
 
 
 def nf4_codes(w: torch.Tensor, group_size: int | None = 64, scale_dtype: torch.dtype | None = None):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..calibration import check_true_sequential, hessians_in_layer_order, walk_layers
-from .formats import check_int_grid, dequantize_int, int_scale_zero, quantize_int
+from .formats import check_int_grid, dequantize_int, int_scale_zero, quantize_int, rounded_scale
 from .storage import WeightFormat, mark_quantized, stored_scale_dtype
 
 
@@ -59,7 +59,7 @@ def gptq_quantize_weight(weight: torch.Tensor, H: torch.Tensor, config: GPTQConf
 
     def grid(w):
         scale, zero = int_scale_zero(w, config.bits, config.symmetric)
-        return scale.to(scale_dtype).float(), zero
+        return rounded_scale(scale, scale_dtype), zero
 
     W = weight.detach().clone().float()
     H = H.clone().float()
