@@ -14,7 +14,9 @@ bar, so a row name may hold a bare "|"):
                              "note:K" (the K-th part of the row's note, parts separated by ", " or "; ", e.g. the
                              "116.4 MB" of "116.4 MB, 1.6 s"), "in-note" or "in-note SPEC" (the one
                              number the row's note holds, e.g. "first third dense: 38.14")
-  {{ LAB | @device }}        the run's device; @date (its day) and @mode likewise
+  {{ LAB | @device }}        the run's device; @date (its day) and @mode likewise; @runtime: how long
+                             LAB's last recorded full-mode run took, and on which GPU (reports/timings.json,
+                             README's table)
   {{ check | LAB | WHAT | < | LAB | WHAT }}   "holds" if the first value is below the second (or
                              ">": above; the second may be a number, or "LAB | WHAT | in-note"), else
                              "does not hold here": a verdict the numbers decide
@@ -45,7 +47,7 @@ from pathlib import Path
 
 from .errors import WorkshopError
 from .paths import REPO_ROOT
-from .reports import figure_path
+from .reports import duration, figure_path
 
 SLIDES = REPO_ROOT / "slides"
 PLACEHOLDER = re.compile(r"\{\{\s*(.*?)\s*\}\}")
@@ -157,9 +159,11 @@ def _value(results: dict, source: Path, fields: list) -> str:
     lab, what, spec = fields[0], fields[1], (fields[2] if len(fields) > 2 else None)
     if what.startswith("@"):
         run = _run(results, source, lab)
+        if what == "@runtime":
+            return full_mode_runtime(lab)
         meta = {"@device": run.get("device"), "@mode": run.get("mode"), "@date": str(run.get("date", ""))[:10]}
         if what not in meta:
-            raise KeyError(f"{lab} | {what}: use @device, @date or @mode")
+            raise KeyError(f"{lab} | {what}: use @device, @date, @mode or @runtime")
         return str(meta[what])
     row = _row_value(results, source, lab, what)
     if spec and spec.startswith("note:"):
@@ -218,6 +222,15 @@ def _takeaways(results: dict, match) -> str:
     if len(computed) != 3:
         return match.group(2)
     return "".join(f"{k}. {t}\n" for k, t in enumerate(computed, start=1))
+
+
+def full_mode_runtime(lab: str) -> str:
+    """'17 min (NVIDIA H200)': LAB's last recorded full-mode run time, as README's table gives it."""
+    from .reproduce import recorded_timings
+    timing = recorded_timings("full").get(lab)
+    if timing is None:
+        raise KeyError(f"{lab} | @runtime: no full-mode run of {lab} in reports/timings.json")
+    return f"{duration(timing['seconds'])} ({timing['device'].split(' (')[0]})"
 
 
 def fill(text: str, results: dict, source: Path) -> tuple:

@@ -235,3 +235,15 @@ def test_a_lab_whose_run_lacks_a_row_the_decks_read_comes_whole_from_the_fallbac
     assert len(build(source, tmp_path / "out", RECORD)) == len(decks())
     with pytest.raises(WorkshopError, match="SparseGPT 2:4, wiki"):   # no fallback: the missing row is named
         build(source, tmp_path / "out2")
+
+
+def test_runtime_is_the_recorded_full_mode_time_of_the_lab(tmp_path, monkeypatch):
+    """A deck types no run time: {{ LAB | @runtime }} reads the lab's last full-mode run from timings.json."""
+    monkeypatch.setenv("WORKSHOP_REPORTS", str(tmp_path))
+    (tmp_path / "timings.json").write_text(json.dumps(
+        {"full": {"lab": {"seconds": 1181, "device": "NVIDIA H200 (sm_90, CUDA 13.0)", "date": "2026-12-03"}}}))
+    filled, problems = fill("Run All takes {{ lab | @runtime }}.", RESULTS, tmp_path)
+    assert problems == [] and filled == "Run All takes 20 min (NVIDIA H200)."
+    (tmp_path / "timings.json").write_text(json.dumps({"full": {}}))
+    _, problems = fill("{{ lab | @runtime }}", RESULTS, tmp_path)
+    assert len(problems) == 1 and "no full-mode run of lab" in problems[0]
