@@ -319,7 +319,7 @@ def _prune(model, step: WidthPrune, calib, quantizer):
     the rounding forward pass is put back."""
     from .prune.width import WidthPruneConfig, prune_width
     from .quant.qat import finish_qat, is_qat, prepare_qat
-    from .quant.qlinear import unpack_quantized
+    from .quant.packing import unpack_quantized
     if _modelopt_quantized(model):
         raise WorkshopError("A WidthPrune step after a modelopt quantization is not supported here.",
                             "Prune before the modelopt step, or quantize with NF4/INT4 (which re-quantize after pruning).")
@@ -336,7 +336,7 @@ def _prune(model, step: WidthPrune, calib, quantizer):
 
 def _quantize(model, step):
     from .quant.qat import prepare_qat, quantize_with
-    from .quant.qlinear import pack_quantized
+    from .quant.packing import pack_quantized
     if step.qat:
         return prepare_qat(model, step.grid())
     return pack_quantized(quantize_with(model, step.grid()), progress=False)
@@ -431,7 +431,7 @@ def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=
     from .budgets import get_budget
     from .quant.kv_cache import head_dim, kv_bits_per_value, quantized_kv_cache
     from .quant.qat import copy_model, finish_qat, is_qat
-    from .quant.qlinear import pack_quantized
+    from .quant.packing import pack_quantized
     from .quant.storage import true_bytes
     check_recipe(recipe)
     if any(isinstance(s, Distill) for s in recipe) and teacher is None:

@@ -17,7 +17,8 @@ from common.models import load_model
 from common.prune.magnitude import MagnitudeConfig, prune_magnitude
 from common.quant.fp8 import FP8Config, quantize_fp8
 from common.quant.nf4 import NF4Config, quantize_nf4
-from common.quant.qlinear import QuantLinear, pack_quantized
+from common.quant.packing import pack_quantized
+from common.quant.qlinear import QuantLinear
 from common.quant.rtn import RTNConfig, quantize_rtn
 from common.quant.smoothquant import SmoothQuantConfig, quantize_smoothquant
 

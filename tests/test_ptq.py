@@ -308,7 +308,8 @@ def test_workshop_quantize_bad_input_exits_2(capsys):
 @pytest.mark.parametrize("quantize, config, max_bits", METHODS, ids=lambda v: getattr(v, "__name__", ""))
 def test_packing_stores_the_counted_bytes_and_computes_the_same(tiny, calib, quantize, config, max_bits, tmp_path):
     from common.models import load_model, save_pretrained_atomic
-    from common.quant.qlinear import QuantLinear, pack_quantized
+    from common.quant.packing import pack_quantized
+    from common.quant.qlinear import QuantLinear
     model, tokenizer = tiny
     quantized = quantize(copy.deepcopy(model), config, calib, progress=False)
     packed = pack_quantized(copy.deepcopy(quantized), progress=False)
@@ -323,7 +324,7 @@ def test_packing_stores_the_counted_bytes_and_computes_the_same(tiny, calib, qua
 
 
 def test_packing_refuses_weights_moved_off_the_grid(tiny):
-    from common.quant.qlinear import pack_quantized
+    from common.quant.packing import pack_quantized
     model = quantize_rtn(copy.deepcopy(tiny[0]), RTNConfig(bits=4, group_size=64))
     with torch.no_grad():
         model.model.layers[0].mlp.up_proj.weight.add_(0.3 * model.model.layers[0].mlp.up_proj.weight.std())
@@ -332,7 +333,7 @@ def test_packing_refuses_weights_moved_off_the_grid(tiny):
 
 
 def test_formats_without_a_packed_layout_stay_fake_quantized(tiny):
-    from common.quant.qlinear import pack_quantized
+    from common.quant.packing import pack_quantized
     model = quantize_rtn(copy.deepcopy(tiny[0]), RTNConfig(bits=3, group_size=64))
     with pytest.warns(UserWarning, match="stay fake-quantized"):
         pack_quantized(model, progress=False)

@@ -88,7 +88,7 @@ def test_packed_weights_are_the_fake_quantized_ones_bit_for_bit(tiny, quantize, 
     import copy
     from common.calibration import decoder_layers, linear_layers
     from common.data import calibration_batch
-    from common.quant.qlinear import pack_quantized
+    from common.quant.packing import pack_quantized
     model = copy.deepcopy(tiny[0]).to(dtype)
     linears = {f"model.layers.{i}.{name}": lin for i, layer in enumerate(decoder_layers(model))
                for name, lin in linear_layers(layer).items()}

@@ -52,7 +52,7 @@ def run(args) -> Output:
     from ..sizes import stored_bytes
     from ..models import load_model
     from ..quant.presets import method_and_config
-    from ..quant.qlinear import pack_quantized
+    from ..quant.packing import pack_quantized
     out = Path(args.out).expanduser()
     modelopt = bool(args.method and args.method.startswith("modelopt:"))
     check_request(args, out, modelopt)

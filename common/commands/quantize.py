@@ -40,7 +40,7 @@ def run(args) -> Output:
     from ..models import load_model, save_pretrained_atomic
     from ..quant.modelopt_ptq import quantize_modelopt
     from ..quant.presets import method_and_config
-    from ..quant.qlinear import pack_quantized
+    from ..quant.packing import pack_quantized
     from ..quant.storage import true_bytes
     protocol = protocol_from(args)
     if args.out:

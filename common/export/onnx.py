@@ -82,7 +82,7 @@ def check_exportable(model, opset: int = OPSET) -> dict:
     check_opset(opset)
     if any(hasattr(m, "weight_format") for m in model.modules()):
         raise WorkshopError("The model is fake-quantized, not packed: its codes are not stored yet.",
-                            "Pack it first (common.quant.qlinear.pack_quantized), or quantize with --out.")
+                            "Pack it first (common.quant.packing.pack_quantized), or quantize with --out.")
     layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
     for name, layer in layers.items():
         refusal = tensorrt_refusal(layer.fmt, layer.fmt != "int4" or layer.int4_symmetric(), layer.activations)

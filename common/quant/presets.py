@@ -145,7 +145,8 @@ def lab02_table(mode: str) -> list:
         rows.append(("GPTQ W2 g64", quantize_gptq, GPTQConfig(bits=2, group_size=64), 2))
     rows += [("GPTQ W4 per channel", quantize_gptq, GPTQConfig(bits=4, group_size=None), 4),
              ("AWQ W3 g64", quantize_awq, AWQConfig(bits=3, group_size=64), 3),
-             ("AWQ W4 g64", quantize_awq, AWQConfig(bits=4, group_size=64), 4)]
+             ("AWQ W4 g64", quantize_awq, AWQConfig(bits=4, group_size=64), 4),
+             ("GPTQ W3 g64, true-sequential", quantize_gptq, GPTQConfig(bits=3, group_size=64, true_sequential=True), 3)]
     return rows
 
 

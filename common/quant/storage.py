@@ -4,7 +4,7 @@ The quantizers of lab 02 fake-quantize: a weight keeps its dtype but every value
 method's grid, so the model can still be evaluated (and trained, or compared with modelopt) with
 ordinary linears. Each quantized linear is marked with its `WeightFormat`: the grid's scales and
 zero points, and how its activations are quantized. `true_bytes` counts the marked weights at their
-packed size; `common.quant.qlinear.pack_quantized` turns them into QuantLinear layers that store
+packed size; `common.quant.packing.pack_quantized` turns them into QuantLinear layers that store
 exactly those bytes and compute exactly the same function.
 """
 from dataclasses import dataclass
