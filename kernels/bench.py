@@ -25,7 +25,6 @@ SHAPES = {  # name: (N = out_features, K = in_features)
     "smollm2 gate/up": (1536, 576), "smollm2 down": (576, 1536),
 }
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 4096)
-L2_BYTES = 50 * 2**20
 
 
 def time_rotating(fn, operands: list, repeats: int = 20) -> float:
@@ -54,10 +53,38 @@ def time_rotating(fn, operands: list, repeats: int = 20) -> float:
     return statistics.median(times)
 
 
-def weight_copies(nbytes: int) -> int:
-    """How many distinct copies of a weight of `nbytes` to cycle through so that together they exceed twice
-    the L2 cache (2 to 32): no path is timed reading from cache."""
-    return max(2, min(32, -(-2 * L2_BYTES // nbytes)))
+def weight_copies(nbytes: int, device: int | None = None) -> int:
+    """How many distinct copies of a weight of `nbytes` to cycle through so that together they exceed twice the
+    GPU's L2 cache: no call is timed reading from cache (SmolLM2's INT4 rows take a few hundred copies)."""
+    l2 = torch.cuda.get_device_properties(torch.cuda.current_device() if device is None else device).L2_cache_size
+    return max(2, -(-2 * l2 // nbytes))
+
+
+def gemlite_linear(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int):
+    """The same INT4 weight ((code - zero) * scale, HQQ's convention as ours) as a layer of gemlite, a public
+    Triton W4A16 library (PyPI `gemlite`, an optional dependency); None where it is not installed."""
+    try:
+        from gemlite import DType, GemLiteLinear
+    except ImportError:
+        return None
+    n, k = codes.shape
+    dtype = {torch.bfloat16: DType.BF16, torch.float16: DType.FP16}[scales.dtype]
+    layer = GemLiteLinear(4, group_size=group_size, in_features=k, out_features=n, input_dtype=dtype,
+                          output_dtype=dtype)
+    layer.pack(codes.to(torch.uint8), scales, zeros, bias=None)
+    return layer
+
+
+def gemlite_version() -> str | None:
+    try:
+        from importlib.metadata import version
+        return version("gemlite")
+    except Exception:
+        try:
+            import gemlite
+            return getattr(gemlite, "__version__", "unknown")
+        except ImportError:
+            return None
 
 
 def quantize_w4(w: torch.Tensor, group_size: int):
@@ -73,10 +100,12 @@ def bench_shape(name: str, n: int, k: int, batch_sizes) -> list:
     group_size = 128 if k % 128 == 0 else 64
     copies = weight_copies(n * k // 2)  # enough for the int4 paths (bf16 copies are 4x larger)
     weights = [torch.randn(n, k, device="cuda", dtype=dtype) * 0.02 for _ in range(copies)]
-    w4 = []
+    w4, peer = [], []  # peer: the same weights in gemlite, where installed
     for w in weights:
         packed, s, z, codes = quantize_w4(w, group_size)
         w4.append((packed, s, z, tinygemm_pack(codes, s, z, group_size), repack(packed, s, z, group_size)))
+        if (layer := gemlite_linear(codes, s, z, group_size)) is not None:
+            peer.append(layer)
     int8_w = [quantize_int8_rows(w) for w in weights]
     fp8_w = [quantize_fp8(w, rowwise=False) for w in weights]
     rows = []
@@ -96,6 +125,8 @@ def bench_shape(name: str, n: int, k: int, batch_sizes) -> list:
         if m <= MAX_ROWS:  # the Marlin-style CUDA kernel (kernels/marlin), QuantLinear's path up to 64 rows
             row["marlin_us"] = time_rotating(w4a16_marlin, [(x[i % 4], mw) for i, (*_, mw) in enumerate(w4)])
             row["marlin_TBps"] = row["w4a16_TBps"] * t_w4 / row["marlin_us"]
+        if peer and m <= MAX_ROWS:
+            row["gemlite_us"] = time_rotating(lambda a, layer: layer(a), [(x[i % 4], g) for i, g in enumerate(peer)])
         if m > 16:
             row["int8_us"] = time_rotating(lambda a, wq: int8_linear(a, wq[0], wq[1]),
                                            [(x[i % 4], wq) for i, wq in enumerate(int8_w)])
@@ -111,6 +142,8 @@ def check_correctness(n: int = 4096, k: int = 4096, group_size: int = 128) -> di
     w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
     packed, s, z, codes = quantize_w4(w, group_size)
     w_deq = dequantize_int4(packed, s, z, group_size)
+    marlin_packed = repack(packed, s, z, group_size)
+    peer = gemlite_linear(codes, s, z, group_size)
     errors = {}
     for m in (1, 7, 64, 256):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -119,6 +152,10 @@ def check_correctness(n: int = 4096, k: int = 4096, group_size: int = 128) -> di
         errors[f"w4a16 M={m}"] = ((out - ref).norm() / ref.norm()).item()
         tw, sz = tinygemm_pack(codes, s, z, group_size)
         errors[f"tinygemm M={m}"] = ((tinygemm_linear(x, tw, sz, group_size).float() - ref).norm() / ref.norm()).item()
+        if m <= MAX_ROWS:
+            errors[f"Marlin M={m}"] = ((w4a16_marlin(x, marlin_packed).float() - ref).norm() / ref.norm()).item()
+            if peer is not None:
+                errors[f"gemlite M={m}"] = ((peer(x).float() - ref).norm() / ref.norm()).item()
     return errors
 
 
@@ -156,7 +193,8 @@ def run(shapes=None, batch_sizes=BATCH_SIZES) -> dict:
     rows = [r for name in chosen for r in bench_shape(name, *SHAPES[name], batch_sizes)]
     return {"device": device_description(), "driver": _driver(), "versions": package_versions(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "rows": rows, "square_8192": square_comparisons(), "correctness": check_correctness(),
+            "gemlite": gemlite_version(), "rows": rows, "square_8192": square_comparisons(),
+            "correctness": check_correctness(),
             "w4a16_configs": {str(key): config for key, config in CONFIG_CACHE.items()}}
 
 
@@ -179,14 +217,17 @@ def markdown(result: dict) -> str:
              "W4A16 = ours in Triton (kernels/w4a16.py); Marlin = ours in CUDA C++ (kernels/marlin, M <= 64, "
              "QuantLinear's path there); both group 128, asymmetric; tinygemm = torch._weight_int4pack_mm. "
              "TB/s counts the bytes a path must read and write (codes, scales, zeros, activations, output).", "",
-             "| shape | M | bf16 µs | W4A16 µs | Marlin µs | tinygemm µs | W4A16 vs bf16 | Marlin vs bf16 | "
+             (f"gemlite {result['gemlite']} (PyPI, Triton) ran beside them on the same weights." if result.get("gemlite")
+              else "gemlite (PyPI, a public Triton W4A16 library) is not installed here: its column is empty."), "",
+             "| shape | M | bf16 µs | W4A16 µs | Marlin µs | tinygemm µs | gemlite µs | W4A16 vs bf16 | Marlin vs bf16 | "
              "Marlin vs tinygemm | Marlin TB/s | INT8 µs | FP8 µs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     nan = float("nan")
     for r in result["rows"]:
         marlin = r.get("marlin_us", nan)
         lines.append(f"| {r['shape']} ({r['N']}x{r['K']}) | {r['M']} | {r['bf16_us']:.1f} | {r['w4a16_us']:.1f} | "
-                     f"{marlin:.1f} | {r['tinygemm_us']:.1f} | {r['bf16_us'] / r['w4a16_us']:.2f}x | "
+                     f"{marlin:.1f} | {r['tinygemm_us']:.1f} | {r.get('gemlite_us', nan):.1f} | "
+                     f"{r['bf16_us'] / r['w4a16_us']:.2f}x | "
                      f"{r['bf16_us'] / marlin:.2f}x | {r['tinygemm_us'] / marlin:.2f}x | {r.get('marlin_TBps', nan):.2f} | "
                      f"{r.get('int8_us', nan):.1f} | {r.get('fp8_us', nan):.1f} |")
     sq = result["square_8192"]
@@ -207,7 +248,7 @@ def agreement(previous: dict, result: dict, tolerance: float = 0.05) -> str:
     before = {(r["shape"], r["M"]): r for r in previous["rows"]}
     diffs = [(abs(r[k] / before[key][k] - 1), k, *key, before[key][k], r[k])
              for r in result["rows"] if (key := (r["shape"], r["M"])) in before
-             for k in ("bf16_us", "w4a16_us", "tinygemm_us", "marlin_us") if k in r and k in before[key]]
+             for k in ("bf16_us", "w4a16_us", "tinygemm_us", "marlin_us", "gemlite_us") if k in r and k in before[key]]
     if not diffs:
         return ""
     worst = sorted(diffs, reverse=True)[:5]

@@ -368,3 +368,75 @@ def test_the_probe_builds_drop_what_they_say():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_repack_refuses_fractional_zeros():
+    # The kernel subtracts MAGIC + zero exactly in 16 bits; a zero of 3.5 would be computed as something else.
+    layer = random_layer(64, 128, 64, torch.bfloat16)
+    with pytest.raises(WorkshopError, match="integer zero"):
+        repack(layer.qweight, layer.scales, layer.zeros + 0.5, 64)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")
+def test_scales_of_another_dtype_are_refused_not_cast_every_call():
+    from kernels.marlin import w4a16_marlin
+    layer = random_layer(64, 128, 64, torch.float16).cuda()
+    packed = repack(layer.qweight, layer.scales, layer.zeros, 64)  # float16 scales
+    with pytest.raises(WorkshopError, match="Repack once"):
+        w4a16_marlin(torch.randn(1, 128, device="cuda", dtype=torch.bfloat16), packed)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")
+def test_each_stream_has_its_own_split_k_counters():
+    # Two streams sharing one counter per column tile would count each other's K slices and add partial sums
+    # before they are all there. Both streams run split-K products of the same layer at once; each result must
+    # equal the one-stream result bit for bit.
+    from kernels.marlin import locks_for, w4a16_marlin
+    layer = random_layer(1024, 4096, 128, torch.bfloat16, seed=5).cuda()
+    packed = repack(layer.qweight, layer.scales, layer.zeros, 128)
+    xs = [torch.randn(4, 4096, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+    expected = [w4a16_marlin(x, packed, splits=8) for x in xs]
+    streams = [torch.cuda.Stream() for _ in xs]
+    assert locks_for(xs[0].device, streams[0]).data_ptr() != locks_for(xs[0].device, streams[1]).data_ptr()
+    torch.cuda.synchronize()
+    results = [[], []]
+    for _ in range(50):
+        for stream, x, out in zip(streams, xs, results):
+            with torch.cuda.stream(stream):
+                out.append(w4a16_marlin(x, packed, splits=8))
+    torch.cuda.synchronize()
+    for out, ref in zip(results, expected):
+        assert all(torch.equal(o, ref) for o in out)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")
+def test_misaligned_input_is_refused_under_torch_compile():
+    # The Python check used to be skipped while compiling, leaving the binding's check, which ended the process.
+    from kernels.marlin import w4a16_marlin
+    layer = random_layer(64, 128, 64, torch.float16).cuda()
+    packed = repack(layer.qweight, layer.scales, layer.zeros, 64)
+    compiled = torch.compile(lambda x: w4a16_marlin(x, packed, splits=1), fullgraph=True)
+    aligned = torch.randn(1, 128, device="cuda").half()
+    assert torch.equal(compiled(aligned), w4a16_marlin(aligned, packed, splits=1))
+    with pytest.raises(Exception, match="16-byte"):
+        compiled(torch.randn(1, 129, device="cuda").half()[:, 1:])
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (sm_80+)")
+def test_the_bandwidth_baseline_reads_every_byte_from_dram():
+    # limits.streaming_read_us is the floor every W4A16 timing is compared with: its kernel must touch every
+    # word (its per-block xor equals PyTorch's), and the copies it rotates over must not fit in the L2.
+    from kernels.bench import weight_copies
+    from kernels.limits import _read_all, layer_bytes
+    words, block, steps = 100_003, 256, 4
+    src = torch.randint(-2**31, 2**31 - 1, (words,), device="cuda", dtype=torch.int32)
+    programs = -(-words // (block * steps))
+    out = torch.empty(programs, device="cuda", dtype=torch.int32)
+    _read_all[(programs,)](src, out, words, BLOCK=block, STEPS=steps)
+    padded = torch.nn.functional.pad(src, (0, programs * block * steps - words)).view(programs, -1).cpu().numpy()
+    import numpy as np
+    assert np.array_equal(out.cpu().numpy(), np.bitwise_xor.reduce(padded, axis=1))
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    for n, k in [(1536, 576), (576, 1536), (14336, 4096)]:
+        nbytes = layer_bytes(n, k, 64)
+        assert weight_copies(nbytes) * nbytes >= 2 * l2

@@ -82,6 +82,10 @@ def repack(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, gro
     if tuple(scales.shape) != (N, K // g) or tuple(zeros.shape) != (N, K // g):
         raise WorkshopError(f"scales/zeros have shapes {tuple(scales.shape)}/{tuple(zeros.shape)}, expected "
                             f"{(N, K // g)} for group size {g}.", "Pass the layer's own scales and zeros.")
+    if not torch.equal(zeros, zeros.round()):
+        raise WorkshopError("The Marlin W4A16 kernel takes integer zero points (it subtracts them exactly in 16-bit "
+                            "floats); these zeros have fractions.",
+                            "Quantize with integer zeros (QuantLinear's INT4 does), or keep the Triton kernel.")
     codes = unpack_int4(qweight)                                   # uint8 [N, K]
     codes = codes.reshape(N // 16, 2, 8, K // TILE_K, 4, 2, 4, 2).permute(*_TO_FRAGMENTS)
     nibbles = codes.reshape(-1, 8)                                 # one row per word, nibble order
@@ -205,32 +209,42 @@ def _device_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
-_locks: dict = {}  # device index -> int32 counters, one per column tile of 64, zero between calls
+_locks: dict = {}  # (device index, stream) -> int32 counters, one per column tile of 64, zero between calls
 
 
-def locks_for(device: torch.device) -> torch.Tensor:
-    """The kernel's per-GPU counters for split-K: how many K slices of each column tile are done. The last
-    slice adds the partial sums and sets its counter back to zero, so one zeroed tensor serves every call
-    on that GPU's stream (sized for N up to 4M columns; made once, outside any CUDA graph capture)."""
+def locks_for(device: torch.device, stream: torch.cuda.Stream | None = None) -> torch.Tensor:
+    """The kernel's counters for split-K on one GPU stream: how many K slices of each column tile are done. The
+    last slice adds the partial sums and sets its counter back to zero, so one zeroed tensor serves every call
+    on that stream (sized for N up to 4M columns). One per stream: two streams sharing counters would count
+    each other's slices. Made at a stream's first call; during a CUDA graph capture it comes from the graph's
+    memory pool and lives as long as this table holds it."""
     index = _device_index(device)
-    if index not in _locks:
-        _locks[index] = torch.zeros(1 << 16, dtype=torch.int32, device=torch.device("cuda", index))
-    return _locks[index]
+    stream = stream if stream is not None else torch.cuda.current_stream(index)
+    key = (index, stream.cuda_stream)
+    if key not in _locks:
+        with torch.cuda.device(index), torch.cuda.stream(stream):
+            _locks[key] = torch.zeros(1 << 16, dtype=torch.int32, device=torch.device("cuda", index))
+    return _locks[key]
 
 
 @torch.library.custom_op("workshop::w4a16_marlin", mutates_args=())
-def _gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, locks: torch.Tensor,
-          group_size: int, splits: int, k_tile: int, norm_weight: torch.Tensor | None, eps: float, silu_mul: bool,
+def _gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, splits: int, k_tile: int, norm_weight: torch.Tensor | None, eps: float, silu_mul: bool,
           residual: torch.Tensor | None) -> torch.Tensor:
     # A registered operator, so torch.compile (decode's compiled step) keeps it as one opaque call. The
-    # counters in `locks` are back at zero when it returns: no mutation anyone can see.
+    # split-K counters are back at zero when it returns: no mutation anyone can see. They and the alignment
+    # are looked at here, where the stream and the tensors are real even under torch.compile: the binding's
+    # own alignment check would end the process on the H200 image (see w4a16_marlin).
+    if x.data_ptr() % 16:
+        raise WorkshopError("x does not start on a 16-byte boundary (cp.async copies 16 bytes).",
+                            "A sliced view can do this: pass x.clone().")
     with torch.cuda.device(x.device):
-        return load_extension().w4a16_gemm(x, qweight, scales, zeros, locks, group_size, splits, k_tile, norm_weight,
-                                           eps, silu_mul, residual, torch.cuda.current_stream(x.device).cuda_stream)
+        stream = torch.cuda.current_stream(x.device)
+        return load_extension().w4a16_gemm(x, qweight, scales, zeros, locks_for(x.device, stream), group_size, splits,
+                                           k_tile, norm_weight, eps, silu_mul, residual, stream.cuda_stream)
 
 
 @_gemm.register_fake
-def _(x, qweight, scales, zeros, locks, group_size, splits, k_tile, norm_weight, eps, silu_mul, residual):
+def _(x, qweight, scales, zeros, group_size, splits, k_tile, norm_weight, eps, silu_mul, residual):
     return x.new_empty(x.shape[0], qweight.shape[1] // 8)
 
 
@@ -238,7 +252,7 @@ def w4a16_marlin(x: torch.Tensor, packed: MarlinWeight, splits: int | None = Non
                  norm_weight: torch.Tensor | None = None, eps: float = 1e-6, silu_mul: bool = False,
                  residual: torch.Tensor | None = None) -> torch.Tensor:
     """out[..., N] = f(x) @ W^T (+ residual) on the GPU, W given by `repack`; x fp16 or bf16 with at most 64
-    rows (leading dimensions flattened); scales/zeros are cast to x's dtype if needed. splits: K slices (None:
+    rows (leading dimensions flattened), `packed` repacked with scales and zeros in x's dtype. splits: K slices (None:
     `choose_splits`) and k_tile (K per pipeline stage, 64 or 128; 0: `k_tile_for`) are for benchmarks and
     for callers that choose them once (QuantLinear).
 
@@ -272,10 +286,6 @@ def w4a16_marlin(x: torch.Tensor, packed: MarlinWeight, splits: int | None = Non
                                  residual.dtype != x.dtype):
         raise WorkshopError(f"residual is {tuple(residual.shape)} {residual.dtype}; the output is {rows} x {N} "
                             f"{x.dtype}.", "Pass the tensor the layer's output is added to.")
-    # (under torch.compile, Inductor's buffers are aligned and data_ptr cannot be traced)
-    if not torch.compiler.is_compiling() and x2.data_ptr() % 16:
-        raise WorkshopError("x does not start on a 16-byte boundary (cp.async copies 16 bytes).",
-                            "A sliced view can do this: pass x.clone().")
     if k_tile not in (0, 64, 128) or (k_tile == 128 and k_tile_for(K, packed.group_size) != 128):
         raise WorkshopError(f"k_tile={k_tile} does not fit K={K} with group size {packed.group_size}.",
                             "Use 0 (the kernel's choice) or 64.")
@@ -284,9 +294,13 @@ def w4a16_marlin(x: torch.Tensor, packed: MarlinWeight, splits: int | None = Non
         splits = choose_splits(N, K, packed.group_size, rows, k_tile, x.device, x.dtype)
     if not torch.compiler.is_compiling():
         load_extension()  # a build failure is a WorkshopError here, not inside the operator
-    out = _gemm(x2, packed.qweight, packed.scales.to(x.dtype), packed.zeros.to(x.dtype), locks_for(x.device),
-                packed.group_size, splits, k_tile, None if norm_weight is None else norm_weight.contiguous(), eps,
-                silu_mul, None if residual is None else residual.reshape(rows, N).contiguous())
+    if packed.scales.dtype != x.dtype:  # a cast here would run on every call
+        raise WorkshopError(f"The repacked scales are {packed.scales.dtype} and the activations {x.dtype}.",
+                            "Repack once with the activations' dtype: repack(qweight, scales.to(dtype), "
+                            "zeros.to(dtype), group_size).")
+    out = _gemm(x2, packed.qweight, packed.scales, packed.zeros, packed.group_size, splits, k_tile,
+                None if norm_weight is None else norm_weight.contiguous(), eps, silu_mul,
+                None if residual is None else residual.reshape(rows, N).contiguous())
     return out.reshape(*x.shape[:-1], N)
 
 
@@ -317,7 +331,7 @@ def usable(device: torch.device) -> bool:
         try:
             with torch.cuda.device(index):
                 load_extension()
-            locks_for(torch.device("cuda", index))  # made here, eagerly, before any graph capture
+            locks_for(torch.device("cuda", index))  # the current stream's, made before any graph capture
             _unusable[index] = None
         except Exception as error:  # no nvcc, a compiler error, an old GPU: the caller falls back
             _unusable[index] = str(error).splitlines()[0]

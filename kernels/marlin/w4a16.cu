@@ -279,10 +279,12 @@ __device__ __forceinline__ void store_output(const Args<T>& a, const float (&acc
         const int row = mt * 16 + lane / 4 + 8 * h;
         if (row >= M) continue;
         const float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
+        // row_sq has one entry per row only with RMSNorm (a single one otherwise): read it only then
         if (split)
           *reinterpret_cast<float2*>(part + (size_t)row * N + n) = make_float2(v0, v1);
         else
-          *reinterpret_cast<T2*>(a.out + (size_t)row * N + n) = finish<T, PROLOGUE>(a, v0, v1, row_sq[row], row, n);
+          *reinterpret_cast<T2*>(a.out + (size_t)row * N + n) =
+              finish<T, PROLOGUE>(a, v0, v1, PROLOGUE == kRmsNorm ? row_sq[row] : 0.f, row, n);
       }
     }
   }
