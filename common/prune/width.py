@@ -236,6 +236,14 @@ def adaptive_keep_counts(scores: list, keep: int, round_to: int) -> list:
     return [count * round_to for count in counts]
 
 
+def keep_mlp_channels(model, scores: list, widths: list):
+    """Keep in decoder layer i its widths[i] MLP channels of highest scores[i], in place; returns the model."""
+    for layer, layer_scores, width in zip(decoder_layers(model), scores, widths, strict=True):
+        slice_mlp(layer.mlp, layer_scores.topk(width).indices.sort().values)
+    model.config.intermediate_size = max(widths)  # the widest layer's: one int cannot say more (load_varied_width)
+    return model
+
+
 def mlp_widths(model) -> list:
     """Each decoder layer's MLP channel count (all equal unless adaptive allocation pruned it)."""
     return [layer.mlp.gate_proj.out_features for layer in decoder_layers(model)]
@@ -290,22 +298,17 @@ def prune_width(model, config: WidthPruneConfig, calib_batch=None, progress: boo
     widths = [keep_mlp] * cfg.num_hidden_layers
     if prune_mlp and config.allocation == "adaptive":
         widths = adaptive_keep_counts(mlp_scores, keep_mlp, config.round_to)
-
-    for i, layer in enumerate(decoder_layers(model)):
-        if mlp_scores is not None:
-            slice_mlp(layer.mlp, mlp_scores[i].topk(widths[i]).indices.sort().values)
-        if head_scores is not None:
-            heads, groups = kept_heads(head_scores[i], n_kv, config)
+    if mlp_scores is not None:
+        keep_mlp_channels(model, mlp_scores, widths)
+    if head_scores is not None:
+        for layer, scores in zip(decoder_layers(model), head_scores):
+            heads, groups = kept_heads(scores, n_kv, config)
             attn = layer.self_attn
             attn.q_proj = slice_linear(attn.q_proj, head_rows(heads, head_dim), 0)
             attn.k_proj = slice_linear(attn.k_proj, head_rows(groups, head_dim), 0)
             attn.v_proj = slice_linear(attn.v_proj, head_rows(groups, head_dim), 0)
             attn.o_proj = slice_linear(attn.o_proj, head_rows(heads, head_dim), 1)
             attn.num_key_value_groups = heads.numel() // groups.numel()
-            new_heads, new_kv = heads.numel(), groups.numel()
-
-    cfg.intermediate_size = max(widths)  # the widest layer's: one int cannot say more (see load_varied_width)
+        cfg.num_attention_heads, cfg.num_key_value_heads = heads.numel(), groups.numel()
     cfg.head_dim = head_dim  # explicit: hidden_size / num_attention_heads no longer gives it
-    if head_scores is not None:
-        cfg.num_attention_heads, cfg.num_key_value_heads = new_heads, new_kv
     return model
