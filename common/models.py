@@ -217,9 +217,13 @@ def _load_directory(path: Path, dtype: torch.dtype):
                             "(pickled .bin files can run code when opened).",
                             "Convert it with save_pretrained(..., safe_serialization=True).")
     try:
-        if "workshop_packed" in json.loads((path / "config.json").read_text()):  # real low-bit weights
+        saved = json.loads((path / "config.json").read_text())
+        if "workshop_packed" in saved:  # real low-bit weights
             from .quant.checkpoint import load_packed
             model = load_packed(path, dtype)
+        elif "workshop_mlp_widths" in saved:  # width-pruned with a width per layer
+            from .prune.width import load_varied_width
+            model = load_varied_width(path, dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
                                                          trust_remote_code=False)
@@ -306,6 +310,8 @@ def save_pretrained_atomic(model, tokenizer, out) -> Path:
     layout = packed_layout(model)
     if layout:  # real low-bit layers: config.json lists them so that load_model can rebuild them
         model.config.workshop_packed = layout
+    from .prune.width import record_mlp_widths
+    record_mlp_widths(model)
     with written_aside(target, folder=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

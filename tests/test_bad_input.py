@@ -103,6 +103,16 @@ def test_last_word_task_errors_come_before_the_model_loads(argv, message, capsys
     refused(capsys, ["eval", "--model", "tiny-random"] + argv, message)
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "width", "--importance", "gradient"], "Unknown importance 'gradient'"),
+    (["--method", "width", "--allocation", "global", "--importance", "taylor"], "Unknown allocation 'global'"),
+    (["--method", "width", "--allocation", "adaptive"], "activation scores are not in one unit across layers"),
+    (["--method", "wanda", "--allocation", "adaptive"], "--allocation applies to width, not wanda"),
+])
+def test_width_importance_and_allocation_errors_come_before_the_model_loads(argv, message, capsys, no_model_load):
+    refused(capsys, ["prune", "--model", "tiny-random"] + argv, message)
+
+
 def test_modelopt_sparsity_is_2_4_and_says_so(capsys, no_model_load):
     refused(capsys, ["prune", "--model", "tiny-random", "--method", "modelopt:sparsegpt", "--sparsity", "0.7"],
             "contradicts the pattern 2:4")

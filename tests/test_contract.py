@@ -35,6 +35,7 @@ TECHNIQUES = [
     (quantize_nf4, NF4Config(group_size=32)),
     (prune_magnitude, MagnitudeConfig()), (prune_wanda, WandaConfig()), (prune_sparsegpt, SparseGPTConfig()),
     (prune_width, WidthPruneConfig()), (prune_width, WidthPruneConfig(importance="magnitude")),
+    (prune_width, WidthPruneConfig(importance="taylor", allocation="adaptive")),
     (prune_depth, DepthPruneConfig(layers_removed=1)),
     (prune_lowrank, LowRankConfig()), (prune_lowrank, LowRankConfig(activation_aware=False)),
     (prune_modelopt, ModeloptSparsityConfig()),   # sparsegpt: refused before modelopt is imported
@@ -63,7 +64,9 @@ def test_every_config_is_frozen_and_says_what_the_technique_needs(config_type):
                                     lambda: FP8Config(fmt="int8"), lambda: NF4Config(group_size=0),
                                     lambda: SmoothQuantConfig(alpha=2.0), lambda: WandaConfig(sparsity=1.0),
                                     lambda: DepthPruneConfig(layers_removed=-1), lambda: LowRankConfig(targets="ffn"),
-                                    lambda: WidthPruneConfig(importance="random")])
+                                    lambda: WidthPruneConfig(importance="random"),
+                                    lambda: WidthPruneConfig(importance="taylor", allocation="global"),
+                                    lambda: WidthPruneConfig(allocation="adaptive")])
 def test_a_bad_config_fails_when_made_and_says_what_to_do(config):
     with pytest.raises(WorkshopError) as caught:
         config()

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from common.errors import WorkshopError
 from common.sizes import stored_bytes
-from common.models import load_model, tiny_random
+from common.models import load_model, save_pretrained_atomic, tiny_random
 from common.prune.depth import DepthPruneConfig, prune_depth
 from common.prune.lowrank import LowRankConfig, factorize, factorized_linear, prune_lowrank
 from common.calibration import (decoder_layers, first_layer_inputs, linear_input_grams, linear_layers,
@@ -19,7 +19,8 @@ from common.prune.modelopt_sparsity import ModeloptSparsityConfig, prune_modelop
 from common.prune.row_sparsity import mask_with_row_counts, row_output_energy, row_prune_counts, trim_row_counts
 from common.prune.sparsegpt import SparseGPTConfig, prune_sparsegpt, sparsegpt_weight
 from common.prune.wanda import WandaConfig, prune_wanda, wanda_scores
-from common.prune.width import WidthPruneConfig, prune_width
+from common.prune.width import (WidthPruneConfig, adaptive_keep_counts, loss_gradient_products, mlp_widths,
+                                prune_width, taylor_importance)
 
 
 def fresh_tiny(num_layers: int = 2):
@@ -212,7 +213,7 @@ def test_masks_stay_through_training_and_are_stored_only_when_asked(calib, tmp_p
     assert masks_from_zeros(loaded) == 14 and sparsity_of(loaded) == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("importance", ["activation", "magnitude"])
+@pytest.mark.parametrize("importance", ["activation", "magnitude", "taylor"])
 def test_width_pruning_zero_channels_keeps_outputs(importance, calib):
     model, _ = fresh_tiny()
     dead = torch.arange(0, 512, 4)  # 128 of 512 channels never fire
@@ -225,13 +226,72 @@ def test_width_pruning_zero_channels_keeps_outputs(importance, calib):
                 layer.self_attn.q_proj.weight[head * 64: (head + 1) * 64] = 0
                 layer.self_attn.o_proj.weight[:, head * 64: (head + 1) * 64] = 0
     before = logits(model, calib)
-    config = WidthPruneConfig(mlp_fraction=0.25, heads_fraction=0.5 if importance == "magnitude" else 0.0,
-                              importance=importance, round_to=8)
+    heads = importance != "activation"  # (activation: a dead query head still reads its group's values)
+    config = WidthPruneConfig(mlp_fraction=0.25, heads_fraction=0.5 if heads else 0.0, importance=importance,
+                              round_to=8)
     prune_width(model, config, calib, progress=False)
     assert model.model.layers[0].mlp.gate_proj.out_features == 384 == model.config.intermediate_size
-    if importance == "magnitude":
+    if heads:
         assert model.config.num_attention_heads == 2 and model.config.num_key_value_heads == 2
     assert torch.allclose(logits(model, calib), before, atol=1e-5)
+
+
+def test_taylor_scores_are_the_first_order_loss_change_summed_element_wise(calib):
+    model, _ = tiny_random(num_layers=1, dtype=torch.float64)
+    mlp = model.model.layers[0].mlp
+    weights = [mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight]
+    grads = torch.autograd.grad(model(calib, labels=calib).loss, weights)  # the whole batch in one pass
+    products = [g * w for g, w in zip(grads, weights)]
+    element_wise = products[0].abs().sum(1) + products[1].abs().sum(1) + products[2].abs().sum(0)
+    scores, _ = taylor_importance(model, calib, 64, mlp=True, heads=False)  # GRAD_CHUNK sequences a pass
+    assert torch.allclose(scores[0].double(), element_wise, rtol=1e-5)
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())  # the model is left as it was
+
+    def loss_with_channel_scaled(channel, factor):
+        scaled = copy.deepcopy(model)
+        with torch.no_grad():
+            for linear, dim in ((scaled.model.layers[0].mlp.gate_proj, 0), (scaled.model.layers[0].mlp.up_proj, 0),
+                                (scaled.model.layers[0].mlp.down_proj, 1)):
+                linear.weight.select(dim, channel).mul_(factor)
+            logits = scaled(calib).logits  # (its own loss would be computed in float32: too coarse here)
+            return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), calib[:, 1:].flatten())
+
+    names = [f"model.layers.0.mlp.{part}.weight" for part in ("gate_proj", "up_proj", "down_proj")]
+    signed = loss_gradient_products(model, calib, names)
+    for channel in (0, 7, 300):  # d/dt L(channel's weights x t) at t = 1, by central differences
+        eps = 1e-2  # (RMSNorm computes in float32 even in a float64 model: a smaller step meets its rounding)
+        slope = (loss_with_channel_scaled(channel, 1 + eps) - loss_with_channel_scaled(channel, 1 - eps)) / (2 * eps)
+        first_order = signed[names[0]][channel].sum() + signed[names[1]][channel].sum() + signed[names[2]][:, channel].sum()
+        assert float(first_order) == pytest.approx(float(slope), rel=1e-3)
+
+
+def test_adaptive_counts_keep_the_total_in_blocks_and_follow_the_scores():
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.rand(512, generator=g) * scale for scale in (1.0, 4.0, 0.25, 1.0)]
+    counts = adaptive_keep_counts(scores, 360, 8)
+    assert sum(counts) == 4 * 360 and all(c % 8 == 0 and 180 <= c <= 512 for c in counts)
+    assert counts[1] > counts[0] > counts[2] and counts[2] == 184  # the quiet layer keeps only its floor
+    kept = sum(s.topk(c).values.sum() for s, c in zip(scores, counts))
+    assert kept > sum(s.topk(360).values.sum() for s in scores)  # more of the score than uniform keeps
+    assert adaptive_keep_counts([torch.ones(512)] * 3, 360, 8) == [360] * 3  # equal layers: uniform
+
+
+def test_adaptive_width_keeps_the_uniform_parameter_count_and_round_trips(calib, tmp_path):
+    uniform, _ = fresh_tiny()
+    adaptive, tokenizer = fresh_tiny()
+    dense_parameters = sum(p.numel() for p in uniform.parameters())
+    prune_width(uniform, WidthPruneConfig(mlp_fraction=0.3, importance="taylor"), calib)
+    prune_width(adaptive, WidthPruneConfig(mlp_fraction=0.3, importance="taylor", allocation="adaptive"), calib)
+    parameters = sum(p.numel() for p in adaptive.parameters())
+    assert parameters == sum(p.numel() for p in uniform.parameters()) < dense_parameters
+    widths = mlp_widths(adaptive)
+    assert len(set(widths)) == 2 and sum(widths) == 2 * uniform.config.intermediate_size
+    save_pretrained_atomic(adaptive, tokenizer, tmp_path / "pruned")
+    loaded, _ = load_model(str(tmp_path / "pruned"), device="cpu")
+    assert mlp_widths(loaded) == widths
+    assert torch.allclose(logits(loaded, calib), logits(adaptive, calib), atol=1e-5)
+    with pytest.raises(RuntimeError, match="mismatch"):  # one intermediate_size cannot describe it
+        AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
 
 
 @pytest.mark.parametrize("granularity,heads,kv", [("query", 2, 2), ("group", 2, 1)])
@@ -330,6 +390,11 @@ def test_prune_command_writes_a_loadable_checkpoint(tmp_path, capsys):
     assert result["parameters_after"] < result["parameters_before"]
     model, _ = load_model(str(out), device="cpu")
     assert model.config.intermediate_size == 384
+    args = parser.parse_args(["prune", "--model", "tiny-random", "--device", "cpu", "--method", "width", "--sparsity",
+                              "0.25", "--importance", "taylor", "--allocation", "adaptive", "--calib-samples", "4",
+                              "--calib-seqlen", "64", "--json"])
+    result = args.run(args).result
+    assert sum(result["mlp_widths"]) == 2 * 384 and result["config_after"]["intermediate_size"] == max(result["mlp_widths"])
     bad = parser.parse_args(["prune", "--model", "tiny-random", "--method", "width", "--pattern", "2:4"])
     with pytest.raises(WorkshopError):
         bad.run(bad)

@@ -17,7 +17,11 @@ def add_arguments(p) -> None:
                    "default 0.5)")
     p.add_argument("--pattern", help="N:M semi-structured sparsity, e.g. 2:4 (magnitude, wanda, sparsegpt)")
     p.add_argument("--heads-fraction", type=float, default=0.0, help="width: fraction of attention heads removed")
-    p.add_argument("--importance", default="activation", help="width: activation (default) | magnitude")
+    p.add_argument("--importance", default="activation", help="width: activation (default) | magnitude | study | "
+                   "taylor (|gradient x weight| of the model's own loss on the calibration text)")
+    p.add_argument("--allocation", default="uniform", help="width: MLP channels per layer, uniform (default: the "
+                   "same in every layer) | adaptive (importance taylor: the best-scored channels across layers, "
+                   "same total)")
     p.add_argument("--true-sequential", action="store_true", help="sparsegpt: prune each decoder layer's linears "
                    "group by group (q/k/v, o, gate/up, down), each on the inputs the groups before it, already "
                    "pruned, produce (the reference code's --true-sequential)")
@@ -49,7 +53,7 @@ def run(args) -> Output:
                             "Use --eval to measure it, or a method that keeps the architecture (width, depth, wanda...).")
     if args.out:
         check_new_output(args.out, example="pruned")
-    options = (args.sparsity, args.pattern, args.heads_fraction, args.importance, args.true_sequential)
+    options = (args.sparsity, args.pattern, args.heads_fraction, args.importance, args.true_sequential, args.allocation)
     build_pruner(args.method, 1, *options)  # fail fast
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     function, config = build_pruner(args.method, model.config.num_hidden_layers, *options)
@@ -72,6 +76,11 @@ def run(args) -> Output:
     lines.insert(0, f"{args.method} {config} in {result['seconds']:.1f} s: parameters "
                     f"{result['parameters_before']:,} -> {result['parameters_after']:,}, decoder weights "
                     f"{result['decoder_weight_sparsity']:.1%} zeros, stored bytes {result['stored_bytes_after']:,}")
+    if getattr(config, "allocation", "uniform") == "adaptive":
+        from ..prune.width import mlp_widths
+        result["mlp_widths"] = mlp_widths(model)
+        lines.append(f"MLP channels per layer: {' '.join(map(str, result['mlp_widths']))} (mean "
+                     f"{sum(result['mlp_widths']) / len(result['mlp_widths']):g})")
     if args.eval:
         after = protocol.evaluate(model, tokenizer)
         result["ppl_after"] = perplexity_dict(after)

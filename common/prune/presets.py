@@ -13,9 +13,11 @@ METHODS = ("magnitude", "wanda", "sparsegpt", "width", "depth", "svd", "modelopt
 
 
 def build_pruner(method: str, num_layers: int, sparsity: float | None = None, pattern: str | None = None,
-                 heads_fraction: float = 0.0, importance: str = "activation", true_sequential: bool = False):
+                 heads_fraction: float = 0.0, importance: str = "activation", true_sequential: bool = False,
+                 allocation: str = "uniform"):
     """(function, config) for a method name; `sparsity` is the fraction removed (default 0.5).
-    `true_sequential`: SparseGPT prunes each group of a layer's linears after the groups before it."""
+    `true_sequential`: SparseGPT prunes each group of a layer's linears after the groups before it.
+    `allocation`: width's MLP channels per layer, "uniform" or "adaptive" (with importance "taylor")."""
     from .depth import DepthPruneConfig, prune_depth
     from .lowrank import LowRankConfig, prune_lowrank
     from .magnitude import MagnitudeConfig, prune_magnitude
@@ -30,6 +32,8 @@ def build_pruner(method: str, num_layers: int, sparsity: float | None = None, pa
                             "Leave --pattern out (modelopt is always 2:4), or pick one of those methods.")
     if true_sequential and method != "sparsegpt":
         raise WorkshopError(f"--true-sequential applies to sparsegpt, not {method}.", "Leave out --true-sequential.")
+    if allocation != "uniform" and method != "width":
+        raise WorkshopError(f"--allocation applies to width, not {method}.", "Leave out --allocation.")
     if pattern or method.startswith("modelopt:"):
         n, m = parse_pattern(pattern or "2:4")
         if sparsity is not None and abs(sparsity - (m - n) / m) > 1e-9:
@@ -47,7 +51,7 @@ def build_pruner(method: str, num_layers: int, sparsity: float | None = None, pa
         return function, config_type(sparsity=sparsity, pattern=pattern, **options)
     if method == "width":
         return prune_width, WidthPruneConfig(mlp_fraction=sparsity, heads_fraction=heads_fraction,
-                                             importance=importance)
+                                             importance=importance, allocation=allocation)
     if method == "depth":
         return prune_depth, DepthPruneConfig(layers_removed=int(round(sparsity * num_layers)))
     if sparsity == 0:
