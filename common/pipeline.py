@@ -13,10 +13,13 @@ forward pass (a straight-through estimator), so that a later KD step can move th
 the pipeline packs them when it ends.
 
 Beyond the study's three, a recipe may hold INT4 (round-to-nearest groups, packed or QAT: the
-deployment stacks' format), KV (the KV cache quantized from there on) and MQ (modelopt's
-quantization; a KD step with engine="modelopt" after it is modelopt's QAT/QAD path).
+deployment stacks' format), KV (the KV cache quantized from there on), MQ (modelopt's
+quantization; a KD step with engine="modelopt" after it is modelopt's QAT/QAD path) and LoRA
+(QLoRA: adapters added to the frozen packed codes of an earlier Q or INT4 step and trained with the
+KD step's loss and budget; everything else stays frozen).
 `check_recipe` refuses, before any step runs, a recipe whose earlier steps make a later one
-impossible (weights quantized twice, P after modelopt's quantizers).
+impossible (weights quantized twice, P after modelopt's quantizers, LoRA without packed codes under
+it or P after it).
 
 A step is a frozen dataclass (its options, checked when it is made) with `apply(model, context)`, which
 returns (model, record fields or None); `context` (StepContext) holds what the run shares: calibration
@@ -57,6 +60,7 @@ class Step:
     """What every step has; each step says what differs (and `apply`)."""
     name = "?"
     quantizes_weights = False   # the weights are quantized once (check_recipe)
+    needs_teacher = False       # its training distils from the teacher
 
     @property
     def label(self) -> str:
@@ -115,6 +119,7 @@ class Distill(Step):
     lr: float = 2e-4
     engine: str = "ours"
     name = "KD"
+    needs_teacher = True
 
     def __post_init__(self):
         if self.steps is not None and self.steps < 1:
@@ -180,6 +185,41 @@ class INT4(Step):
 
 
 @dataclass(frozen=True)
+class LoRA(Step):
+    """QLoRA: adapters of `rank` (scaled by alpha / rank) on every decoder linear of a model whose
+    weights an earlier Q or INT4 step packed, trained by the KD step's loss on the KD step's budget
+    (steps None: the mode's pipeline budget). The codes and every other parameter stay frozen. The
+    rate is its own: B starts at zero, and at KD's 2e-4 quick mode's 8 steps left the adapters where
+    they began (1e-3 closed most of frozen NF4's gap to QAT, on the embedded model, 2026-12-08)."""
+    rank: int = 8
+    alpha: float = 16.0
+    steps: int | None = None
+    lr: float = 1e-3
+    name = "LoRA"
+    needs_teacher = True
+
+    def __post_init__(self):
+        self.adapters()   # LoRAConfig checks rank and alpha,
+        self.training()   # Distill the steps and the rate
+
+    def adapters(self):
+        from .quant.lora import LoRAConfig
+        return LoRAConfig(rank=self.rank, alpha=self.alpha)
+
+    def training(self) -> Distill:
+        """The KD step it trains as: Distill's loss, with this step's budget and rate."""
+        return Distill(steps=self.steps, lr=self.lr)
+
+    def trains(self, budget) -> bool:
+        return True
+
+    def apply(self, model, context: StepContext):
+        from .quant.lora import add_lora
+        return _distill(add_lora(model, self.adapters()), self.training(), context.teacher, context.train_ids,
+                        context.budget, context.progress)
+
+
+@dataclass(frozen=True)
 class KVCache(Step):
     """KV: the keys and values the attention caches, quantized KIVI-style (keys per channel, values
     per token) from here on; the weights do not change, every later evaluation sees the cache."""
@@ -223,7 +263,8 @@ class ModeloptQuantize(Step):
         return quantize_modelopt(model, ModeloptConfig(self.config), context.calib, progress=False), None
 
 
-STEPS = {"P": WidthPrune, "KD": Distill, "Q": NF4, "INT4": INT4, "KV": KVCache, "MQ": ModeloptQuantize}  # the registry
+STEPS = {"P": WidthPrune, "KD": Distill, "Q": NF4, "INT4": INT4, "KV": KVCache, "MQ": ModeloptQuantize,
+         "LORA": LoRA}  # the registry (recipe files may spell a name in any case)
 ORDER_STEPS = ("P", "KD", "Q")  # the study's three
 ORDERS = ["P,KD,Q", "KD,P,Q", "P,Q,KD", "Q,P,KD", "Q,KD,P", "KD,Q,P"]  # the study's six
 QUANTIZE_BEFORE_PRUNE = ("Q-P-KD", "Q-KD-P", "KD-Q-P")  # the study's worst three
@@ -277,14 +318,28 @@ def recipe_from_file(path) -> list:
 
 def check_recipe(recipe: list, source: str = "The recipe") -> list:
     """Refuse, before any step runs, a recipe whose earlier steps make a later one impossible: a
-    second weight quantization (Q, INT4 or MQ) of weights already quantized, and P after a modelopt
-    quantization (its fake quantizers cannot be sliced). One message names the step and why; the
-    recipe is returned unchanged when every step can run."""
+    second weight quantization (Q, INT4 or MQ) of weights already quantized, P after a modelopt
+    quantization (its fake quantizers cannot be sliced), LoRA where no packed Q or INT4 step came
+    before it (QLoRA's adapters sit on frozen codes: on float or QAT weights, training the weights
+    themselves is the stronger choice, and modelopt's quantizers are not packed), a second LoRA, and P
+    after LoRA (the adapters would have to be sliced with the channels). One message names the step
+    and why; the recipe is returned unchanged when every step can run."""
     if not recipe:
         raise WorkshopError(f"{source} has no steps.", "Give at least one step, e.g. --order P,KD,Q.")
     quantized_by = None   # (number, label) of the step that quantized the weights
+    adapted_by = None     # the number of the LoRA step
     for number, step in enumerate(recipe, start=1):
         label = step_label(step)
+        quantizer = recipe[quantized_by[0] - 1] if quantized_by else None
+        if isinstance(step, LoRA) and (quantizer is None or not isinstance(quantizer, (NF4, INT4)) or quantizer.qat):
+            raise WorkshopError(f"{source}: step {number} (LoRA) adds adapters to frozen packed codes, and "
+                                + (f"step {quantized_by[0]} ({quantized_by[1]}) leaves none." if quantizer else
+                                   "no step before it quantizes the weights."),
+                                "Put a packed Q (NF4) or INT4 step before it, e.g. [Q, LoRA] (QLoRA); with QAT "
+                                "or unquantized weights, a KD step trains the weights themselves.")
+        if isinstance(step, (LoRA, WidthPrune)) and adapted_by:
+            raise WorkshopError(f"{source}: step {number} ({label}) comes after the LoRA step (step {adapted_by}).",
+                                "Keep one LoRA step, after the pruning and the quantization: [P, KD, Q, LoRA].")
         if step.quantizes_weights and quantized_by:
             raise WorkshopError(f"{source}: step {number} ({label}) would quantize weights that step {quantized_by[0]} "
                                 f"({quantized_by[1]}) has already quantized.",
@@ -297,6 +352,8 @@ def check_recipe(recipe: list, source: str = "The recipe") -> list:
                                 "quantized again after pruning.")
         if step.quantizes_weights:
             quantized_by = (number, label)
+        if isinstance(step, LoRA):
+            adapted_by = number
     return recipe
 
 
@@ -387,6 +444,7 @@ def _train(model, teacher, train_ids, budget, progress, steps: int, ce_weight: f
     # one training sequence is enough: every weight a gradient can reach gets one from any text (the
     # embedding is tied to the output head, whose softmax sends a gradient to every row)
     reached = weights_reached_by_gradient(model.float(), train_ids[: config.seqlen].view(1, -1).to(device))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)   # what the optimizer can move
     history = DistillHistory()
     if engine == "modelopt":
         from .distill.modelopt_kd import distill_modelopt
@@ -399,7 +457,7 @@ def _train(model, teacher, train_ids, budget, progress, steps: int, ce_weight: f
             module, _, attr = name.rpartition(".")
             setattr(model.get_submodule(module), attr, buffer.to(dtypes[name]))
     return model, {"weights_reached_by_gradient": reached, "train_tokens": history.tokens,
-                   "final_loss": history.records[-1]["loss"]}
+                   "final_loss": history.records[-1]["loss"], "trainable_parameters": trainable}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,8 +492,8 @@ def run_pipeline(model, tokenizer, recipe: list, protocol, teacher=None, budget=
     from .quant.packing import pack_quantized
     from .quant.storage import true_bytes
     check_recipe(recipe)
-    if any(isinstance(s, Distill) for s in recipe) and teacher is None:
-        raise WorkshopError("The recipe has a KD step and no teacher was given.",
+    if any(s.needs_teacher for s in recipe) and teacher is None:
+        raise WorkshopError("The recipe has a KD or LoRA step and no teacher was given.",
                             "Pass teacher=... (the uncompressed model), or --teacher SPEC on the command line.")
     budget = budget or get_budget()
     prefixes = {} if prefixes is None else prefixes
@@ -518,7 +576,8 @@ def ranking(results: list, text: str = "wiki") -> list:
 
 
 def pipeline_text(results: list) -> str:
-    """One line per stage of each recipe: perplexity per text, stored MB, x smaller, gradient reach."""
+    """One line per stage of each recipe: perplexity per text, stored MB, x smaller, gradient reach and
+    trainable parameters."""
     lines = []
     for result in results:
         start = result.records[0]
@@ -529,7 +588,8 @@ def pipeline_text(results: list) -> str:
                          f"  {r['stored_bytes'] / 1e6:7.1f} MB ({start['stored_bytes'] / r['stored_bytes']:.2f}x smaller)"
                          f"  {r['seconds']:6.1f} s" + (" (shared)" if r.get("shared") else "") + (f"  KV cache {r['kv_bits_per_value']:.2f} bits/value"
                                                        if r["kv_bits_per_value"] != 16 else "")
-                         + (f"  gradient reached {reach:.1%} of the weights" if reach is not None else ""))
+                         + (f"  gradient reached {reach:.1%} of the weights, {r['trainable_parameters'] / 1e6:.2f} M "
+                            "trainable" if reach is not None else ""))
     if len(results) > 1:
         texts = list(results[0].final["ppl"])
         lines.append("ranking (best first): " + "; ".join(f"{t}: {' > '.join(ranking(results, t))}" for t in texts))

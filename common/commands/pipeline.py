@@ -13,7 +13,8 @@ def add_arguments(p) -> None:
     p.add_argument("--recipe", help="a JSON or YAML list of steps, e.g. [{\"step\": \"P\", \"mlp\": 0.3}, "
                    "{\"step\": \"KD\", \"steps\": 100}, {\"step\": \"Q\", \"qat\": true}]; steps: P, KD "
                    "(engine: ours|modelopt), Q (NF4), INT4 (group_size, symmetric, qat), KV (fmt: int8|int4|...), "
-                   "MQ (modelopt quantization, config)")
+                   "MQ (modelopt quantization, config), LoRA (QLoRA adapters on the packed codes of an earlier Q or "
+                   "INT4, trained with KD's loss and budget: rank, alpha, steps, lr)")
     p.add_argument("--all-orders", action="store_true", help="all six orders of P, KD and Q (lab 05's main table)")
     p.add_argument("--qat", action="store_true", help="Q as quantization-aware training (NF4 forward, float weights "
                    "that keep training) instead of packed, frozen NF4")
@@ -29,7 +30,7 @@ def run(args) -> Output:
     from ..budgets import get_budget
     from ..models import load_model, save_pretrained_atomic
     from ..prune.depth import keep_first_layers
-    from ..pipeline import (ORDERS, ModeloptQuantize, pipeline_protocol, pipeline_text, recipe_from_file,
+    from ..pipeline import (ORDERS, LoRA, ModeloptQuantize, pipeline_protocol, pipeline_text, recipe_from_file,
                            recipe_from_order, run_pipeline)
     chosen = [flag for flag, value in (("--order", args.order), ("--recipe", args.recipe),
                                        ("--all-orders", args.all_orders)) if value]
@@ -52,6 +53,9 @@ def run(args) -> Output:
     if args.out and any(isinstance(step, ModeloptQuantize) for step in recipes[0]):
         raise WorkshopError("--out writes our packed layers; a modelopt-quantized model is written by modelopt's own "
                             "export.", "Leave out --out, or quantize with Q (NF4) or INT4 in the recipe.")
+    if args.out and any(isinstance(step, LoRA) for step in recipes[0]):
+        raise WorkshopError("--out writes packed layers, and a LoRA step's adapters stay beside the codes (merging "
+                            "them would round them away).", "Leave out --out with a LoRA step.")
     if args.out:   # refused before minutes of pruning and training, not after them
         check_new_output(args.out, example="pipeline-model")
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
@@ -59,7 +63,7 @@ def run(args) -> Output:
         raise WorkshopError(f"--layers {args.layers}: {args.model} has only {model.config.num_hidden_layers} decoder layers.",
                             f"Give --layers between 1 and {model.config.num_hidden_layers}.")
     model = keep_first_layers(model, args.layers)
-    needs_teacher = any(step.name == "KD" for recipe in recipes for step in recipe)
+    needs_teacher = any(step.needs_teacher for recipe in recipes for step in recipe)
     teacher = keep_first_layers(load_model(args.teacher or args.model, dtype=args.dtype, device=args.device)[0],
                                 args.layers) if needs_teacher else None
     results, final, prefixes = [], None, {}
