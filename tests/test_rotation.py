@@ -12,7 +12,7 @@ from common.prune.depth import keep_first_layers
 from common.quant.formats import outlier_range_fraction
 from common.quant.gptq import GPTQConfig
 from common.quant.kv_cache import fake_quant_kv, fake_quant_kv_rotated
-from common.quant.presets import kv_config, method_and_config, packed_form
+from common.quant.presets import kv_config, method_and_config, packed_form, rotation_rows
 from common.quant.rotation import RotationConfig, hadamard, kron_apply, random_hadamard, rotate
 from common.quant.rtn import RTNConfig, quantize_rtn
 
@@ -143,3 +143,10 @@ def test_the_presets_name_activation_and_kv_settings():
     assert kv_config(4, rotate=True).rotate and kv_config(None) is None
     with pytest.raises(WorkshopError, match="--act-bits applies"):
         method_and_config("nf4", act_bits=4)
+
+
+def test_lab02s_rotation_rows_pair_each_setting_with_its_rotated_twin():
+    rows = rotation_rows()
+    plain = {config for _, rotation, config in rows if rotation is None}
+    turned = {config for _, rotation, config in rows if rotation is not None}
+    assert plain == turned and {config.act_bits for config in plain} == {8, 4}

@@ -176,19 +176,12 @@ def kv_config(kv_bits: int | None, rotate: bool = False):
 
 
 def rotation_rows() -> list:
-    """Lab 02's "Going further: rotation" rows: (name, RotationConfig or None, RTNConfig or None, KVQuantConfig
-    or None), run in that order: rotate, quantize the weights (and activations), evaluate with that cache.
-    RTN g64 (SmolLM2-135M's default group), activations per token, symmetric."""
-    from .kv_cache import KVQuantConfig
+    """Lab 02's "Going further: rotation" rows: (name, RotationConfig or None, RTNConfig), run as: rotate
+    (where given), then quantize. RTN g64 (SmolLM2-135M's default group), activations symmetric per token."""
     from .rotation import RotationConfig
     from .rtn import RTNConfig
-    rows = []
-    for rotation in (None, RotationConfig(seed=0)):
-        tag = ", rotated" if rotation else ""
-        rows += [(f"W4A8 RTN g64{tag}", rotation, RTNConfig(bits=4, group_size=64, act_bits=8), None),
-                 (f"W4A4 RTN g64{tag}", rotation, RTNConfig(bits=4, group_size=64, act_bits=4), None),
-                 (f"KV cache INT4{tag}", rotation, None, KVQuantConfig("int4", rotate=rotation is not None))]
-    return rows
+    return [(f"W4A{act} RTN g64{', rotated' if rotation else ''}", rotation, RTNConfig(bits=4, group_size=64, act_bits=act))
+            for rotation in (None, RotationConfig(seed=0)) for act in (8, 4)]
 
 
 def lab02_modelopt_configs(mode: str) -> list:
