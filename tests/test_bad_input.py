@@ -113,6 +113,19 @@ def test_width_importance_and_allocation_errors_come_before_the_model_loads(argv
     refused(capsys, ["prune", "--model", "tiny-random"] + argv, message)
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "awq", "--act-bits", "4"], "--act-bits applies to rtn and gptq"),
+    (["--method", "rtn", "--act-bits", "1"], "integer grids of 2 to 8 bits"),
+    (["--kv-bits", "4"], "Add --eval"),
+    (["--kv-bits", "3", "--eval"], "--kv-bits 3"),
+    (["--method", "rtn", "--rotate", "--out", "/tmp/never-written-rotated"], "a saved checkpoint does not carry"),
+    (["--rotate"], "Nothing to do"),
+    (["--table", "lab02", "--act-bits", "4"], "--table runs a fixed list"),
+])
+def test_activation_rotation_and_kv_options_are_checked_before_the_model_loads(argv, message, capsys, no_model_load):
+    refused(capsys, ["quantize", "--model", "tiny-random"] + argv, message)
+
+
 def test_modelopt_sparsity_is_2_4_and_says_so(capsys, no_model_load):
     refused(capsys, ["prune", "--model", "tiny-random", "--method", "modelopt:sparsegpt", "--sparsity", "0.7"],
             "contradicts the pattern 2:4")

@@ -25,6 +25,7 @@ from common.quant.awq import AWQConfig, quantize_awq
 from common.quant.fp8 import FP8Config, quantize_fp8
 from common.quant.gptq import GPTQConfig, quantize_gptq
 from common.quant.nf4 import NF4Config, quantize_nf4
+from common.quant.rotation import RotationConfig, rotate
 from common.quant.rtn import RTNConfig, quantize_rtn
 from common.quant.smoothquant import SmoothQuantConfig, quantize_smoothquant
 
@@ -32,7 +33,7 @@ TECHNIQUES = [
     (quantize_rtn, RTNConfig(group_size=32)), (quantize_gptq, GPTQConfig(group_size=32)),
     (quantize_awq, AWQConfig(group_size=32)), (quantize_smoothquant, SmoothQuantConfig()),
     (quantize_fp8, FP8Config()), (quantize_fp8, FP8Config(quantize_activations=False)),
-    (quantize_nf4, NF4Config(group_size=32)),
+    (quantize_nf4, NF4Config(group_size=32)), (rotate, RotationConfig()),
     (prune_magnitude, MagnitudeConfig()), (prune_wanda, WandaConfig()), (prune_sparsegpt, SparseGPTConfig()),
     (prune_width, WidthPruneConfig()), (prune_width, WidthPruneConfig(importance="magnitude")),
     (prune_width, WidthPruneConfig(importance="taylor", allocation="adaptive")),

@@ -352,3 +352,10 @@ def check_int_grid(bits: int, group_size: int | None) -> None:
     if group_size is not None and (not isinstance(group_size, int) or group_size < 1):
         raise WorkshopError(f"group_size={group_size!r} is not a positive number of inputs.",
                             "Use a positive group size such as 64, or None for one scale per output channel.")
+
+
+def check_act_bits(act_bits: int | None) -> None:
+    """Configs that may also quantize activations (per token, symmetric) check the bits when made."""
+    if act_bits is not None and (isinstance(act_bits, bool) or not isinstance(act_bits, int) or not 2 <= act_bits <= 8):
+        raise WorkshopError(f"act_bits={act_bits!r}: activations go to integer grids of 2 to 8 bits.",
+                            "Give act_bits=8 or 4 (one scale per token), or None to leave them in float.")

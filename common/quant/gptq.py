@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from ..calibration import check_true_sequential, hessians_in_layer_order, walk_layers
-from .formats import check_int_grid, dequantize_int, int_scale_zero, quantize_int, rounded_scale
-from .storage import WeightFormat, mark_quantized, stored_scale_dtype
+from .formats import check_act_bits, check_int_grid, dequantize_int, int_scale_zero, quantize_int, rounded_scale
+from .storage import WeightFormat, mark_quantized, quantize_activations_per_token, stored_scale_dtype
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,13 @@ class GPTQConfig:
                                    # while many columns are left to absorb their error
     true_sequential: bool = False  # each group of a layer's linears calibrated on the outputs of the
                                    # groups before it, already quantized (calibration.hessians_in_layer_order)
+    act_bits: int | None = None    # also round every linear's input per token to this many bits (after its
+                                   # weights are fitted on float inputs, so later layers see the rounding)
     needs_calibration = True       # H comes from the calibration inputs
 
     def __post_init__(self):
         check_int_grid(self.bits, self.group_size)
+        check_act_bits(self.act_bits)
         check_true_sequential(self)
 
 
@@ -118,6 +121,8 @@ def gptq_layer(layer, hidden: torch.Tensor, kwargs: dict, config: GPTQConfig) ->
         for linear, weight, scale, zero in zip(linears, quantized.split(rows), scales.split(rows), zeros.split(rows)):
             linear.weight.data = weight.contiguous()
             mark_quantized(linear, WeightFormat("int", config.bits, config.group_size, config.symmetric, scale, zero))
+            if config.act_bits:
+                quantize_activations_per_token(linear, config.act_bits)
 
 
 def quantize_gptq(model, config: GPTQConfig, calib_batch: torch.Tensor, progress: bool = True):

@@ -11,6 +11,12 @@ attention over a quantized cache. Keys are hooked before rotary embedding: a cac
 pre-RoPE keys and rotates them when reading (as KVQuant does) keeps the outlier channels aligned,
 while RoPE mixes channel pairs. With `model.generate` each new token is a group of one and stays
 unquantized: use this for evaluation of whole windows.
+
+`rotate=True` stores each head's keys and values multiplied by an orthogonal matrix (a randomized
+Hadamard, rotation.random_hadamard) and multiplies them back on reading, so the values quantized are
+rotated ones. QuaRot does this after RoPE, where the rotation cancels in q.k and costs nothing for the
+values (folded into v_proj and o_proj); here keys are cached before RoPE, so the rotation is of those.
+A rotation of the residual stream alone leaves keys and values unchanged (see rotation.py).
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +25,7 @@ import torch
 
 from ..errors import WorkshopError
 from .formats import fake_quant
+from .rotation import random_hadamard
 
 KV_FORMATS = ("int8", "int4", "int2", "fp8_e4m3")
 AXES = ("channel", "token")
@@ -31,6 +38,7 @@ class KVQuantConfig:
     value_axis: str = "token"         # ... values per token
     token_group: int = 32             # tokens sharing one per-channel scale
     channel_group: int | None = None  # channels sharing one per-token scale; None: one head (head_dim)
+    rotate: bool = False              # quantize each head's keys and values after an orthogonal rotation
     needs_calibration = False         # the scales are computed from the cached values themselves
 
     def __post_init__(self):
@@ -42,6 +50,9 @@ class KVQuantConfig:
         if self.token_group < 1 or (self.channel_group is not None and self.channel_group < 1):
             raise WorkshopError(f"token_group={self.token_group}, channel_group={self.channel_group}: a group holds "
                                 "at least one value.", "Give token_group=32 (KIVI's) and channel_group=None (a head).")
+        if not isinstance(self.rotate, bool):
+            raise WorkshopError(f"rotate={self.rotate!r} is not True or False.",
+                                "Give rotate=True to rotate each head's keys and values before rounding them.")
 
 
 def fake_quant_kv(x: torch.Tensor, fmt: str, axis: str, token_group: int = 32,
@@ -66,6 +77,14 @@ def fake_quant_kv(x: torch.Tensor, fmt: str, axis: str, token_group: int = 32,
     return torch.cat([quantized.reshape(batch, full, channels), x[:, full:]], dim=1)
 
 
+def fake_quant_kv_rotated(x: torch.Tensor, rotation: torch.Tensor, *args) -> torch.Tensor:
+    """fake_quant_kv(*args) of each head of `x` [batch, tokens, heads * head_dim] rotated by `rotation`
+    [head_dim, head_dim], rotated back."""
+    heads = x.reshape(*x.shape[:-1], -1, rotation.shape[0])
+    r = rotation.to(x)
+    return (fake_quant_kv((heads @ r.T).reshape(x.shape), *args).reshape(heads.shape) @ r).reshape(x.shape)
+
+
 def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
@@ -73,12 +92,14 @@ def head_dim(config) -> int:
 def add_kv_quantization(model, config: KVQuantConfig) -> list:
     """Hooks that quantize every layer's keys and values; returns the handles (call .remove() on each)."""
     channel_group = config.channel_group or head_dim(model.config)
+    rotation = random_hadamard(head_dim(model.config), torch.Generator().manual_seed(0)).matrix()
     handles = []
     for name, module in model.named_modules():
         if name.endswith("k_proj") or name.endswith("v_proj"):
             axis = config.key_axis if name.endswith("k_proj") else config.value_axis
-            hook = lambda m, inputs, out, axis=axis: fake_quant_kv(  # noqa: E731
-                out, config.fmt, axis, config.token_group, channel_group)
+            args = (config.fmt, axis, config.token_group, channel_group)
+            hook = (lambda m, inputs, out, args=args: fake_quant_kv_rotated(out, rotation, *args)) if config.rotate \
+                else (lambda m, inputs, out, args=args: fake_quant_kv(out, *args))
             handles.append(module.register_forward_hook(hook))
     if not handles:
         raise WorkshopError("This model has no k_proj / v_proj modules to hook.",

@@ -11,15 +11,19 @@ GROUPED = ("rtn", "gptq", "awq", "nf4")  # methods with a --group-size
 
 
 SYMMETRIC_CHOICE = ("rtn", "gptq", "awq")  # integer grids with a zero point unless asked for a symmetric one
+WITH_ACTIVATIONS = ("rtn", "gptq")         # methods that also round every linear's input per token on request
+KV_BITS = (8, 4, 2)
 
 
 def method_and_config(method: str, bits: int | None = None, group_size: int | None = None, model=None,
-                      symmetric: bool = False, static_activations: bool = False, true_sequential: bool = False):
+                      symmetric: bool = False, static_activations: bool = False, true_sequential: bool = False,
+                      act_bits: int | None = None):
     """(quantize function, its config) for a method name, or a WorkshopError saying what is wrong.
     `group_size` None takes the default for `model` (`default_group_size`); 0 means per channel.
     `symmetric`: an integer grid around zero, without zero points (what TensorRT's INT4 takes).
     `static_activations`: SmoothQuant with one calibrated activation scale per tensor (TensorRT's INT8).
-    `true_sequential`: GPTQ calibrates each group of a layer's linears after the groups before it."""
+    `true_sequential`: GPTQ calibrates each group of a layer's linears after the groups before it.
+    `act_bits`: RTN or GPTQ also round every linear's input, one scale per token (W4A8, W4A4)."""
     if method.startswith("modelopt:"):
         from .modelopt_ptq import ModeloptConfig, quantize_modelopt
         config = ModeloptConfig(method.split(":", 1)[1])
@@ -48,6 +52,13 @@ def method_and_config(method: str, bits: int | None = None, group_size: int | No
         raise WorkshopError(f"--static-activations applies to smoothquant; {method} " +
                             ("calibrates static activation scales already." if method == "fp8" else
                              "quantizes the weights only."), "Leave out --static-activations.")
+    if act_bits is not None and method not in WITH_ACTIVATIONS:
+        raise WorkshopError(f"--act-bits applies to {' and '.join(WITH_ACTIVATIONS)}; {method} " +
+                            ("quantizes its activations its own way." if method in ("smoothquant", "fp8") else
+                             "quantizes the weights only."), "Leave out --act-bits, or use --method rtn.")
+    if act_bits is not None and not 2 <= act_bits <= 8:
+        raise WorkshopError(f"--act-bits {act_bits}: activations go to integer grids of 2 to 8 bits.",
+                            "Give --act-bits 8 or 4.")
     if group_size is not None and group_size < 0:
         raise WorkshopError(f"--group-size {group_size} is negative.", "Give 0 (per channel) or a positive size.")
     if group_size is None:
@@ -58,10 +69,11 @@ def method_and_config(method: str, bits: int | None = None, group_size: int | No
         check_group_size(model, group)
     if method == "rtn":
         from .rtn import RTNConfig, quantize_rtn
-        return quantize_rtn, RTNConfig(bits=bits, group_size=group, symmetric=symmetric)
+        return quantize_rtn, RTNConfig(bits=bits, group_size=group, symmetric=symmetric, act_bits=act_bits)
     if method == "gptq":
         from .gptq import GPTQConfig, quantize_gptq
-        return quantize_gptq, GPTQConfig(bits=bits, group_size=group, symmetric=symmetric, true_sequential=true_sequential)
+        return quantize_gptq, GPTQConfig(bits=bits, group_size=group, symmetric=symmetric, true_sequential=true_sequential,
+                                         act_bits=act_bits)
     if method == "awq":
         from .awq import AWQConfig, quantize_awq
         return quantize_awq, AWQConfig(bits=bits, group_size=group, symmetric=symmetric)
@@ -93,7 +105,8 @@ def packed_form(config) -> tuple:
     if isinstance(config, SmoothQuantConfig):   # symmetric INT weights per channel
         activations = "int8_static" if config.activation_scales == "static" else f"int{config.act_bits}_per_token"
         return f"int{config.weight_bits}", True, activations
-    return f"int{config.bits}", config.symmetric, None   # RTN, GPTQ, AWQ: an integer grid, weights only
+    activations = getattr(config, "act_bits", None)   # RTN, GPTQ, AWQ: an integer grid, weights only unless asked
+    return f"int{config.bits}", config.symmetric, activations and f"int{activations}_per_token"
 
 
 def input_widths(model) -> list:
@@ -148,6 +161,27 @@ def lab02_table(mode: str) -> list:
              ("AWQ W4 g64", quantize_awq, AWQConfig(bits=4, group_size=64), 4),
              ("GPTQ W3 g64, true-sequential", quantize_gptq, GPTQConfig(bits=3, group_size=64, true_sequential=True), 3)]
     return rows
+
+
+def kv_config(kv_bits: int | None, rotate: bool = False):
+    """The KV cache `workshop quantize --kv-bits` simulates: KIVI's integer grids (keys per channel, values
+    per token), each head rotated first with `rotate`; None for no --kv-bits."""
+    if kv_bits is None:
+        return None
+    if kv_bits not in KV_BITS:
+        raise WorkshopError(f"--kv-bits {kv_bits}: the KV cache is simulated in {', '.join(map(str, KV_BITS))} bits.",
+                            "Give --kv-bits 8, 4 or 2.")
+    from .kv_cache import KVQuantConfig
+    return KVQuantConfig(f"int{kv_bits}", rotate=rotate)
+
+
+def rotation_rows() -> list:
+    """Lab 02's "Going further: rotation" rows: (name, RotationConfig or None, RTNConfig), run as: rotate
+    (where given), then quantize. RTN g64 (SmolLM2-135M's default group), activations symmetric per token."""
+    from .rotation import RotationConfig
+    from .rtn import RTNConfig
+    return [(f"W4A{act} RTN g64{', rotated' if rotation else ''}", rotation, RTNConfig(bits=4, group_size=64, act_bits=act))
+            for rotation in (None, RotationConfig(seed=0)) for act in (8, 4)]
 
 
 def lab02_modelopt_configs(mode: str) -> list:

@@ -1,15 +1,16 @@
 """Round-to-nearest (RTN): every weight to the nearest point of a uniform integer grid.
 
 The baseline every other method is measured against: no calibration data, one scale (and zero
-point, if asymmetric) per output channel or per group of `group_size` inputs.
+point, if asymmetric) per output channel or per group of `group_size` inputs. With `act_bits`, every
+linear's input is also rounded at run time, symmetric with one scale per token (W4A4, W4A8).
 """
 from dataclasses import dataclass
 
 import torch
 
 from ..calibration import decoder_layers, linear_layers
-from .formats import check_int_grid, fake_quant_int
-from .storage import WeightFormat, mark_quantized, stored_scale_dtype
+from .formats import check_act_bits, check_int_grid, fake_quant_int
+from .storage import WeightFormat, mark_quantized, quantize_activations_per_token, stored_scale_dtype
 
 
 @dataclass(frozen=True)
@@ -17,10 +18,12 @@ class RTNConfig:
     bits: int = 4
     group_size: int | None = 128   # None: one scale per output channel
     symmetric: bool = False
+    act_bits: int | None = None    # also round every linear's input per token to this many bits; None: float
     needs_calibration = False      # the weights alone decide the grid
 
     def __post_init__(self):
         check_int_grid(self.bits, self.group_size)
+        check_act_bits(self.act_bits)
 
 
 def rtn_into(linear, weight: torch.Tensor, bits: int, group_size: int | None, symmetric: bool) -> None:
@@ -38,4 +41,6 @@ def quantize_rtn(model, config: RTNConfig, calib_batch=None, progress: bool = Tr
     for layer in decoder_layers(model):
         for linear in linear_layers(layer).values():
             rtn_into(linear, linear.weight.data, config.bits, config.group_size, config.symmetric)
+            if config.act_bits:
+                quantize_activations_per_token(linear, config.act_bits)
     return model

@@ -17,9 +17,8 @@ import torch
 from ..calibration import linear_layers, record_linear_inputs, walk_layers
 from ..errors import WorkshopError
 from .awq import fold_scales, scaling_groups
-from .formats import fake_quant_int
 from .rtn import rtn_into
-from .storage import quantize_inputs_static
+from .storage import quantize_activations_per_token, quantize_inputs_static
 
 ACTIVATION_SCALES = ("per_token", "static")
 
@@ -68,16 +67,6 @@ def smoothing_scale(act_absmax: torch.Tensor, weights: list, alpha: float) -> to
     """s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), W_j the j-th input column of all `weights`."""
     w_absmax = torch.stack([w.abs().float().amax(dim=0) for w in weights]).amax(dim=0)
     return (act_absmax.clamp(min=1e-5).pow(alpha) / w_absmax.clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5)
-
-
-def quantize_activations_per_token(linear, bits: int) -> None:
-    """From now on `linear` sees its input rounded to `bits`-bit integers with one scale per token."""
-    def hook(module, args):
-        x = args[0]
-        return (fake_quant_int(x.reshape(-1, x.shape[-1]), bits, None, True).reshape(x.shape),)
-    linear.register_forward_pre_hook(hook)
-    if hasattr(linear, "weight_format"):  # so that packing keeps it
-        linear.weight_format.activations = f"int{bits}_per_token"
 
 
 def smoothquant_layer(layer, hidden: torch.Tensor, kwargs: dict, config: SmoothQuantConfig) -> None:

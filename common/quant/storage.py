@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .formats import quantize_static, static_scale
+from .formats import fake_quant_int, quantize_static, static_scale
 from ..sizes import unique_tensors
 
 SCALE_BYTES = 2  # scales and zero points are stored in 16 bits, as the INT4 kernels and checkpoints do
@@ -65,6 +65,17 @@ def quantize_inputs_static(linear: nn.Linear, amax: float, fmt: str) -> None:
     linear.weight_format.activations = "int8_static" if fmt == "int8" else "fp8_static"
     linear.weight_format.input_amax = amax
     mark_quantized(linear, linear.weight_format)
+
+
+def quantize_activations_per_token(linear, bits: int) -> None:
+    """From now on `linear` sees its input rounded to `bits`-bit integers with one scale per token
+    (symmetric, computed at run time)."""
+    def hook(module, args):
+        x = args[0]
+        return (fake_quant_int(x.reshape(-1, x.shape[-1]), bits, None, True).reshape(x.shape),)
+    linear.register_forward_pre_hook(hook)
+    if hasattr(linear, "weight_format"):  # so that packing keeps it
+        linear.weight_format.activations = f"int{bits}_per_token"
 
 
 def true_bytes(model) -> int:
