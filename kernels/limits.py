@@ -128,11 +128,16 @@ def report(record: dict) -> str:
              f"{'of read':>8} {'copies':>7} {'math':>6}",
              "(µs; read = a streaming read of the layer's codes, scales and zeros; ceiling = bf16 / read; cuBLAS = "
              "bf16 GEMM on a code-sized weight; of read = read / ours)"]
+    nan = float("nan")  # records made before the streaming read (2026-12-04) have no read column
     for r in record["rows"]:
-        lines.append(f"{r['shape']:18} {r['M']:3d} {r['bf16_us']:6.1f} {r['read_us']:6.1f} "
-                     f"{r['bf16_us'] / r['read_us']:7.2f}x {r['code_bytes_us']:7.1f} {r['marlin_us']:6.1f} "
-                     f"{r['bf16_us'] / r['marlin_us']:7.2f}x {r['read_us'] / r['marlin_us']:7.0%} "
+        read = r.get("read_us", nan)
+        lines.append(f"{r['shape']:18} {r['M']:3d} {r['bf16_us']:6.1f} {read:6.1f} "
+                     f"{r['bf16_us'] / read:7.2f}x {r['code_bytes_us']:7.1f} {r['marlin_us']:6.1f} "
+                     f"{r['bf16_us'] / r['marlin_us']:7.2f}x {read / r['marlin_us']:7.0%} "
                      f"{r['copies_only_us']:7.1f} {r['math_only_us']:6.1f}")
+    if any("read_us" not in r for r in record["rows"]):
+        lines.append("(this record predates the streaming-read floor: read, ceiling and of read are empty; "
+                     "python -m kernels.limits on a GPU fills them)")
     return "\n".join(lines)
 
 
